@@ -53,6 +53,7 @@ def parse_tests(tests: Any) -> list[dict]:
 
     Raises:
         ValueError: with a reason naming what is wrong (not JSON, not a list, a bad case).
+
     """
     if isinstance(tests, str):
         try:
@@ -85,6 +86,7 @@ def check_ground_truth(row: dict) -> list[Problem]:
 
     Returns:
         The problems found; empty when the row is well formed.
+
     """
     domain = row.get("domain")
     if domain is None:

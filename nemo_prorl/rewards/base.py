@@ -26,6 +26,7 @@ class RewardResult:
         score: reward in [0, 1]; 0.0 unless ``status == "ok"``.
         status: one of :data:`STATUSES`.
         info: free-form details (extracted answer, tests passed, reason of an error...).
+
     """
 
     score: float

@@ -20,6 +20,7 @@ class SamplingParams:
         stop: stop strings; the text is cut before the first one and ``finish_reason`` is ``stop``.
         seed: base seed; sample ``j`` of prompt ``i`` is reproducible from (seed, i, j) on CPU.
         logprobs: return the sampling log-prob of each generated token.
+
     """
 
     temperature: float = 1.0
@@ -42,6 +43,7 @@ class Sample:
         text: the decoded response.
         logprobs: sampling log-prob of each generated token, ``[R]`` float32 (None if not requested).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"`` (hit ``max_tokens``).
+
     """
 
     prompt_index: int
