@@ -1,0 +1,1 @@
+"""The policy: the model being trained (megatron-core engine under ``policy.megatron``)."""
