@@ -1,0 +1,100 @@
+"""The ProRL algorithm core: pure torch functions behind small registries.
+
+Advantages (GRPO), the clipped policy loss with decoupled / dual clip and its aggregation modes, KL
+estimators, chunked and vocab-parallel log-probs, dynamic sampling and reward shaping, plus their
+validated configs. Nothing here imports other ``nemo_prorl`` packages.
+"""
+
+from nemo_prorl.algorithms.advantages import (
+    broadcast_to_tokens,
+    compute_advantages,
+    group_advantages,
+    group_ids_from_size,
+    grpo_advantage,
+)
+from nemo_prorl.algorithms.config import (
+    AGG_MODES,
+    KL_ESTIMATORS,
+    AdvantageConfig,
+    AlgorithmConfig,
+    ConfigError,
+    DynamicSamplingConfig,
+    EntropyConfig,
+    KLConfig,
+    LossConfig,
+    RewardShapingConfig,
+    algorithm_config_from_dict,
+    check_batch_divisible,
+)
+from nemo_prorl.algorithms.dynamic_sampling import (
+    DynamicSamplingBuffer,
+    DynamicSamplingExhausted,
+    DynamicSamplingStats,
+    filter_groups,
+    has_reward_variance,
+)
+from nemo_prorl.algorithms.kl import entropy_from_logits, kl_penalty, kl_reward_penalty
+from nemo_prorl.algorithms.logprobs import chunked_logprobs, naive_logprobs, vocab_parallel_logprobs
+from nemo_prorl.algorithms.policy_loss import (
+    LossOutput,
+    aggregate_loss,
+    clipped_policy_loss,
+    loss_normalisers,
+    masked_mean,
+    prorl_loss,
+)
+from nemo_prorl.algorithms.registry import (
+    get_advantage_estimator,
+    get_policy_loss,
+    register_advantage_estimator,
+    register_policy_loss,
+    registered_advantage_estimators,
+    registered_policy_losses,
+)
+from nemo_prorl.algorithms.reward_shaping import overlong_penalty, shape_rewards, stop_properly_penalty
+
+__all__ = [
+    "AGG_MODES",
+    "KL_ESTIMATORS",
+    "AdvantageConfig",
+    "AlgorithmConfig",
+    "ConfigError",
+    "DynamicSamplingBuffer",
+    "DynamicSamplingConfig",
+    "DynamicSamplingExhausted",
+    "DynamicSamplingStats",
+    "EntropyConfig",
+    "KLConfig",
+    "LossConfig",
+    "LossOutput",
+    "RewardShapingConfig",
+    "aggregate_loss",
+    "algorithm_config_from_dict",
+    "broadcast_to_tokens",
+    "check_batch_divisible",
+    "chunked_logprobs",
+    "clipped_policy_loss",
+    "compute_advantages",
+    "entropy_from_logits",
+    "filter_groups",
+    "get_advantage_estimator",
+    "get_policy_loss",
+    "group_advantages",
+    "group_ids_from_size",
+    "grpo_advantage",
+    "has_reward_variance",
+    "kl_penalty",
+    "kl_reward_penalty",
+    "loss_normalisers",
+    "masked_mean",
+    "naive_logprobs",
+    "overlong_penalty",
+    "prorl_loss",
+    "register_advantage_estimator",
+    "register_policy_loss",
+    "registered_advantage_estimators",
+    "registered_policy_losses",
+    "shape_rewards",
+    "stop_properly_penalty",
+    "vocab_parallel_logprobs",
+]

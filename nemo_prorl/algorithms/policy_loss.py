@@ -1,0 +1,278 @@
+"""PPO clipped surrogate with decoupled / dual clip, loss aggregation and the full ProRL loss.
+
+Per token, with ratio r = exp(logp - old_logp) and advantage A:
+
+    l_t = max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))
+    if dual_clip c is set and A < 0:   l_t = min(l_t, -A * c)
+
+Aggregation over the valid tokens (mask 1) of a mini-batch:
+
+* ``token-mean``:               sum_{i,t} l / N_tok                       (ProRL, DAPO, verl default)
+* ``seq-mean-token-sum``:       sum_i (sum_t l_i) / N_seq
+* ``seq-mean-token-mean``:      sum_i (sum_t l_i / n_i) / N_seq           (GRPO paper)
+* ``seq-mean-token-sum-norm``:  sum_i (sum_t l_i / L) / N_seq             (Dr. GRPO; L a constant length)
+
+where n_i is the number of valid tokens of sequence i and N_seq counts sequences with at least one
+valid token. N_tok and N_seq default to the local counts; passing the *global* counts of the whole
+mini-batch (all micro-batches, all data-parallel ranks) makes the partial losses sum exactly to the
+full-batch loss.
+
+The ProRL loss is ``pg + kl_coef * agg(kl) - entropy_coef * agg(entropy)``, each aggregated the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nemo_prorl.algorithms.config import AGG_MODES, AlgorithmConfig, LossConfig
+from nemo_prorl.algorithms.kl import kl_penalty
+from nemo_prorl.algorithms.registry import get_policy_loss, register_policy_loss
+
+#: the log-ratio is clamped to [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP] before exp (as verl) so extreme
+#: ratios stay finite; the clipped objective has zero gradient there anyway unless A has the other sign.
+LOG_RATIO_CLAMP = 20.0
+
+
+def _check_2d(name: str, t: torch.Tensor, shape: torch.Size | None = None) -> None:
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be [B, T] (got shape {tuple(t.shape)})")
+    if shape is not None and t.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def loss_normalisers(mask: torch.Tensor) -> dict[str, int]:
+    """Local counts used as normalisers; sum them over micro-batches / ranks for global ones.
+
+    Args:
+        mask: ``[B, T]`` response mask.
+
+    Returns:
+        ``{"num_tokens": valid tokens, "num_seqs": sequences with at least one valid token}``.
+
+    """
+    _check_2d("mask", mask)
+    m = mask.bool()
+    return {"num_tokens": int(m.sum()), "num_seqs": int(m.any(dim=-1).sum())}
+
+
+def aggregate_loss(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token-mean",
+    *,
+    num_tokens: float | int | torch.Tensor | None = None,
+    num_seqs: float | int | torch.Tensor | None = None,
+    norm_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    Args:
+        loss_mat: ``[B, T]`` per-token loss; values at masked positions are ignored (may be inf/NaN).
+        mask: ``[B, T]`` 1 for valid tokens.
+        mode: one of :data:`~nemo_prorl.algorithms.config.AGG_MODES`.
+        num_tokens: global number of valid tokens (``token-mean``); default: this batch's count.
+        num_seqs: global number of non-empty sequences (``seq-mean-*``); default: this batch's count.
+        norm_len: constant length for ``seq-mean-token-sum-norm``; default ``T``.
+
+    Returns:
+        Scalar loss; 0 (with zero gradient) when there is no valid token.
+
+    """
+    _check_2d("loss_mat", loss_mat)
+    _check_2d("mask", mask, loss_mat.shape)
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; expected one of: {', '.join(AGG_MODES)}")
+    keep = mask.bool()
+    zero = torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device)
+    masked = torch.where(keep, loss_mat, zero)
+    if mode == "token-mean":
+        denom = keep.sum() if num_tokens is None else num_tokens
+        return masked.sum() / _clamp_denominator(denom, loss_mat)
+    seq_sum = masked.sum(dim=-1)
+    if mode == "seq-mean-token-sum":
+        per_seq = seq_sum
+    elif mode == "seq-mean-token-mean":
+        per_seq = seq_sum / keep.sum(dim=-1).clamp_min(1).to(loss_mat.dtype)
+    else:
+        length = loss_mat.shape[-1] if norm_len is None else norm_len
+        if length < 1:
+            raise ValueError(f"norm_len must be >= 1 (got {length})")
+        per_seq = seq_sum / float(length)
+    denom = keep.any(dim=-1).sum() if num_seqs is None else num_seqs
+    return per_seq.sum() / _clamp_denominator(denom, loss_mat)
+
+
+def _clamp_denominator(denom: float | int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    d = torch.as_tensor(denom, dtype=like.dtype, device=like.device)
+    if bool((d < 0).any()):
+        raise ValueError(f"loss normaliser must be >= 0 (got {float(d)})")
+    return d.clamp_min(1.0)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (0 when there are none); NaN-safe."""
+    keep = mask.bool()
+    v = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return v.sum() / keep.sum().clamp_min(1).to(values.dtype)
+
+
+@register_policy_loss("clipped")
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token PPO clipped surrogate with decoupled clip and optional dual clip.
+
+    Args:
+        logprobs: ``[B, T]`` current policy log-probs (differentiable); may be -inf where masked.
+        old_logprobs: ``[B, T]`` log-probs of the policy that sampled the tokens; may be -inf where masked.
+        advantages: ``[B, T]`` per-token advantages, or ``[B]`` (broadcast over tokens).
+        mask: ``[B, T]`` 1 for valid response tokens.
+        cfg: clip settings (``clip_low``, ``clip_high``, ``dual_clip``).
+
+    Returns:
+        ``(loss_mat [B, T], metrics)``: ``loss_mat`` is 0 at masked positions; metrics (detached scalars,
+        means over valid tokens) are ``clip_frac_low``, ``clip_frac_high``, ``dual_clip_frac``,
+        ``approx_kl`` (k3 estimate of KL(old || current)), ``ratio_mean``, ``ratio_min``, ``ratio_max``
+        (ratio metrics are 1.0 when there is no valid token).
+
+    """
+    _check_2d("logprobs", logprobs)
+    _check_2d("old_logprobs", old_logprobs, logprobs.shape)
+    _check_2d("mask", mask, logprobs.shape)
+    if advantages.dim() == 1:
+        if advantages.shape[0] != logprobs.shape[0]:
+            raise ValueError(
+                f"advantages [B] has B={advantages.shape[0]}, logprobs has B={logprobs.shape[0]}"
+            )
+        advantages = advantages[:, None].expand_as(logprobs)
+    else:
+        _check_2d("advantages", advantages, logprobs.shape)
+    keep = mask.bool()
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    lp = torch.where(keep, logprobs, zero)
+    old = torch.where(keep, old_logprobs.to(logprobs.dtype), zero)
+    adv = torch.where(keep, advantages.to(logprobs.dtype), zero)
+
+    log_ratio = (lp - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    lo, hi = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(lo, hi)
+    loss = torch.maximum(unclipped, clipped)
+    neg = adv < 0
+    dual_active = torch.zeros_like(keep)
+    if cfg.dual_clip is not None:
+        bound = -adv * cfg.dual_clip
+        dual_active = neg & (loss > bound) & keep
+        loss = torch.where(neg, torch.minimum(loss, bound), loss)
+    loss = torch.where(keep, loss, zero)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        n_valid = keep.sum()
+        fkeep = keep.to(r.dtype)
+        metrics = {
+            "clip_frac_low": masked_mean(((r < lo) & neg).to(r.dtype), fkeep),
+            "clip_frac_high": masked_mean(((r > hi) & (adv > 0)).to(r.dtype), fkeep),
+            "dual_clip_frac": masked_mean(dual_active.to(r.dtype), fkeep),
+            "approx_kl": masked_mean(r - 1.0 - log_ratio.detach(), fkeep),
+            "ratio_mean": masked_mean(r, fkeep) if n_valid > 0 else torch.ones((), dtype=r.dtype),
+            "ratio_min": r[keep].min() if n_valid > 0 else torch.ones((), dtype=r.dtype),
+            "ratio_max": r[keep].max() if n_valid > 0 else torch.ones((), dtype=r.dtype),
+        }
+    return loss, metrics
+
+
+@dataclass
+class LossOutput:
+    """Result of :func:`prorl_loss`.
+
+    Attributes:
+        loss: scalar to back-propagate (already divided by the global normaliser if one was given).
+        metrics: detached scalars: ``pg_loss``, ``kl_loss``, ``entropy`` plus the policy loss metrics.
+
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def prorl_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: AlgorithmConfig,
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    num_tokens: float | int | torch.Tensor | None = None,
+    num_seqs: float | int | torch.Tensor | None = None,
+) -> LossOutput:
+    """The full ProRL objective for one (micro-)batch.
+
+    ``loss = agg(pg) + kl.coef * agg(kl) - entropy.coef * agg(entropy)`` where the KL term is used only
+    when ``cfg.kl.where == "loss"`` and ``cfg.kl.coef > 0``.
+
+    Args:
+        logprobs: ``[B, T]`` current policy log-probs (differentiable).
+        old_logprobs: ``[B, T]`` sampling-policy log-probs.
+        advantages: ``[B, T]`` or ``[B]`` advantages.
+        mask: ``[B, T]`` response mask.
+        cfg: the algorithm config.
+        ref_logprobs: ``[B, T]`` reference log-probs; required when the KL term is active.
+        entropy: ``[B, T]`` per-token entropy (differentiable when ``entropy.coef > 0``); optional.
+        num_tokens: global valid-token count of the mini-batch (see :func:`aggregate_loss`).
+        num_seqs: global non-empty sequence count of the mini-batch.
+
+    Returns:
+        :class:`LossOutput`.
+
+    """
+    agg = cfg.loss.agg
+    kw = {"num_tokens": num_tokens, "num_seqs": num_seqs, "norm_len": cfg.loss.norm_len}
+    loss_mat, metrics = get_policy_loss(cfg.loss.name)(logprobs, old_logprobs, advantages, mask, cfg.loss)
+    pg = aggregate_loss(loss_mat, mask, agg, **kw)
+    total = pg
+    metrics = dict(metrics)
+    metrics["pg_loss"] = pg.detach()
+    use_kl = cfg.kl.where == "loss" and cfg.kl.coef > 0
+    if use_kl:
+        if ref_logprobs is None:
+            raise ValueError(
+                "ref_logprobs are required when algorithm.kl.coef > 0 and algorithm.kl.where=loss"
+            )
+        kl = kl_penalty(
+            logprobs,
+            ref_logprobs,
+            cfg.kl.estimator,
+            mask=mask,
+            input_clamp=cfg.kl.input_clamp,
+            output_clamp=cfg.kl.output_clamp,
+        )
+        kl_loss = aggregate_loss(kl, mask, agg, **kw)
+        total = total + cfg.kl.coef * kl_loss
+        metrics["kl_loss"] = kl_loss.detach()
+    elif ref_logprobs is not None:
+        with torch.no_grad():
+            kl = kl_penalty(
+                logprobs.detach(),
+                ref_logprobs,
+                cfg.kl.estimator,
+                mask=mask,
+                input_clamp=cfg.kl.input_clamp,
+                output_clamp=cfg.kl.output_clamp,
+            )
+            metrics["kl_loss"] = aggregate_loss(kl, mask, agg, **kw)
+    if entropy is not None:
+        ent = aggregate_loss(entropy, mask, agg, **kw)
+        if cfg.entropy.coef > 0:
+            total = total - cfg.entropy.coef * ent
+        metrics["entropy"] = ent.detach()
+    return LossOutput(loss=total, metrics=metrics)
