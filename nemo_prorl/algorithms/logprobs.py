@@ -12,8 +12,10 @@ statistics of its shard; one ``all_gather`` of ``[3, T]`` statistics per call co
 
     lse     = logsumexp_r(lse_r)
     target  = sum_r target_r                 (only the rank owning the label contributes)
-    E[z]    = sum_r exp(lse_r - lse) * E_r[z]   (E_r: expectation under the shard's own softmax)
-    entropy = lse - E[z]
+    entropy = sum_r w_r * (H_r - log w_r),   w_r = exp(lse_r - lse)
+
+where H_r is the entropy of the shard's own softmax, computed as ``-sum q log q`` (no cancellation
+between lse and the mean logit, so it is as accurate as the naive fp32 entropy).
 
 Backward of logprob_t and entropy_t with respect to the logits z_t (p = softmax(z_t), y = label):
 
@@ -78,7 +80,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         safe_labels = torch.where(in_shard, local_labels, torch.zeros_like(local_labels))
         lse_r = torch.empty(num_tokens, dtype=dtype, device=hidden.device)
         target_r = torch.zeros(num_tokens, dtype=dtype, device=hidden.device)
-        ez_r = torch.zeros(num_tokens, dtype=dtype, device=hidden.device)
+        ent_r = torch.zeros(num_tokens, dtype=dtype, device=hidden.device)
         for s in range(0, num_tokens, chunk_size):
             e = min(s + chunk_size, num_tokens)
             z = (hidden[s:e].to(dtype) * inv_t) @ w.T  # [c, V_local]
@@ -87,23 +89,23 @@ class _ChunkedLogprobs(torch.autograd.Function):
             tgt = z.gather(1, safe_labels[s:e, None]).squeeze(1)
             target_r[s:e] = torch.where(in_shard[s:e], tgt, torch.zeros_like(tgt))
             if with_entropy:
-                p = (z - lse[:, None]).exp_()
-                ez_r[s:e] = torch.linalg.vecdot(p, z)
-                del p
+                logq = z.sub_(lse[:, None])  # log-softmax of the shard, in place
+                ent_r[s:e] = -torch.linalg.vecdot(logq.exp(), logq)
+                del logq
             del z
         if group is not None and dist.get_world_size(group) > 1:
-            stats = torch.stack([lse_r, target_r, ez_r])  # [3, T]
+            stats = torch.stack([lse_r, target_r, ent_r])  # [3, T]
             gathered = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
             dist.all_gather(gathered, stats, group=group)
             allst = torch.stack(gathered)  # [R, 3, T]
-            lse_all = torch.logsumexp(allst[:, 0], dim=0)
+            lse_tot = torch.logsumexp(allst[:, 0], dim=0)
             target = allst[:, 1].sum(dim=0)
-            ez = (torch.exp(allst[:, 0] - lse_all) * allst[:, 2]).sum(dim=0)
-            lse_tot = lse_all
+            shift = allst[:, 0] - lse_tot  # log of each shard's share of the probability mass, <= 0
+            ent = (shift.exp() * (allst[:, 2] - shift)).sum(dim=0)
         else:
-            lse_tot, target, ez = lse_r, target_r, ez_r
+            lse_tot, target, ent = lse_r, target_r, ent_r
         logprobs = target - lse_tot
-        entropy = (lse_tot - ez) if with_entropy else torch.zeros_like(lse_tot)
+        entropy = ent if with_entropy else torch.zeros_like(lse_tot)
         ctx.save_for_backward(hidden, weight, safe_labels, in_shard, lse_tot, entropy)
         ctx.group = group
         ctx.chunk_size = chunk_size
