@@ -1,0 +1,130 @@
+"""``DataConfig``: every knob of the data pipeline, validated when it is built (before any model)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from nemo_prorl.schema import DOMAINS
+
+POLICIES: tuple[str, ...] = ("skip", "fail")
+
+
+def check_weights(weights: Mapping[str, float], where: str = "mixture") -> dict[str, float]:
+    """Validate a domain -> weight mapping and return it as a plain dict of floats.
+
+    Args:
+        weights: relative weight per domain (need not sum to 1).
+        where: name used in error messages (for example ``"phase_mixtures.run3"``).
+
+    Raises:
+        ValueError: on an unknown domain, a negative / non-finite / non-numeric weight, or an
+            all-zero mapping.
+
+    """
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"{where}: expected a mapping domain -> weight, got {type(weights).__name__}")
+    out: dict[str, float] = {}
+    for domain, w in weights.items():
+        if domain not in DOMAINS:
+            raise ValueError(f"{where}.{domain}: unknown domain (known: {', '.join(DOMAINS)})")
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ValueError(f"{where}.{domain}: weight must be a number, got {w!r}")
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"{where}.{domain}: weight must be finite and >= 0, got {w!r}")
+        out[domain] = float(w)
+    if not out or sum(out.values()) <= 0:
+        raise ValueError(f"{where}: at least one domain needs a weight > 0")
+    return out
+
+
+@dataclass
+class DataConfig:
+    """Configuration of training / validation data (the ``data:`` group of the Hydra config).
+
+    Attributes:
+        train_files: training data: JSONL, JSON (array or lines) or parquet files, or directories of
+            such shards. Rows follow :mod:`nemo_prorl.schema`.
+        val_files: validation data, same formats; evaluated every ``val_interval`` steps.
+        mixture: relative sampling weight per domain, e.g. ``{"math": 40, "code": 24}``. ``None``
+            samples every row once per epoch, so the mix follows the data set sizes (ProRL's setting).
+        phase_mixtures: per-phase weights keyed by phase name; the trainer passes
+            ``weights_for_phase(name)`` to ``MixtureSampler.set_weights`` when a phase starts (ProRL's
+            run 3 added instruction following this way). Phases not listed keep ``mixture``.
+        templates: per-domain prompt format strings overriding the defaults of
+            :data:`nemo_prorl.data.templates.DEFAULT_TEMPLATES`; placeholders ``{prompt}`` and
+            ``{options}`` only.
+        system_prompt: optional system message put before the user turn when a chat template is used.
+        max_prompt_tokens: prompts longer than this (in tokens, after the template) are filtered out at
+            preflight and their ids listed. ``None`` disables the check.
+        validation_policy: ``"skip"`` drops malformed rows and reports them; ``"fail"`` aborts the run
+            before any model is built when any row is malformed.
+        check_rewards: also ask each registered reward to validate its domain's ground truth.
+        seed: seed of the shuffles and of the domain draws; the sampler is deterministic given it.
+        shuffle: reshuffle every epoch (permutation seeded by ``(seed, epoch)``); ``False`` keeps file
+            order.
+
+    """
+
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    mixture: dict[str, float] | None = None
+    phase_mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+    system_prompt: str | None = None
+    max_prompt_tokens: int | None = None
+    validation_policy: str = "skip"
+    check_rewards: bool = True
+    seed: int = 42
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("train_files", "val_files"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [value]
+            value = list(value)
+            if not all(isinstance(p, str) and p for p in value):
+                raise ValueError(f"data.{name}: expected a list of paths, got {value!r}")
+            setattr(self, name, value)
+        if self.mixture is not None:
+            self.mixture = check_weights(self.mixture, "data.mixture")
+        self.phase_mixtures = {
+            str(k): check_weights(v, f"data.phase_mixtures.{k}") for k, v in dict(self.phase_mixtures).items()
+        }
+        # imported here: templates imports nothing from config, but keep the module light to import
+        from nemo_prorl.data.templates import check_templates
+
+        self.templates = dict(self.templates)
+        check_templates(self.templates, "data.templates")
+        if self.max_prompt_tokens is not None and (
+            isinstance(self.max_prompt_tokens, bool)
+            or not isinstance(self.max_prompt_tokens, int)
+            or self.max_prompt_tokens < 1
+        ):
+            raise ValueError(
+                f"data.max_prompt_tokens: expected a positive integer, got {self.max_prompt_tokens!r}"
+            )
+        if self.validation_policy not in POLICIES:
+            raise ValueError(
+                f"data.validation_policy: expected one of {POLICIES}, got {self.validation_policy!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"data.seed: expected a non-negative integer, got {self.seed!r}")
+
+    def weights_for_phase(self, phase: str | None) -> dict[str, float] | None:
+        """The mixture weights for ``phase`` (``mixture`` when the phase has none of its own)."""
+        if phase is not None and phase in self.phase_mixtures:
+            return dict(self.phase_mixtures[phase])
+        return None if self.mixture is None else dict(self.mixture)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
+        """Build from a plain mapping (e.g. ``OmegaConf.to_container(cfg.data)``), rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(values))
