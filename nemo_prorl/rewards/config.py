@@ -1,0 +1,104 @@
+"""``RewardsConfig``: how rewards are executed (worker pool, deadlines) and each domain's options."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class RewardsConfig:
+    """Options of the reward worker pool and of every reward domain.
+
+    Attributes:
+        num_workers: reward worker processes (each scores one sample at a time).
+        timeout_s: hard wall-clock deadline per sample, enforced by the parent: a worker still busy
+            after it is SIGKILLed and replaced, and the sample gets status ``timeout``.
+        load_timeout_s: extra time granted the first time a worker loads a domain (imports such as
+            reasoning-gym take seconds) and for a fresh worker to start.
+        max_retries: how many times a sample whose worker *died* (not timed out) is re-run on a new
+            worker before it gets status ``error``.
+        domains: per-domain keyword options, e.g. ``{"math": {"mv_timeout_s": None}}``; keys must be
+            registered reward names and options must be keyword arguments of that reward.
+        code_sandbox: sandbox options handed to the code reward as its ``sandbox`` keyword argument.
+        max_error_rate: the trainer aborts when the fraction of ``error``/``timeout`` samples exceeds
+            this for ``error_window_steps`` consecutive steps.
+        error_window_steps: see ``max_error_rate``.
+        failure_score: reward the trainer gives samples whose status is not ``ok`` (0.0 by contract;
+            a negative value acts as a penalty).
+
+    """
+
+    num_workers: int = 2
+    timeout_s: float = 10.0
+    load_timeout_s: float = 60.0
+    max_retries: int = 1
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    code_sandbox: dict[str, Any] = field(default_factory=dict)
+    max_error_rate: float = 0.05
+    error_window_steps: int = 3
+    failure_score: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RewardsConfig:
+        """Build from a plain mapping (e.g. an OmegaConf container); unknown keys are an error."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"rewards config: unknown key(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (sent to the worker processes)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def reward_kwargs(self, domain: str) -> dict[str, Any]:
+        """Keyword arguments for the reward of ``domain``."""
+        kwargs = dict(self.domains.get(domain) or {})
+        if domain == "code" and self.code_sandbox:
+            kwargs.setdefault("sandbox", dict(self.code_sandbox))
+        return kwargs
+
+    def validate(self) -> None:
+        """Check ranges and that every domain option names a real keyword of its reward.
+
+        Raises:
+            ValueError: naming the offending field.
+
+        """
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ValueError(f"rewards.num_workers must be an integer >= 1, got {self.num_workers!r}")
+        for name in ("timeout_s", "load_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"rewards.{name} must be > 0, got {value!r}")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"rewards.max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if not 0.0 <= float(self.max_error_rate) <= 1.0:
+            raise ValueError(f"rewards.max_error_rate must be in [0, 1], got {self.max_error_rate!r}")
+        if not isinstance(self.error_window_steps, int) or self.error_window_steps < 1:
+            raise ValueError(f"rewards.error_window_steps must be >= 1, got {self.error_window_steps!r}")
+        if not isinstance(self.domains, dict):
+            raise ValueError("rewards.domains must be a mapping domain -> options")
+        from nemo_prorl.rewards import registered_rewards
+
+        rewards = registered_rewards()
+        for domain, opts in self.domains.items():
+            if domain not in rewards:
+                raise ValueError(f"rewards.domains: unknown domain {domain!r}; registered: {sorted(rewards)}")
+            if opts is not None and not isinstance(opts, dict):
+                raise ValueError(f"rewards.domains.{domain} must be a mapping of options")
+        for domain in set(self.domains) | ({"code"} if self.code_sandbox else set()):
+            if domain not in rewards:
+                continue
+            params = inspect.signature(rewards[domain].__init__).parameters
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                continue
+            for key in self.reward_kwargs(domain):
+                if key not in params or key == "self":
+                    allowed = sorted(k for k in params if k != "self")
+                    raise ValueError(f"rewards.domains.{domain}: unknown option {key!r}; allowed: {allowed}")

@@ -1,0 +1,399 @@
+"""The ``ifeval`` reward: fraction of a row's IFEval instructions the response follows.
+
+The 25 instruction ids of IFEval (Zhou et al. 2023) with IFEval's keyword-argument names are checked
+on the text after the last ``</think>``. Everything runs offline: sentence splitting and word counting
+are implemented here (no nltk data), and language identification uses ``langdetect`` with a fixed seed.
+
+Row format: ``{"instructions": [{"id": "length_constraints:number_words",
+"kwargs": {"num_words": 100, "relation": "at least"}}, ...]}``. ``None``-valued kwargs are ignored (the
+public IFEval file lists every kwarg of every instruction, mostly null). An unknown id or a missing /
+mistyped kwarg makes the row an ``error`` naming it (:meth:`IFEvalReward.validate` reports it first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
+from nemo_prorl.rewards.text import answer_region
+from nemo_prorl.schema import Problem
+
+RELATIONS = ("less than", "at least")
+
+# ------------------------------------------------------------------------------------- text utilities
+
+_ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "fig", "no", "vol",
+    "inc", "ltd", "co", "corp", "dept", "approx", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
+    "sep", "sept", "oct", "nov", "dec", "mt", "u.s", "u.k", "a.m", "p.m", "ph.d", "al",
+})
+_SENT_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|$)")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences without any trained model.
+
+    A sentence ends at ``.``, ``!`` or ``?`` (runs such as ``?!`` or ``...`` count once, closing
+    quotes/brackets stay with the sentence) followed by whitespace or the end, except after a known
+    abbreviation (``Dr.``, ``e.g.``), a single-letter initial (``J.``) or a number's decimal point.
+    Blank lines also end a sentence (a heading without a full stop is a sentence of its own).
+
+    Args:
+        text: any text.
+
+    Returns:
+        The non-empty sentences, stripped.
+
+    """
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", text):
+        start = 0
+        for m in _SENT_END.finditer(block):
+            if block[m.start()] == ".":
+                before = re.search(r"([A-Za-z][A-Za-z.]*)$", block[start:m.start()])
+                if before:
+                    word = before.group(1).lower().rstrip(".")
+                    if word in _ABBREVIATIONS or len(word) == 1:
+                        continue
+            piece = block[start:m.end()].strip()
+            if piece:
+                out.append(piece)
+            start = m.end()
+        tail = block[start:].strip()
+        if tail and re.search(r"\w", tail):
+            out.append(tail)
+    return out
+
+
+def count_words(text: str) -> int:
+    r"""Number of ``\w+`` runs (IFEval counts words with a ``\w+`` tokenizer)."""
+    return len(re.findall(r"\w+", text))
+
+
+def word_tokens(text: str) -> list[str]:
+    """Word and punctuation tokens, close to a Treebank tokenizer: ``don't`` -> ``do``, ``n't``."""
+    return re.findall(r"\w+(?=n't)|n't|\w+|'\w+|[^\w\s]", text)
+
+
+_LANGDETECT: Any = None
+
+
+def detect_language(text: str) -> str | None:
+    """ISO 639-1 code of ``text``'s language by langdetect (seeded), or ``None`` if undetectable."""
+    global _LANGDETECT
+    if _LANGDETECT is None:
+        import langdetect
+
+        langdetect.DetectorFactory.seed = 0
+        _LANGDETECT = langdetect
+    try:
+        return _LANGDETECT.detect(text)
+    except _LANGDETECT.LangDetectException:
+        return None
+
+
+def _compare(count: int, relation: str, n: int) -> bool:
+    return count < n if relation == "less than" else count >= n
+
+
+# -------------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """An instruction id: its check and its keyword arguments (name -> accepted types)."""
+
+    check: Callable[[str, dict[str, Any]], bool]
+    kwargs: dict[str, tuple[type, ...]]
+    optional: tuple[str, ...] = ()
+
+
+def _keywords_existence(r: str, kw: dict) -> bool:
+    return all(re.search(re.escape(k), r, flags=re.IGNORECASE) for k in kw["keywords"])
+
+
+def _keyword_frequency(r: str, kw: dict) -> bool:
+    count = len(re.findall(re.escape(kw["keyword"]), r, flags=re.IGNORECASE))
+    return _compare(count, kw["relation"], kw["frequency"])
+
+
+def _forbidden_words(r: str, kw: dict) -> bool:
+    return not any(re.search(r"\b" + re.escape(w) + r"\b", r, flags=re.IGNORECASE)
+                   for w in kw["forbidden_words"])
+
+
+def _letter_frequency(r: str, kw: dict) -> bool:
+    count = r.lower().count(kw["letter"].lower())
+    return _compare(count, kw["let_relation"], kw["let_frequency"])
+
+
+def _response_language(r: str, kw: dict) -> bool:
+    lang = detect_language(r)
+    return True if lang is None else lang == kw["language"]
+
+
+def _number_sentences(r: str, kw: dict) -> bool:
+    return _compare(len(split_sentences(r)), kw["relation"], kw["num_sentences"])
+
+
+def _number_paragraphs(r: str, kw: dict) -> bool:
+    paragraphs = re.split(r"\s?\*\*\*\s?", r)
+    n = len(paragraphs)
+    for i, p in enumerate(paragraphs):
+        if not p.strip():
+            if i in (0, len(paragraphs) - 1):
+                n -= 1
+            else:
+                return False
+    return n == kw["num_paragraphs"]
+
+
+def _number_words(r: str, kw: dict) -> bool:
+    return _compare(count_words(r), kw["relation"], kw["num_words"])
+
+
+def _nth_paragraph_first_word(r: str, kw: dict) -> bool:
+    paragraphs = re.split(r"\n\n", r)
+    n = sum(1 for p in paragraphs if p.strip())
+    nth = kw["nth_paragraph"]
+    if not 1 <= nth <= n:
+        return False
+    nonempty = [p.strip() for p in paragraphs if p.strip()]
+    words = nonempty[nth - 1].split()
+    word = words[0].lstrip("'\"*_#") if words else ""
+    first = ""
+    for ch in word:
+        if ch in ".,?!'\":;*_":
+            break
+        first += ch.lower()
+    return n == kw["num_paragraphs"] and first == kw["first_word"].strip().lower()
+
+
+def _number_placeholders(r: str, kw: dict) -> bool:
+    return len(re.findall(r"\[.*?\]", r)) >= kw["num_placeholders"]
+
+
+def _postscript(r: str, kw: dict) -> bool:
+    marker = kw["postscript_marker"].strip()
+    low = r.lower()
+    if marker.upper().replace(" ", "") in ("P.P.S", "P.P.S."):
+        pattern = r"\s*p\.\s?p\.\s?s.*$"
+    elif marker.upper().replace(" ", "") == "P.S.":
+        pattern = r"\s*p\.\s?s\..*$"
+    else:
+        pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
+    return bool(re.findall(pattern, low, flags=re.MULTILINE))
+
+
+def _number_bullet_lists(r: str, kw: dict) -> bool:
+    stars = re.findall(r"^\s*\*[^\*].*$", r, flags=re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", r, flags=re.MULTILINE)
+    return len(stars) + len(dashes) == kw["num_bullets"]
+
+
+def _constrained_response(r: str, kw: dict) -> bool:
+    s = r.strip()
+    return any(opt in s for opt in ("My answer is yes.", "My answer is no.", "My answer is maybe."))
+
+
+def _number_highlighted_sections(r: str, kw: dict) -> bool:
+    n = sum(1 for h in re.findall(r"\*[^\n\*]*\*", r) if h.strip("*").strip())
+    n += sum(1 for h in re.findall(r"\*\*[^\n\*]*\*\*", r) if h.removeprefix("**").removesuffix("**").strip())
+    return n >= kw["num_highlights"]
+
+
+def _multiple_sections(r: str, kw: dict) -> bool:
+    pattern = r"\s?" + re.escape(kw["section_spliter"].strip()) + r"\s?\d+\s?"
+    return len(re.split(pattern, r)) - 1 >= kw["num_sections"]
+
+
+def _json_format(r: str, kw: dict) -> bool:
+    s = r.strip()
+    for prefix in ("```json", "```Json", "```JSON", "```"):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+            break
+    s = s.removesuffix("```").strip()
+    try:
+        json.loads(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _title(r: str, kw: dict) -> bool:
+    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", r))
+
+
+def _two_responses(r: str, kw: dict) -> bool:
+    parts = r.split("******")
+    valid = []
+    for i, p in enumerate(parts):
+        if not p.strip():
+            if i not in (0, len(parts) - 1):
+                return False
+        else:
+            valid.append(p.strip())
+    return len(valid) == 2 and valid[0] != valid[1]
+
+
+def _repeat_prompt(r: str, kw: dict) -> bool:
+    return r.strip().lower().startswith(kw["prompt_to_repeat"].strip().lower())
+
+
+def _end_checker(r: str, kw: dict) -> bool:
+    return r.strip().strip('"').lower().endswith(kw["end_phrase"].strip().lower())
+
+
+def _quotation(r: str, kw: dict) -> bool:
+    s = r.strip()
+    return len(s) > 1 and s[0] == '"' and s[-1] == '"'
+
+
+def _capital_word_frequency(r: str, kw: dict) -> bool:
+    count = sum(1 for w in word_tokens(r) if w.isupper())
+    return _compare(count, kw["capital_relation"], kw["capital_frequency"])
+
+
+def _english_capital(r: str, kw: dict) -> bool:
+    return r.isupper() and detect_language(r) == "en"
+
+
+def _english_lowercase(r: str, kw: dict) -> bool:
+    return r.islower() and detect_language(r) == "en"
+
+
+def _no_comma(r: str, kw: dict) -> bool:
+    return "," not in r
+
+
+_I, _S, _L = (int,), (str,), (list,)
+INSTRUCTIONS: dict[str, Instruction] = {
+    "keywords:existence": Instruction(_keywords_existence, {"keywords": _L}),
+    "keywords:frequency": Instruction(_keyword_frequency, {"keyword": _S, "frequency": _I, "relation": _S}),
+    "keywords:forbidden_words": Instruction(_forbidden_words, {"forbidden_words": _L}),
+    "keywords:letter_frequency": Instruction(_letter_frequency,
+                                             {"letter": _S, "let_frequency": _I, "let_relation": _S}),
+    "language:response_language": Instruction(_response_language, {"language": _S}),
+    "length_constraints:number_sentences": Instruction(_number_sentences,
+                                                       {"num_sentences": _I, "relation": _S}),
+    "length_constraints:number_paragraphs": Instruction(_number_paragraphs, {"num_paragraphs": _I}),
+    "length_constraints:number_words": Instruction(_number_words, {"num_words": _I, "relation": _S}),
+    "length_constraints:nth_paragraph_first_word": Instruction(
+        _nth_paragraph_first_word, {"num_paragraphs": _I, "nth_paragraph": _I, "first_word": _S}),
+    "detectable_content:number_placeholders": Instruction(_number_placeholders, {"num_placeholders": _I}),
+    "detectable_content:postscript": Instruction(_postscript, {"postscript_marker": _S}),
+    "detectable_format:number_bullet_lists": Instruction(_number_bullet_lists, {"num_bullets": _I}),
+    "detectable_format:constrained_response": Instruction(_constrained_response, {}),
+    "detectable_format:number_highlighted_sections": Instruction(_number_highlighted_sections,
+                                                                 {"num_highlights": _I}),
+    "detectable_format:multiple_sections": Instruction(_multiple_sections,
+                                                       {"section_spliter": _S, "num_sections": _I}),
+    "detectable_format:json_format": Instruction(_json_format, {}),
+    "detectable_format:title": Instruction(_title, {}),
+    "combination:two_responses": Instruction(_two_responses, {}),
+    "combination:repeat_prompt": Instruction(_repeat_prompt, {"prompt_to_repeat": _S}),
+    "startend:end_checker": Instruction(_end_checker, {"end_phrase": _S}),
+    "startend:quotation": Instruction(_quotation, {}),
+    "change_case:capital_word_frequency": Instruction(_capital_word_frequency,
+                                                      {"capital_frequency": _I, "capital_relation": _S}),
+    "change_case:english_capital": Instruction(_english_capital, {}),
+    "change_case:english_lowercase": Instruction(_english_lowercase, {}),
+    "punctuation:no_comma": Instruction(_no_comma, {}),
+}
+_RELATION_KEYS = ("relation", "let_relation", "capital_relation")
+
+
+def _clean_kwargs(item: dict) -> dict[str, Any]:
+    return {k: v for k, v in (item.get("kwargs") or {}).items() if v is not None}
+
+
+def check_instruction(index: int, item: Any) -> list[Problem]:
+    """Problems with one ``{"id", "kwargs"}`` item (unknown id, missing or mistyped kwargs)."""
+    where = f"instructions[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        return [Problem(f"{where}.id", "missing or not a string")]
+    spec = INSTRUCTIONS.get(item["id"])
+    if spec is None:
+        return [Problem(f"{where}.id", f"unknown IFEval instruction id {item['id']!r}")]
+    kwargs = item.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        return [Problem(f"{where}.kwargs", "expected an object")]
+    kwargs = _clean_kwargs(item)
+    problems = []
+    for name, types in spec.kwargs.items():
+        if name not in kwargs:
+            if name not in spec.optional:
+                problems.append(Problem(f"{where}.kwargs.{name}", f"missing (required by {item['id']})"))
+            continue
+        value = kwargs[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            problems.append(Problem(f"{where}.kwargs.{name}",
+                                    f"expected {types[0].__name__}, got {type(value).__name__}"))
+        elif name in _RELATION_KEYS and value not in RELATIONS:
+            problems.append(Problem(f"{where}.kwargs.{name}", f"expected one of {RELATIONS}, got {value!r}"))
+        elif types is _L and not all(isinstance(v, str) for v in value):
+            problems.append(Problem(f"{where}.kwargs.{name}", "expected a list of strings"))
+    if item["id"] == "keywords:letter_frequency" and isinstance(kwargs.get("letter"), str) \
+            and len(kwargs["letter"]) != 1:
+        problems.append(Problem(f"{where}.kwargs.letter", "expected a single character"))
+    return problems
+
+
+def _loose_variants(text: str) -> list[str]:
+    lines = text.split("\n")
+    bases = [text, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(),
+             "\n".join(lines[1:-1]).strip()]
+    return [v for b in bases for v in (b, b.replace("*", "")) if v.strip()]
+
+
+@register_reward("ifeval")
+class IFEvalReward(Reward):
+    """Continuous IFEval reward: the fraction of the row's instructions that are followed.
+
+    Args:
+        loose: IFEval's "loose" criterion -- an instruction also counts as followed when it holds after
+            removing the first and/or last line or the ``*`` markup.
+        all_or_nothing: score 1.0 only when every instruction is followed (IFEval "prompt-level").
+
+    """
+
+    def __init__(self, loose: bool = False, all_or_nothing: bool = False) -> None:
+        self.loose = loose
+        self.all_or_nothing = all_or_nothing
+
+    def validate(self, row: dict) -> list[Problem]:
+        """Every instruction id must be known and carry its required kwargs."""
+        problems: list[Problem] = []
+        for i, item in enumerate(row.get("instructions") or []):
+            problems.extend(check_instruction(i, item))
+        return problems
+
+    def score(self, response: str, row: dict) -> RewardResult:
+        """Score one response; never raises."""
+        problems = self.validate(row)
+        if problems:
+            return RewardResult(0.0, "error", {"reason": "; ".join(map(str, problems))})
+        region = answer_region(response)
+        if region is None:
+            return RewardResult(0.0, "no_answer", {"reason": "unclosed <think> block"})
+        text = region.strip()
+        if not text:
+            return RewardResult(0.0, "no_answer", {"reason": "empty response"})
+        variants = _loose_variants(text) if self.loose else [text]
+        followed: list[bool] = []
+        try:
+            for item in row["instructions"]:
+                spec = INSTRUCTIONS[item["id"]]
+                kwargs = _clean_kwargs(item)
+                followed.append(any(spec.check(v, kwargs) for v in variants))
+        except Exception as exc:
+            reason = f"check {item['id']!r} raised {type(exc).__name__}: {exc}"
+            return RewardResult(0.0, "error", {"reason": reason[:500]})
+        frac = sum(followed) / len(followed)
+        value = float(all(followed)) if self.all_or_nothing else frac
+        return RewardResult(value, "ok", {"followed": followed, "fraction": frac})

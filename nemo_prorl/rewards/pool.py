@@ -1,0 +1,268 @@
+r"""``RewardPool``: score rows in killable worker processes with a hard per-sample deadline.
+
+Each worker is a fresh interpreter (``python -m nemo_prorl.rewards.worker``, never a fork of a trainer
+that holds CUDA state or torch) talking JSON lines over pipes. The parent hands one sample at a time
+to each idle worker and watches the clock: a worker that overruns ``timeout_s`` is SIGKILLed and
+replaced and its sample gets status ``timeout``; a worker that dies (crash, OOM kill, someone's
+``kill -9``) is replaced and its sample re-run up to ``max_retries`` times, then gets status
+``error``. Every row yields exactly one result, in input order.
+
+Example::
+
+    with RewardPool(RewardsConfig(num_workers=4, timeout_s=10)) as pool:
+        results = pool.score([{"domain": "math", "response": "... \\boxed{4}", "answer": "4"}])
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nemo_prorl
+from nemo_prorl.rewards.base import RewardResult
+from nemo_prorl.rewards.config import RewardsConfig
+
+_MAX_START_FAILURES = 5
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    buf: bytearray = field(default_factory=bytearray)
+    ready: bool = False
+    started: float = field(default_factory=time.monotonic)
+    task: int | None = None
+    deadline: float = 0.0
+    loaded: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ScoredRow:
+    """A result plus the row's validation problems (``(field, reason)`` pairs; empty when valid)."""
+
+    result: RewardResult
+    problems: list[tuple[str, str]]
+
+
+class RewardPool:
+    """A pool of reward worker processes.
+
+    Args:
+        config: pool and per-domain options; validated here.
+
+    """
+
+    def __init__(self, config: RewardsConfig | None = None) -> None:
+        self.config = config or RewardsConfig()
+        self.config.validate()
+        self._workers: list[_Worker] = []
+        self._sel = selectors.DefaultSelector()
+        self._closed = False
+        self._start_failures = 0
+        #: counts of replaced workers, for logging/metrics
+        self.restarts = {"timeout": 0, "died": 0}
+
+    # ---------------------------------------------------------------------------------------- workers
+
+    def _spawn(self) -> _Worker:
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(nemo_prorl.__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nemo_prorl.rewards.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        proc.stdin.write((json.dumps(self.config.to_dict()) + "\n").encode())
+        proc.stdin.flush()
+        w = _Worker(proc)
+        self._sel.register(proc.stdout, selectors.EVENT_READ, w)
+        self._workers.append(w)
+        return w
+
+    def _kill(self, w: _Worker) -> None:
+        try:
+            self._sel.unregister(w.proc.stdout)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            w.proc.kill()
+        except ProcessLookupError:
+            pass
+        w.proc.wait()
+        for stream in (w.proc.stdin, w.proc.stdout):
+            try:
+                stream.close()
+            except (OSError, BrokenPipeError):
+                pass
+        self._workers.remove(w)
+
+    def _ensure_workers(self) -> None:
+        while len(self._workers) < self.config.num_workers:
+            self._spawn()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and diagnostics)."""
+        return [w.proc.pid for w in self._workers]
+
+    # ------------------------------------------------------------------------------------------ score
+
+    def score(self, rows: list[dict]) -> list[RewardResult]:
+        """Score rows; returns one :class:`RewardResult` per row, in order."""
+        return [s.result for s in self.score_detailed(rows)]
+
+    def score_detailed(self, rows: list[Any]) -> list[ScoredRow]:
+        """Like :meth:`score` but also returns each row's validation problems."""
+        if self._closed:
+            raise RuntimeError("RewardPool is closed")
+        n = len(rows)
+        out: list[ScoredRow | None] = [None] * n
+        payloads = [json.dumps({"id": i, "row": row}, ensure_ascii=False, default=str).encode("utf-8",
+                    "surrogatepass") + b"\n" for i, row in enumerate(rows)]
+        pending: collections.deque[int] = collections.deque(range(n))
+        attempts = [0] * n
+        done = 0
+        cfg = self.config
+        while done < n:
+            self._ensure_workers()
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.ready and w.task is None and pending:
+                    i = pending.popleft()
+                    domain = rows[i].get("domain") if isinstance(rows[i], dict) else None
+                    extra = 0.0 if domain in w.loaded else cfg.load_timeout_s
+                    w.task, w.deadline = i, now + cfg.timeout_s + extra
+                    try:
+                        w.proc.stdin.write(payloads[i])
+                        w.proc.stdin.flush()
+                    except (BrokenPipeError, OSError):
+                        pass  # noticed as EOF below
+            waits = [w.deadline for w in self._workers if w.task is not None]
+            waits += [w.started + cfg.load_timeout_s for w in self._workers if not w.ready]
+            timeout = max(0.0, min(waits) - time.monotonic()) if waits else 0.05
+            for key, _ in self._sel.select(timeout=min(timeout, 1.0)):
+                w = key.data
+                try:
+                    chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    done += self._on_death(w, rows, out, pending, attempts)
+                    continue
+                w.buf.extend(chunk)
+                while (nl := w.buf.find(b"\n")) >= 0:
+                    line = bytes(w.buf[:nl])
+                    del w.buf[:nl + 1]
+                    done += self._on_message(w, line, out)
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.task is not None and now > w.deadline:
+                    i = w.task
+                    out[i] = ScoredRow(RewardResult(0.0, "timeout", {
+                        "reason": f"scoring exceeded the {cfg.timeout_s:g} s deadline; worker killed"}), [])
+                    done += 1
+                    self.restarts["timeout"] += 1
+                    self._kill(w)
+                elif not w.ready and now > w.started + cfg.load_timeout_s:
+                    self._kill(w)
+                    self._note_start_failure("did not start within load_timeout_s")
+        return [r for r in out if r is not None]
+
+    def _note_start_failure(self, why: str) -> None:
+        self._start_failures += 1
+        if self._start_failures >= _MAX_START_FAILURES:
+            raise RuntimeError(f"reward workers keep failing to start ({why}); last {self._start_failures} "
+                               "attempts failed -- run `python -m nemo_prorl.rewards.worker` to see why")
+
+    def _on_message(self, w: _Worker, line: bytes, out: list[ScoredRow | None]) -> int:
+        msg = json.loads(line)
+        if msg.get("ready"):
+            w.ready = True
+            self._start_failures = 0
+            return 0
+        if "loaded" in msg:
+            w.loaded.add(msg["loaded"])
+            w.deadline = time.monotonic() + self.config.timeout_s
+            return 0
+        i = msg["id"]
+        if w.task != i or out[i] is not None:
+            return 0
+        w.task = None
+        result = RewardResult(float(msg["score"]), msg["status"], msg.get("info") or {})
+        out[i] = ScoredRow(result, [tuple(p) for p in msg.get("problems") or []])
+        return 1
+
+    def _on_death(self, w: _Worker, rows: list[Any], out: list[ScoredRow | None],
+                  pending: collections.deque[int], attempts: list[int]) -> int:
+        i = w.task
+        was_ready = w.ready
+        self._kill(w)
+        rc = w.proc.returncode
+        if not was_ready:
+            self._note_start_failure(f"worker exited with code {rc} before it was ready")
+        if i is None:
+            return 0
+        self.restarts["died"] += 1
+        attempts[i] += 1
+        if attempts[i] <= self.config.max_retries:
+            pending.appendleft(i)
+            return 0
+        out[i] = ScoredRow(RewardResult(0.0, "error", {
+            "reason": f"reward worker died (exit code {rc}) on this sample {attempts[i]} time(s)"}), [])
+        return 1
+
+    # -------------------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in list(self._workers):
+            try:
+                w.proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in list(self._workers):
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill(w)
+        self._sel.close()
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def error_rate(results: list[RewardResult]) -> float:
+    """Fraction of results whose status is ``error`` or ``timeout`` (0.0 for an empty list)."""
+    if not results:
+        return 0.0
+    return sum(r.status in ("error", "timeout") for r in results) / len(results)
