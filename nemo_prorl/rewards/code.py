@@ -1,0 +1,266 @@
+"""The ``code`` reward: run the response's Python program against the row's tests in a sandbox.
+
+Order of decisions for one response:
+
+1. The answer region is the text after the last ``</think>`` (an unfinished ``<think>`` leaves no
+   answer). Its LAST fenced block tagged ``python``/``py``/``python3`` or untagged is the program; none
+   -> ``no_answer``.
+2. The row's ``tests`` (see :func:`nemo_prorl.schema.parse_tests`) are all run in ONE sandbox launch by
+   :mod:`nemo_prorl.rewards.sandbox.code_harness`: stdin/stdout cases compare whitespace-normalised
+   output line by line (and need exit status 0); assert cases exec the program then the assert (with
+   ``candidate`` bound to ``entry_point`` and HumanEval-style ``check(candidate)`` called), and pass only
+   if the child reaches the end and reports a per-case token.
+3. Score = passed / total (ProRL's continuous code reward). Status:
+
+   ====================  =========================================================================
+   ``ok``                the tests ran; score is the fraction passed. A syntax error is ``ok`` with
+                         score 0 and ``info["reason"] == "syntax_error"``.
+   ``timeout``           the total wall/CPU budget ran out, the sandbox had to be killed from
+                         outside, or no case passed and at least one timed out.
+   ``violation``         the result channel was tampered with (bad nonce, forged or duplicate
+                         records), or no case passed and a case hit a resource limit (memory,
+                         process count, file size, output size).
+   ``error``             bad tests in the row, or the sandbox itself failed (host problem).
+   ``no_answer``         no fenced code block in the answer region.
+   ====================  =========================================================================
+
+Resource-limit hits in a sample that passes some cases are failures of those cases only (status
+``ok``); ``info["outcomes"]`` counts every outcome so they stay visible in metrics.
+
+Options (rewards config ``code:``): see :class:`CodeReward`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+from collections import Counter
+from importlib import resources
+from typing import Any
+
+from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
+from nemo_prorl.rewards.sandbox import (
+    DEFAULT_BASE_UID,
+    Limits,
+    Sandbox,
+    SandboxError,
+    SandboxUnavailableError,
+    make_sandbox,
+)
+from nemo_prorl.schema import Problem, parse_tests
+
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.#-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
+_PY_TAGS = {"", "python", "py", "python3", "py3"}
+_LIMIT_OUTCOMES = ("memory", "process_limit", "file_size", "output_limit")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def extract_code(response: str) -> str | None:
+    """The program in ``response``: its last python/untagged fenced block after the last ``</think>``.
+
+    Args:
+        response: the model's full response text.
+
+    Returns:
+        The code (without the fences), or ``None`` when there is no such block.
+
+    """
+    if "</think>" in response:
+        response = response.rsplit("</think>", 1)[1]
+    elif "<think>" in response:
+        return None  # the model never finished thinking
+    code = None
+    for match in _FENCE.finditer(response):
+        if match.group(1).lower() in _PY_TAGS:
+            code = match.group(2)
+    return code
+
+
+def _harness_source() -> str:
+    return resources.files("nemo_prorl.rewards.sandbox").joinpath("code_harness.py").read_text("utf-8")
+
+
+@register_reward("code")
+class CodeReward(Reward):
+    """Fraction of a row's test cases that the response's program passes, run in a sandbox.
+
+    Args:
+        backend: sandbox backend, ``"auto"`` | ``"bwrap"`` | ``"unsafe"``.
+        allow_unsafe: explicit opt-in to running code without isolation (see docs/sandbox.md).
+        python: interpreter used inside the sandbox (default: the system ``/usr/bin/python3``).
+        case_timeout_s: wall-clock limit of one test case.
+        case_cpu_s: CPU limit of one test case (default: ``case_timeout_s`` rounded up).
+        total_timeout_s: wall-clock (and CPU) budget of all cases of one sample; the effective budget is
+            ``min(total_timeout_s, n_cases * case_timeout_s + 1)``.
+        memory_mb: address-space limit of every sandboxed process.
+        nproc: process/thread limit of the sandbox's slot uid.
+        fsize_mb: largest file the program may write (in the sandbox's private tmpfs).
+        tmpfs_mb: size of the sandbox's private ``/tmp``.
+        max_output_bytes: stdout/stderr kept per case; more fails the case (``output_limit``).
+        max_tests: run only the first ``max_tests`` cases (``None``: all).
+        base_uid: first per-slot uid when the grader runs as root.
+        max_slots: number of concurrent sandboxes per host.
+        probe_on_init: probe the host in ``__init__`` and raise
+            :class:`~nemo_prorl.rewards.sandbox.SandboxUnavailableError` there (fail before training);
+            with ``False`` the probe runs on first use and a failure becomes status ``error``.
+
+    """
+
+    def __init__(self, backend: str = "auto", allow_unsafe: bool = False, python: str | None = None,
+                 case_timeout_s: float = 2.0, case_cpu_s: float | None = None, total_timeout_s: float = 30.0,
+                 memory_mb: int = 1024, nproc: int = 64, fsize_mb: int = 16, tmpfs_mb: int = 64,
+                 max_output_bytes: int = 1 << 20, max_tests: int | None = None,
+                 base_uid: int = DEFAULT_BASE_UID, max_slots: int = 64, probe_on_init: bool = True) -> None:
+        for name, value in (("case_timeout_s", case_timeout_s), ("total_timeout_s", total_timeout_s)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"code reward: {name} must be a positive number, got {value!r}")
+        if case_cpu_s is not None and not (isinstance(case_cpu_s, (int, float)) and case_cpu_s > 0):
+            raise ValueError(f"code reward: case_cpu_s must be a positive number, got {case_cpu_s!r}")
+        if max_tests is not None and (not isinstance(max_tests, int) or max_tests < 1):
+            raise ValueError(f"code reward: max_tests must be a positive integer or null, got {max_tests!r}")
+        self.case_timeout_s = float(case_timeout_s)
+        self.case_cpu_s = float(case_cpu_s) if case_cpu_s is not None else float(math.ceil(case_timeout_s))
+        self.total_timeout_s = float(total_timeout_s)
+        self.max_tests = max_tests
+        # validates the numbers once, at start-up
+        self.base_limits = Limits(wall_s=self.total_timeout_s, cpu_s=int(math.ceil(self.total_timeout_s)) + 2,
+                                  memory_bytes=int(memory_mb) << 20, nproc=int(nproc),
+                                  fsize_bytes=int(fsize_mb) << 20, max_output_bytes=int(max_output_bytes),
+                                  tmpfs_bytes=int(tmpfs_mb) << 20)
+        self._sandbox_opts = dict(backend=backend, allow_unsafe=allow_unsafe, python=python,
+                                  base_uid=base_uid, max_slots=max_slots)
+        self._sandbox: Sandbox | None = None
+        self._harness = _harness_source()
+        if probe_on_init:
+            self._sandbox, _ = make_sandbox(**self._sandbox_opts)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The sandbox (probed on first use when ``probe_on_init`` was false)."""
+        if self._sandbox is None:
+            self._sandbox, _ = make_sandbox(**self._sandbox_opts)
+        return self._sandbox
+
+    def validate(self, row: dict) -> list[Problem]:
+        """Domain checks beyond the schema: a usable ``entry_point``."""
+        ep = row.get("entry_point")
+        if ep is not None and (not isinstance(ep, str) or not _IDENT.match(ep)):
+            return [Problem("entry_point", f"expected a Python identifier, got {ep!r}")]
+        return []
+
+    def _limits(self, n_cases: int) -> tuple[Limits, float]:
+        total = min(self.total_timeout_s, n_cases * self.case_timeout_s + 1.0)
+        b = self.base_limits
+        limits = Limits(wall_s=total + 3.0, cpu_s=int(math.ceil(total)) + 2, memory_bytes=b.memory_bytes,
+                        nproc=b.nproc, fsize_bytes=b.fsize_bytes, nofile=b.nofile,
+                        max_output_bytes=max(b.max_output_bytes, 1024 * n_cases + (64 << 10)),
+                        tmpfs_bytes=b.tmpfs_bytes)
+        return limits, total
+
+    def score(self, response: str, row: dict) -> RewardResult:
+        """Run the response's program on ``row["tests"]``; see the module docstring. Never raises."""
+        try:
+            return self._score(response, row)
+        except SandboxUnavailableError as exc:
+            return RewardResult(0.0, "error", {"reason": "sandbox_unavailable", "error": str(exc)})
+        except Exception as exc:  # the contract: failures become a status, never an exception
+            return RewardResult(0.0, "error",
+                                {"reason": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
+
+    def _score(self, response: str, row: dict) -> RewardResult:
+        if not isinstance(response, str):
+            return RewardResult(0.0, "error", {"reason": "bad_row", "error": "response: expected a string"})
+        code = extract_code(response)
+        if code is None or not code.strip():
+            return RewardResult(0.0, "no_answer", {"reason": "no fenced python code block in the answer"})
+        try:
+            cases = parse_tests(row.get("tests"))
+        except ValueError as exc:
+            return RewardResult(0.0, "error", {"reason": "bad_row", "error": f"tests: {exc}"})
+        problems = self.validate(row)
+        if problems:
+            return RewardResult(0.0, "error", {"reason": "bad_row", "error": "; ".join(map(str, problems))})
+        if self.max_tests is not None:
+            cases = cases[: self.max_tests]
+        sandbox = self.sandbox
+        limits, total = self._limits(len(cases))
+        nonce = secrets.token_hex(16)
+        job = {
+            "nonce": nonce, "python": sandbox.python, "python_flags": list(sandbox.python_flags),
+            "solution": code, "entry_point": row.get("entry_point"),
+            "cases": [{"assert": c["assert"]} if "assert" in c
+                      else {"input": c["input"], "output": c["output"]} for c in cases],
+            "case_wall_s": self.case_timeout_s, "case_cpu_s": self.case_cpu_s, "total_wall_s": total,
+            "total_cpu_s": total, "max_output_bytes": self.base_limits.max_output_bytes,
+        }
+        try:
+            res = sandbox.run({"harness.py": self._harness},
+                              [sandbox.python, *sandbox.python_flags, "harness.py"],
+                              stdin=json.dumps(job).encode("utf-8", "surrogatepass"), limits=limits)
+        except SandboxError as exc:
+            return RewardResult(0.0, "error", {"reason": "sandbox_error", "error": str(exc)})
+        return self._judge(res, nonce, len(cases))
+
+    def _judge(self, res: Any, nonce: str, n_cases: int) -> RewardResult:
+        info: dict[str, Any] = {"total": n_cases, "backend": res.backend, "wall_s": round(res.wall_s, 4)}
+        events: list[dict] = []
+        lines = res.stdout.splitlines()
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                ev = None
+            if not isinstance(ev, dict) or ev.get("nonce") != nonce:
+                info["reason"] = "result channel tampered (unauthenticated record)"
+                return RewardResult(0.0, "violation", info)
+            events.append(ev)
+        if res.stdout and not res.stdout.endswith(b"\n"):
+            info["reason"] = "result channel tampered (partial record)"
+            return RewardResult(0.0, "violation", info)
+        kinds = [ev.get("event") for ev in events]
+        if "done" not in kinds:
+            if res.timed_out:
+                info["reason"] = "sandbox killed at the total wall limit"
+                return RewardResult(0.0, "timeout", info)
+            if res.killed_by == "output_limit":
+                info["reason"] = "harness output exceeded the cap"
+                return RewardResult(0.0, "violation", info)
+            info["reason"] = "sandbox ended without results"
+            info["error"] = res.stderr[-500:].decode("utf-8", "replace")
+            info["returncode"] = res.returncode
+            return RewardResult(0.0, "error", info)
+        if (kinds[0] != "start" or kinds.count("start") != 1 or kinds.count("done") != 1
+                or kinds[-1] != "done"):
+            info["reason"] = "result channel tampered (bad record sequence)"
+            return RewardResult(0.0, "violation", info)
+        compile_errors = [ev for ev in events if ev.get("event") == "compile_error"]
+        if compile_errors:
+            info.update(reason="syntax_error", error=str(compile_errors[0].get("error", ""))[:300], passed=0)
+            return RewardResult(0.0, "ok", info)
+        case_events = [ev for ev in events if ev.get("event") == "case"]
+        indices = [ev.get("index") for ev in case_events]
+        if sorted(indices, key=lambda i: (not isinstance(i, int), i)) != list(range(n_cases)):
+            info["reason"] = "result channel tampered (missing or duplicate case records)"
+            return RewardResult(0.0, "violation", info)
+        outcomes = Counter(str(ev.get("outcome")) for ev in case_events)
+        passed = sum(1 for ev in case_events if ev.get("passed") is True and ev.get("outcome") == "pass")
+        failures = [ev for ev in case_events if ev.get("outcome") != "pass"]
+        info.update(passed=passed, outcomes=dict(outcomes))
+        done = events[-1]
+        info["cpu_s"] = done.get("cpu_s")
+        if failures:
+            first = failures[0]
+            info["first_failure"] = {"index": first.get("index"), "outcome": first.get("outcome"),
+                                     "detail": str(first.get("detail", ""))[:200]}
+        if done.get("budget") is not None:
+            info["reason"] = f"total {done['budget']} budget exhausted"
+            return RewardResult(0.0, "timeout", info)
+        if passed == 0 and outcomes.get("timeout"):
+            info["reason"] = "no case passed; a case timed out"
+            return RewardResult(0.0, "timeout", info)
+        if passed == 0 and any(outcomes.get(o) for o in _LIMIT_OUTCOMES):
+            info["reason"] = "no case passed; a case hit a sandbox resource limit"
+            return RewardResult(0.0, "violation", info)
+        return RewardResult(passed / n_cases, "ok", info)
