@@ -1,0 +1,140 @@
+"""Configuration of the megatron-core training engine (:class:`MegatronPolicyConfig`).
+
+Validated when constructed (``__post_init__``), i.e. before any process group or model exists, so a bad
+value fails in milliseconds with the field's name rather than deep inside megatron.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+__all__ = ["MegatronPolicyConfig", "DTYPES"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass
+class MegatronPolicyConfig:
+    """Settings of :class:`nemo_prorl.policy.megatron.engine.MegatronPolicy`.
+
+    Attributes:
+        tensor_model_parallel_size: TP size; must divide the number of attention heads, KV heads and
+            the FFN size of the model. ``world_size`` must be a multiple of ``TP * PP``; the rest is DP.
+        pipeline_model_parallel_size: PP size (number of pipeline stages); must divide the number of
+            layers. Micro-batches flow through the 1F1B schedule of megatron-core.
+        micro_batch_size: sequences per micro-batch (forward/backward unit). A step batch of ``B``
+            sequences on one DP rank runs ``ceil(B / micro_batch_size)`` micro-batches; the last one may
+            be smaller unless PP > 1, where ``B`` must be a multiple of it (the pipeline exchanges
+            fixed-shape activations).
+        params_dtype: ``"fp32"`` or ``"bf16"``. fp32 on CPU (CPU bf16 matmuls are slow and inexact);
+            bf16 on GPU, where gradients are accumulated and the optimizer keeps master weights in fp32.
+        lr: learning rate (constant; ProRL uses 2e-6 for a 1.5B model).
+        weight_decay: AdamW decoupled weight decay (ProRL/verl default 0.01).
+        adam_beta1: Adam first-moment decay.
+        adam_beta2: Adam second-moment decay.
+        adam_eps: Adam epsilon.
+        clip_grad: global gradient-norm clip (L2 over all parameters, all ranks); 0 disables clipping.
+        use_distributed_optimizer: shard optimizer state and fp32 master weights over DP ranks
+            (megatron's ZeRO-1 ``DistributedOptimizer``).
+        logprob_chunk_size: tokens per chunk in the vocab-parallel log-prob kernel; bounds the
+            ``[chunk, V/TP]`` logits buffer.
+        reference_offload_to_cpu: keep the frozen reference weights in CPU memory and move them to the
+            device only for a reference forward (saves one model copy of device memory; costs two
+            host<->device copies of the weights per reference pass).
+        seed: base seed for megatron's RNG streams (weight init, dropout).
+        grad_reduce_in_fp32: accumulate and all-reduce gradients in fp32 (only matters for bf16).
+        logprob_micro_batch_size: sequences per forward-only micro-batch in :meth:`logprobs`; ``None``
+            means ``micro_batch_size``.
+        temperature: log-probs are of ``softmax(logits / temperature)``; set it to the rollout sampling
+            temperature (ProRL samples at 1.2) so importance ratios compare like with like.
+
+    """
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    micro_batch_size: int = 4
+    params_dtype: str = "fp32"
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = False
+    logprob_chunk_size: int = 1024
+    reference_offload_to_cpu: bool = False
+    seed: int = 1234
+    grad_reduce_in_fp32: bool = True
+    logprob_micro_batch_size: int | None = None
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MegatronPolicyConfig.{name} must be a positive integer, got {value!r}")
+
+        for name in (
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "micro_batch_size",
+            "logprob_chunk_size",
+        ):
+            positive_int(name)
+        if self.logprob_micro_batch_size is not None:
+            positive_int("logprob_micro_batch_size")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"MegatronPolicyConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if str(self.params_dtype).lower() not in DTYPES:
+            raise ValueError(
+                f"MegatronPolicyConfig.params_dtype must be one of {sorted(DTYPES)}, "
+                f"got {self.params_dtype!r}"
+            )
+
+        def finite(name: str, low: float, high: float, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"MegatronPolicyConfig.{name} must be a finite number, got {value!r}")
+            if value < low or value > high or (low_open and value == low):
+                bracket = "(" if low_open else "["
+                raise ValueError(
+                    f"MegatronPolicyConfig.{name} must be in {bracket}{low}, {high}], got {value!r}"
+                )
+
+        finite("lr", 0.0, 1.0, low_open=True)
+        finite("weight_decay", 0.0, 10.0)
+        finite("adam_beta1", 0.0, 1.0)
+        finite("adam_beta2", 0.0, 1.0)
+        finite("adam_eps", 0.0, 1.0, low_open=True)
+        finite("clip_grad", 0.0, 1e9)
+        finite("temperature", 0.0, 100.0, low_open=True)
+        for name in ("use_distributed_optimizer", "reference_offload_to_cpu", "grad_reduce_in_fp32"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"MegatronPolicyConfig.{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``params_dtype`` as a ``torch.dtype``."""
+        return DTYPES[str(self.params_dtype).lower()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MegatronPolicyConfig:
+        """Build from a mapping (e.g. a Hydra/omegaconf node); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"MegatronPolicyConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))

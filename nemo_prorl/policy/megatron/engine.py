@@ -1,0 +1,618 @@
+"""The ProRL training engine on megatron-core: :class:`MegatronPolicy`.
+
+One object per process; every method is collective (all ranks of the job call it together). It owns
+
+* the policy: a megatron ``GPTModel`` stage (TP/PP-sharded) wrapped in megatron's
+  ``DistributedDataParallel`` (contiguous grad buffers, DP all-reduce or reduce-scatter),
+* the optimizer: ``get_megatron_optimizer`` (AdamW; optionally the ZeRO-1 ``DistributedOptimizer``),
+* the reference policy: a second, frozen ``GPTModel`` instance with the same sharding and no grads
+  (see :meth:`MegatronPolicy.reset_reference` for why a second instance and what it costs).
+
+Log-probs never build the full ``[tokens, vocab]`` logits: the decoder's final hidden states are taken
+before the output layer and fed, for response positions only, to
+:func:`nemo_prorl.algorithms.logprobs.vocab_parallel_logprobs` together with this TP rank's shard of the
+output weight.
+
+Loss normalisation (see :mod:`nemo_prorl.policy.interface` for the ``loss_fn`` contract): megatron's
+schedule normally divides each micro-batch loss by the number of micro-batches and DDP pre-scales grads
+by ``1 / dp_size``. Both are switched off by setting ``TransformerConfig.calculate_per_token_loss`` and
+returning a 3-tuple from the schedule's loss function, and our ``finalize_model_grads_func`` passes
+``num_tokens=None`` so megatron does not divide by its own token count either. The gradient is then
+exactly the gradient of the sum of the ``loss_fn`` contributions over micro-batches and DP ranks, and
+the ``loss_fn`` divides by the global normalisers the engine hands it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nemo_prorl.policy.interface import LossFn, TokenBatch
+from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+
+__all__ = ["MegatronPolicy"]
+
+_log = logging.getLogger(__name__)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``GPTModel`` inside megatron's DDP (or the model itself)."""
+    while hasattr(model, "module") and not hasattr(model, "decoder"):
+        model = model.module
+    return model
+
+
+def _torch_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """The torch optimizers inside a megatron optimizer (chained or not)."""
+    inner = getattr(optimizer, "chained_optimizers", None)
+    chain = list(inner) if inner is not None else [optimizer]
+    result = []
+    for opt in chain:
+        torch_opt = getattr(opt, "optimizer", None)
+        if torch_opt is None:
+            raise TypeError(f"unexpected megatron optimizer without a torch optimizer: {type(opt).__name__}")
+        result.append(torch_opt)
+    return result
+
+
+class MegatronPolicy:
+    """A policy trained with megatron-core; implements :class:`nemo_prorl.policy.interface.PolicyInterface`.
+
+    Args:
+        hf_model_dir: local directory of a Hugging Face causal LM (``config.json`` + weights); the
+            initial policy and reference weights. Nothing is downloaded.
+        config: engine settings.
+        hf_config: an already-loaded ``transformers`` config (skips reading ``config.json``).
+
+    Construction initialises torch.distributed and megatron's model-parallel groups if they do not
+    exist yet (single-process when not under ``torchrun``).
+
+    """
+
+    def __init__(
+        self,
+        hf_model_dir: str | Path,
+        config: MegatronPolicyConfig,
+        *,
+        hf_config: Any | None = None,
+    ) -> None:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from nemo_prorl.policy.megatron import convert, parallel
+        from nemo_prorl.policy.megatron.model import build_gpt_model
+
+        if not isinstance(config, MegatronPolicyConfig):
+            raise TypeError(
+                f"MegatronPolicy: config must be a MegatronPolicyConfig, got {type(config).__name__}"
+            )
+        self.config = config
+        self.hf_model_dir = Path(hf_model_dir)
+        if hf_config is None:
+            if not (self.hf_model_dir / "config.json").is_file():
+                raise FileNotFoundError(f"MegatronPolicy: no config.json in HF model dir {self.hf_model_dir}")
+            from transformers import AutoConfig
+
+            hf_config = AutoConfig.from_pretrained(str(self.hf_model_dir), local_files_only=True)
+        self.hf_config = hf_config
+        self._check_divisibility()
+
+        parallel.init_parallel(
+            config.tensor_model_parallel_size, config.pipeline_model_parallel_size, seed=config.seed
+        )
+        self._parallel = parallel
+        self.device = parallel.device()
+        dtype = config.torch_dtype
+
+        gpt = build_gpt_model(hf_config, params_dtype=dtype)
+        convert.load_hf_weights(gpt, str(self.hf_model_dir), hf_config)
+        gpt.to(self.device)
+        if getattr(gpt.config, "mtp_num_layers", None):
+            raise ValueError("MegatronPolicy: multi-token-prediction models are not supported")
+        # The engine's loss normalisation relies on these two (module docstring).
+        gpt.config.calculate_per_token_loss = True
+        self.model = gpt
+        self.ddp = DistributedDataParallel(
+            config=gpt.config,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=config.grad_reduce_in_fp32,
+                overlap_grad_reduce=False,
+                use_distributed_optimizer=config.use_distributed_optimizer,
+                check_for_nan_in_grad=True,
+                average_in_collective=False,
+            ),
+            module=gpt,
+        )
+        self.ddp.broadcast_params()
+        self._optimizer_config = OptimizerConfig(
+            optimizer="adam",
+            lr=config.lr,
+            min_lr=config.lr,
+            weight_decay=config.weight_decay,
+            adam_beta1=config.adam_beta1,
+            adam_beta2=config.adam_beta2,
+            adam_eps=config.adam_eps,
+            clip_grad=config.clip_grad,
+            bf16=dtype == torch.bfloat16,
+            fp16=False,
+            params_dtype=dtype,
+            use_distributed_optimizer=config.use_distributed_optimizer,
+        )
+        self._get_megatron_optimizer = get_megatron_optimizer
+        self.optimizer = self._build_optimizer()
+        gpt.config.no_sync_func = self.ddp.no_sync
+        gpt.config.finalize_model_grads_func = self._finalize_grads
+
+        self.ref_model = self._build_reference(build_gpt_model, dtype)
+        self.reset_reference()
+        self.steps_taken = 0
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _check_divisibility(self) -> None:
+        cfg, hf = self.config, self.hf_config
+        tp, pp = cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size
+        heads = getattr(hf, "num_attention_heads", None)
+        kv_heads = getattr(hf, "num_key_value_heads", None) or heads
+        layers = getattr(hf, "num_hidden_layers", None)
+        for name, value, div in (
+            ("num_attention_heads", heads, tp),
+            ("num_key_value_heads", kv_heads, tp),
+            ("num_hidden_layers", layers, pp),
+        ):
+            if value is not None and value % div != 0:
+                which = (
+                    "tensor_model_parallel_size"
+                    if div == tp and name != "num_hidden_layers"
+                    else ("pipeline_model_parallel_size")
+                )
+                raise ValueError(
+                    f"MegatronPolicyConfig.{which}={div} does not divide the model's {name}={value} "
+                    f"({self.hf_model_dir / 'config.json'})"
+                )
+
+    def _build_optimizer(self) -> Any:
+        optimizer = self._get_megatron_optimizer(self._optimizer_config, [self.ddp])
+        self.model.config.grad_scale_func = optimizer.scale_loss
+        return optimizer
+
+    def _build_reference(
+        self, build_gpt_model: Callable[..., torch.nn.Module], dtype: torch.dtype
+    ) -> torch.nn.Module:
+        """A second GPTModel instance with the policy's sharding, frozen; weights set by reset_reference."""
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        # Building initialises random weights; keep the RNG streams as they were so the reference
+        # does not perturb anything seeded after the policy was built.
+        tracker = get_cuda_rng_tracker()
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        tracker_states = tracker.get_states()
+        ref = build_gpt_model(self.hf_config, params_dtype=dtype)
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
+        tracker.set_states(tracker_states)
+        ref.config.calculate_per_token_loss = True
+        for param in ref.parameters():
+            param.requires_grad_(False)
+        ref.eval()
+        ref.to("cpu" if self.config.reference_offload_to_cpu else self.device)
+        return ref
+
+    def _finalize_grads(
+        self, model: list[torch.nn.Module], num_tokens: torch.Tensor | None = None, **kwargs: Any
+    ) -> None:
+        """Megatron's finalize_model_grads without its per-token division (the loss_fn normalises)."""
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads(model, None, **kwargs)
+
+    # ------------------------------------------------------------------ parallel helpers
+
+    @property
+    def is_last_stage(self) -> bool:
+        """Whether this rank holds the last pipeline stage (computes log-probs and the loss)."""
+        return self._parallel.is_pipeline_last_stage()
+
+    def _broadcast_from_last_stage(self, tensor: torch.Tensor) -> torch.Tensor:
+        from megatron.core import parallel_state
+
+        if self._parallel.pp_size() > 1:
+            dist.broadcast(
+                tensor,
+                src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                group=self._parallel.pp_group(),
+            )
+        return tensor
+
+    def _broadcast_object_from_last_stage(self, obj: Any) -> Any:
+        from megatron.core import parallel_state
+
+        if self._parallel.pp_size() == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(
+            box, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=self._parallel.pp_group()
+        )
+        return box[0]
+
+    def _dp_sum(self, values: list[float]) -> list[float]:
+        if self._parallel.dp_size() == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, group=self._parallel.dp_group())
+        return [float(v) for v in t.tolist()]
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def _micro_batches(
+        self, batch: TokenBatch, mbs: int, *, pad: bool
+    ) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """Split into micro-batches on the device; with ``pad`` the last one is filled with empty rows."""
+        data = batch.as_dict()
+        size = batch.batch_size
+        n = max(1, math.ceil(size / mbs))
+        micros = []
+        for i in range(n):
+            start, stop = i * mbs, min((i + 1) * mbs, size)
+            micro = {k: v[start:stop].to(self.device, non_blocking=True) for k, v in data.items()}
+            rows = stop - start
+            if pad and rows < mbs:
+                micro = {
+                    k: torch.cat([v, v.new_zeros((mbs - rows, *v.shape[1:]))], dim=0)
+                    for k, v in micro.items()
+                }
+            micros.append(micro)
+        return micros, n
+
+    def _hidden_states(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Run this pipeline stage's part of the decoder (with the final norm on the last stage).
+
+        Args:
+            model: the GPTModel (or its DDP wrapper).
+            input_ids: ``[b, L]`` token ids (used on the first stage; the others read the received
+                activation that the schedule set with ``set_input_tensor``).
+
+        Returns:
+            ``[L, b, H]`` hidden states (megatron's sequence-first layout).
+
+        """
+        gpt = _unwrap(model)
+        b, seq = input_ids.shape
+        position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(b, seq)
+        pre = gpt._preprocess(input_ids=input_ids, position_ids=position_ids)
+        decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset = pre[:5]
+        kwargs: dict[str, Any] = {}
+        if len(pre) == 7 and pre[6] is not None:
+            kwargs["rotary_pos_cos_sin"] = pre[6]
+        return gpt.decoder(
+            hidden_states=decoder_input,
+            attention_mask=None,  # causal; right padding never influences earlier positions
+            rotary_pos_emb=rotary_pos_emb,
+            rotary_pos_cos=rotary_pos_cos,
+            rotary_pos_sin=rotary_pos_sin,
+            sequence_len_offset=sequence_len_offset,
+            **kwargs,
+        )
+
+    def _output_weight(self, gpt: torch.nn.Module) -> tuple[torch.Tensor, int]:
+        """Return this TP rank's ``[V_local, H]`` output weight (padding rows dropped) and first vocab id."""
+        if gpt.share_embeddings_and_output_weights:
+            weight = gpt.shared_embedding_or_output_weight()
+        else:
+            weight = gpt.output_layer.weight
+        rows = weight.shape[0]
+        vocab_start = self._parallel.tp_rank() * rows
+        true_vocab = int(getattr(self.hf_config, "vocab_size", rows * self._parallel.tp_size()))
+        valid = max(0, min(rows, true_vocab - vocab_start))
+        if valid < rows:
+            weight = weight[:valid]
+        return weight, vocab_start
+
+    def _token_logprobs(
+        self,
+        gpt: torch.nn.Module,
+        hidden: torch.Tensor,
+        micro: Mapping[str, torch.Tensor],
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[b, L]`` (and entropy) at response positions from last-stage hidden ``[L, b, H]``."""
+        from nemo_prorl.algorithms.logprobs import vocab_parallel_logprobs
+
+        input_ids = micro["input_ids"]
+        mask = micro["response_mask"][:, 1:].bool()
+        h = hidden.transpose(0, 1)[:, :-1]  # [b, L-1, H]; position t-1 predicts token t
+        h_sel = h[mask]  # [T, H]
+        labels = input_ids[:, 1:][mask].long()  # [T]
+        weight, vocab_start = self._output_weight(gpt)
+        lp, ent = vocab_parallel_logprobs(
+            h_sel,
+            weight,
+            labels,
+            vocab_start=vocab_start,
+            group=self._parallel.tp_group() if self._parallel.tp_size() > 1 else None,
+            chunk_size=self.config.logprob_chunk_size,
+            temperature=self.config.temperature,
+            with_entropy=with_entropy,
+        )
+        zeros = torch.zeros(mask.shape[0], 1, dtype=torch.float32, device=h.device)
+        full = torch.cat(
+            [zeros, h.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, lp.float())], 1
+        )
+        full_ent = None
+        if with_entropy and ent is not None:
+            full_ent = torch.cat(
+                [zeros, h.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, ent.float())], 1
+            )
+        return full, full_ent
+
+    # ------------------------------------------------------------------ log-probs
+
+    @contextlib.contextmanager
+    def _reference_on_device(self) -> Iterator[torch.nn.Module]:
+        ref = self.ref_model
+        moved = self.config.reference_offload_to_cpu and self.device.type != "cpu"
+        if moved:
+            ref.to(self.device)
+        try:
+            yield ref
+        finally:
+            if moved:
+                ref.to("cpu")
+
+    @torch.no_grad()
+    def logprobs(
+        self, batch: TokenBatch, *, reference: bool = False, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropies) of the policy or the reference policy.
+
+        Args:
+            batch: ``input_ids [B, L]``, ``response_mask [B, L]``; identical on all TP/PP ranks of
+                one data-parallel replica.
+            reference: use the frozen reference weights.
+            with_entropy: also compute the per-token entropy.
+
+        Returns:
+            ``(logprobs [B, L], entropy [B, L] | None)`` float32 CPU tensors on every rank, zero
+            outside ``response_mask``.
+
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        if not isinstance(batch, TokenBatch):
+            raise TypeError(
+                f"MegatronPolicy.logprobs: batch must be a TokenBatch, got {type(batch).__name__}"
+            )
+        self._check_token_ids(batch)
+        mbs = self.config.logprob_micro_batch_size or self.config.micro_batch_size
+        pipelined = self._parallel.pp_size() > 1
+        micros, n = self._micro_batches(batch, mbs, pad=pipelined)
+
+        def loss_func(gpt: torch.nn.Module, micro: dict[str, torch.Tensor], hidden: torch.Tensor) -> Any:
+            lp, ent = self._token_logprobs(gpt, hidden, micro, with_entropy)
+            out = {"logprobs": lp}
+            if ent is not None:
+                out["entropy"] = ent
+            return hidden.new_zeros((), dtype=torch.float32), torch.tensor(1, dtype=torch.int), out
+
+        def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module) -> Any:
+            micro = next(data_iterator)
+            hidden = self._hidden_states(model, micro["input_ids"])
+            return hidden, functools.partial(loss_func, _unwrap(model), micro)
+
+        ctx = self._reference_on_device() if reference else contextlib.nullcontext(self.ddp)
+        with ctx as model:
+            was_training = _unwrap(model).training
+            _unwrap(model).eval()
+            try:
+                outputs = get_forward_backward_func()(
+                    forward_step_func=forward_step,
+                    data_iterator=iter(micros),
+                    model=[model],
+                    num_microbatches=n,
+                    seq_length=batch.seq_len,
+                    micro_batch_size=mbs,
+                    forward_only=True,
+                )
+            finally:
+                _unwrap(model).train(was_training)
+
+        size, seq = batch.batch_size, batch.seq_len
+        lp = torch.zeros(size, seq, dtype=torch.float32, device=self.device)
+        ent = torch.zeros(size, seq, dtype=torch.float32, device=self.device) if with_entropy else None
+        if self.is_last_stage:
+            lp_all = torch.cat([o["logprobs"] for o in outputs], 0)[:size]
+            lp.copy_(lp_all)
+            if ent is not None:
+                ent.copy_(torch.cat([o["entropy"] for o in outputs], 0)[:size])
+        self._broadcast_from_last_stage(lp)
+        if ent is not None:
+            self._broadcast_from_last_stage(ent)
+        return lp.cpu(), (ent.cpu() if ent is not None else None)
+
+    def _check_token_ids(self, batch: TokenBatch) -> None:
+        vocab = int(getattr(self.hf_config, "vocab_size", 0) or 0)
+        if vocab and batch.input_ids.numel() and int(batch.input_ids.max()) >= vocab:
+            row = int((batch.input_ids >= vocab).any(dim=1).nonzero()[0, 0])
+            raise ValueError(
+                f"TokenBatch.input_ids row {row} has a token id >= the model's vocab_size {vocab}"
+            )
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(
+        self, batch: TokenBatch, loss_fn: LossFn, *, with_entropy: bool = False
+    ) -> dict[str, float]:
+        """One optimizer step over ``batch`` (this DP rank's shard).
+
+        Splits ``batch`` into micro-batches of ``micro_batch_size`` sequences, runs them through
+        megatron's forward/backward schedule (1F1B under PP), reduces grads over DP, clips, and steps
+        the optimizer. See :mod:`nemo_prorl.policy.interface` for the ``loss_fn`` contract.
+
+        Returns:
+            ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; ``*_max`` /
+            ``*_min`` reduced with max / min), ``grad_norm`` (before clipping), ``lr``, ``num_tokens``,
+            ``num_seqs``; identical on every rank.
+
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        if not isinstance(batch, TokenBatch):
+            raise TypeError(
+                f"MegatronPolicy.train_step: batch must be a TokenBatch, got {type(batch).__name__}"
+            )
+        if not callable(loss_fn):
+            raise TypeError("MegatronPolicy.train_step: loss_fn must be callable")
+        self._check_token_ids(batch)
+        mbs = self.config.micro_batch_size
+        pipelined = self._parallel.pp_size() > 1
+        micros, n = self._micro_batches(batch, mbs, pad=pipelined)
+        num_tokens, num_seqs = self._dp_sum(
+            [float(batch.response_mask.bool().sum()), float(batch.batch_size)]
+        )
+        if num_tokens <= 0:
+            raise ValueError(
+                "MegatronPolicy.train_step: the step batch has no response tokens on any DP rank"
+            )
+        norm = {"num_tokens": num_tokens, "num_seqs": num_seqs}
+
+        def loss_func(gpt: torch.nn.Module, micro: dict[str, torch.Tensor], hidden: torch.Tensor) -> Any:
+            lp, ent = self._token_logprobs(gpt, hidden, micro, with_entropy)
+            loss, metrics = loss_fn(lp, ent, micro, norm)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise TypeError(
+                    f"loss_fn must return a scalar tensor as its first value, got {type(loss).__name__}"
+                    + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
+                )
+            reduced = {"loss": loss.detach().float()}
+            for key, value in (metrics or {}).items():
+                if key == "loss":
+                    raise ValueError("loss_fn metrics may not be named 'loss' (the engine reports it)")
+                reduced[key] = torch.as_tensor(value).detach().float().reshape(())
+            return loss, torch.tensor(1, dtype=torch.int), reduced
+
+        def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module) -> Any:
+            micro = next(data_iterator)
+            hidden = self._hidden_states(model, micro["input_ids"])
+            return hidden, functools.partial(loss_func, _unwrap(model), micro)
+
+        self.model.train()
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micros),
+            model=[self.ddp],
+            num_microbatches=n,
+            seq_length=batch.seq_len,
+            micro_batch_size=mbs,
+            forward_only=False,
+        )
+        update_ok, grad_norm, _ = self.optimizer.step()
+        if not update_ok:
+            raise FloatingPointError(
+                f"MegatronPolicy.train_step: optimizer step {self.steps_taken + 1} skipped"
+            )
+        self.steps_taken += 1
+
+        metrics: dict[str, float] = {}
+        if self.is_last_stage:
+            metrics = self._reduce_metrics(outputs)
+        metrics = self._broadcast_object_from_last_stage(metrics)
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["num_tokens"] = num_tokens
+        metrics["num_seqs"] = num_seqs
+        if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+            raise FloatingPointError(
+                f"MegatronPolicy.train_step: non-finite loss {metrics['loss']} or grad norm "
+                f"{metrics['grad_norm']} at step {self.steps_taken} (rank {self._parallel.global_rank()})"
+            )
+        return metrics
+
+    def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        keys = sorted(outputs[0]) if outputs else ["loss"]
+        sums = [k for k in keys if not (k.endswith("_max") or k.endswith("_min"))]
+        local = {k: torch.stack([o[k] for o in outputs]) for k in keys}
+        result: dict[str, float] = {}
+        summed = self._dp_sum([float(local[k].double().sum()) for k in sums])
+        result.update(zip(sums, summed))
+        for k in keys:
+            if k in result:
+                continue
+            is_max = k.endswith("_max")
+            value = torch.tensor(
+                float(local[k].max() if is_max else local[k].min()), dtype=torch.float64, device=self.device
+            )
+            if self._parallel.dp_size() > 1:
+                op = dist.ReduceOp.MAX if is_max else dist.ReduceOp.MIN
+                dist.all_reduce(value, op=op, group=self._parallel.dp_group())
+            result[k] = float(value)
+        return result
+
+    # ------------------------------------------------------------------ ProRL resets
+
+    @torch.no_grad()
+    def reset_reference(self) -> None:
+        """Reference := current policy weights.
+
+        The reference is a second ``GPTModel`` instance (not a parameter swap inside the DDP model):
+        DDP's parameters are views into its contiguous buffers, and the distributed optimizer keeps its
+        own fp32 master copies, so swapping tensors in and out of the policy would have to respect both;
+        a separate frozen module does not touch either and can simply be moved to CPU. Memory cost: one
+        extra copy of this rank's weights in ``params_dtype`` (no grads, no optimizer state), on the
+        device, or in host memory with ``reference_offload_to_cpu``.
+        """
+        policy_params = dict(self.model.named_parameters())
+        ref_params = dict(self.ref_model.named_parameters())
+        if policy_params.keys() != ref_params.keys():
+            missing = sorted(set(policy_params) ^ set(ref_params))[:5]
+            raise RuntimeError(f"reference and policy models differ in parameters: {missing}")
+        for name, param in policy_params.items():
+            ref_params[name].copy_(param.detach())
+
+    def reset_optimizer(self) -> None:
+        """Zero Adam's moments and step counters in place (ProRL's hard optimizer reset).
+
+        Zeroing in place equals a freshly built optimizer: AdamW's first update after the reset uses
+        ``step = 1`` bias corrections on zero moments, exactly like the first update of a new one, and
+        the state tensors keep their shapes and shardings (so the distributed optimizer and checkpoints
+        are unaffected). The fp32 master weights (bf16 / distributed optimizer) are not state to reset:
+        they equal the current weights.
+        """
+        for torch_opt in _torch_optimizers(self.optimizer):
+            for state in torch_opt.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+                    elif isinstance(value, (int, float)):
+                        state[key] = type(value)(0)
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def export_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full HF-named weights of the current policy, gathered over TP and PP, on every rank."""
+        from nemo_prorl.policy.megatron import convert
+
+        return convert.export_hf_state_dict(self.model, self.hf_config)
+
+    def save_checkpoint(self, directory: str | Path, extra_state: Mapping[str, Any]) -> Path:
+        """Write a checkpoint atomically (:func:`nemo_prorl.policy.megatron.checkpoint.save_checkpoint`)."""
+        from nemo_prorl.policy.megatron import checkpoint
+
+        return checkpoint.save_checkpoint(self, directory, extra_state)
+
+    def load_checkpoint(self, directory: str | Path, *, load_optimizer: bool = True) -> dict[str, Any]:
+        """Restore a checkpoint; see :func:`nemo_prorl.policy.megatron.checkpoint.load_checkpoint`."""
+        from nemo_prorl.policy.megatron import checkpoint
+
+        return checkpoint.load_checkpoint(self, directory, load_optimizer=load_optimizer)
