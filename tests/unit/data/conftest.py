@@ -14,14 +14,15 @@ CHAT_TEMPLATE = (
 
 def make_char_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     """One token per character (unknown characters map to [UNK]); BOS/EOS specials."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2}
     for ch in string.printable:
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), "isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), "isolated")  # (?m): dot matches newline
+    tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
     if chat_template:
         fast.chat_template = chat_template
