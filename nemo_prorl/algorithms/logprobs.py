@@ -84,15 +84,18 @@ class _ChunkedLogprobs(torch.autograd.Function):
         for s in range(0, num_tokens, chunk_size):
             e = min(s + chunk_size, num_tokens)
             z = (hidden[s:e].to(dtype) * inv_t) @ w.T  # [c, V_local]
-            lse = torch.logsumexp(z, dim=-1)
-            lse_r[s:e] = lse
             tgt = z.gather(1, safe_labels[s:e, None]).squeeze(1)
             target_r[s:e] = torch.where(in_shard[s:e], tgt, torch.zeros_like(tgt))
+            zmax = z.amax(dim=-1)
+            z.sub_(zmax[:, None])  # z' = z - max <= 0, in place
+            ez = torch.exp(z)  # the only exp of the tile
+            sum_ez = ez.sum(dim=-1)
+            log_sum = sum_ez.log()
+            lse_r[s:e] = zmax + log_sum
             if with_entropy:
-                logq = z.sub_(lse[:, None])  # log-softmax of the shard, in place
-                ent_r[s:e] = -torch.linalg.vecdot(logq.exp(), logq)
-                del logq
-            del z
+                # H = log sum - E_q[z'], both terms >= 0: no cancellation
+                ent_r[s:e] = log_sum - torch.linalg.vecdot(ez, z) / sum_ez
+            del z, ez
         if group is not None and dist.get_world_size(group) > 1:
             stats = torch.stack([lse_r, target_r, ent_r])  # [3, T]
             gathered = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
