@@ -5,8 +5,7 @@ Importing this package registers the built-in rewards (``math``, ``mcq``, ``reas
 when a reward first needs them.
 """
 
-import importlib.util as _importlib_util
-
+from nemo_prorl.rewards import code as _code  # noqa: F401  (registers "code")
 from nemo_prorl.rewards import ifeval as _ifeval  # noqa: F401  (registers "ifeval")
 from nemo_prorl.rewards import math as _math  # noqa: F401  (registers "math")
 from nemo_prorl.rewards import mcq as _mcq  # noqa: F401  (registers "mcq")
@@ -21,11 +20,6 @@ from nemo_prorl.rewards.base import (
 )
 from nemo_prorl.rewards.config import RewardsConfig
 from nemo_prorl.rewards.pool import RewardPool, error_rate
-
-# The code reward (and its sandbox) is built separately; register it whenever the module is present.
-# A missing module is skipped, but an import error inside it is raised, not hidden.
-if _importlib_util.find_spec("nemo_prorl.rewards.code") is not None:
-    from nemo_prorl.rewards import code as _code  # noqa: F401  (registers "code")
 
 __all__ = [
     "STATUSES",

@@ -98,7 +98,8 @@ class _Summary:
             row = [self.counts[(d, s)] for s in statuses]
             lines.append(d.ljust(width) + "".join(str(c).rjust(11) for c in row) + str(sum(row)).rjust(9))
         total = [sum(self.counts[(d, s)] for d in domains) for s in statuses]
-        lines.append("total".ljust(width) + "".join(str(c).rjust(11) for c in total) + str(sum(total)).rjust(9))
+        cells = "".join(str(c).rjust(11) for c in total)
+        lines.append("total".ljust(width) + cells + str(sum(total)).rjust(9))
         return "\n".join(lines)
 
 

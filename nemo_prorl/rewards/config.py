@@ -21,7 +21,10 @@ class RewardsConfig:
             worker before it gets status ``error``.
         domains: per-domain keyword options, e.g. ``{"math": {"mv_timeout_s": None}}``; keys must be
             registered reward names and options must be keyword arguments of that reward.
-        code_sandbox: sandbox options handed to the code reward as its ``sandbox`` keyword argument.
+        code_sandbox: sandbox options of the code reward (``backend``, ``allow_unsafe``, ``memory_mb``...),
+            passed through as its keyword arguments; ``domains["code"]`` wins on a clash.
+        domain_timeout_s: per-domain override of ``timeout_s`` (the code reward runs many test cases
+            and needs its ``total_timeout_s`` plus a margin).
         max_error_rate: the trainer aborts when the fraction of ``error``/``timeout`` samples exceeds
             this for ``error_window_steps`` consecutive steps.
         error_window_steps: see ``max_error_rate``.
@@ -36,6 +39,7 @@ class RewardsConfig:
     max_retries: int = 1
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
     code_sandbox: dict[str, Any] = field(default_factory=dict)
+    domain_timeout_s: dict[str, float] = field(default_factory=lambda: {"code": 45.0})
     max_error_rate: float = 0.05
     error_window_steps: int = 3
     failure_score: float = 0.0
@@ -58,10 +62,14 @@ class RewardsConfig:
 
     def reward_kwargs(self, domain: str) -> dict[str, Any]:
         """Keyword arguments for the reward of ``domain``."""
-        kwargs = dict(self.domains.get(domain) or {})
-        if domain == "code" and self.code_sandbox:
-            kwargs.setdefault("sandbox", dict(self.code_sandbox))
+        kwargs = dict(self.code_sandbox) if domain == "code" else {}
+        kwargs.update(self.domains.get(domain) or {})
         return kwargs
+
+    def timeout_for(self, domain: Any) -> float:
+        """The per-sample deadline for ``domain`` in seconds."""
+        return float(self.domain_timeout_s.get(domain, self.timeout_s)) if isinstance(domain, str) \
+            else float(self.timeout_s)
 
     def validate(self) -> None:
         """Check ranges and that every domain option names a real keyword of its reward.
@@ -76,6 +84,10 @@ class RewardsConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"rewards.{name} must be > 0, got {value!r}")
+        if not isinstance(self.domain_timeout_s, dict) or not all(
+                isinstance(v, (int, float)) and v > 0 for v in self.domain_timeout_s.values()):
+            raise ValueError("rewards.domain_timeout_s must map domains to seconds > 0, "
+                             f"got {self.domain_timeout_s!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"rewards.max_retries must be an integer >= 0, got {self.max_retries!r}")
         if not 0.0 <= float(self.max_error_rate) <= 1.0:

@@ -147,7 +147,7 @@ class RewardPool:
                     i = pending.popleft()
                     domain = rows[i].get("domain") if isinstance(rows[i], dict) else None
                     extra = 0.0 if domain in w.loaded else cfg.load_timeout_s
-                    w.task, w.deadline = i, now + cfg.timeout_s + extra
+                    w.task, w.deadline = i, now + cfg.timeout_for(domain) + extra
                     try:
                         w.proc.stdin.write(payloads[i])
                         w.proc.stdin.flush()
@@ -174,8 +174,9 @@ class RewardPool:
             for w in list(self._workers):
                 if w.task is not None and now > w.deadline:
                     i = w.task
+                    limit = cfg.timeout_for(rows[i].get("domain") if isinstance(rows[i], dict) else None)
                     out[i] = ScoredRow(RewardResult(0.0, "timeout", {
-                        "reason": f"scoring exceeded the {cfg.timeout_s:g} s deadline; worker killed"}), [])
+                        "reason": f"scoring exceeded the {limit:g} s deadline; worker killed"}), [])
                     done += 1
                     self.restarts["timeout"] += 1
                     self._kill(w)
@@ -198,7 +199,7 @@ class RewardPool:
             return 0
         if "loaded" in msg:
             w.loaded.add(msg["loaded"])
-            w.deadline = time.monotonic() + self.config.timeout_s
+            w.deadline = time.monotonic() + self.config.timeout_for(msg["loaded"])
             return 0
         i = msg["id"]
         if w.task != i or out[i] is not None:

@@ -1,0 +1,113 @@
+import json
+
+import pytest
+
+from nemo_prorl.cli import main as top_main
+from nemo_prorl.rewards.cli import main
+
+
+def write(path, lines):
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_malformed_file_hits_every_error(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(
+        src,
+        [
+            {"domain": "math", "response": "\\boxed{4}", "answer": "4", "id": "keep-me"},  # 1 ok
+            b'{"domain": "math", "response": broken\n',  # 2 JSON
+            b'{"domain": "math", "response": "\xff", "answer": "1"}\n',  # 3 UTF-8
+            b"\n",  # blank: skipped
+            {"domain": "math", "response": "\\boxed{1}"},  # 5 missing field
+            {"domain": "poetry", "response": "x"},  # 6 unknown domain
+            [1, 2],  # 7 not an object
+            {"response": "x", "answer": "1"},  # 8 no domain
+            {"domain": "mcq", "response": 5, "answer": "B"},  # 9 wrong type
+            {"domain": "ifeval", "response": "x", "instructions": [{"id": "made:up"}]},  # 10 unknown id
+            {
+                "domain": "reasoning_gym",
+                "response": "<answer>1</answer>",
+                "task": "nope",
+                "entry": {"question": "q"},
+            },  # 11 unknown task
+            {"domain": "mcq", "response": "Answer: B", "answer": "B"},  # 12 ok
+        ],
+    )
+    rc = main(["--input", str(src), "--output", str(dst), "--workers", "2", "--timeout", "20"])
+    rows = read(dst)
+    assert len(rows) == 11 and rc == 9
+    assert rows[0]["id"] == "keep-me" and rows[0]["reward"] == 1.0 and rows[0]["status"] == "ok"
+    assert rows[-1]["status"] == "ok" and rows[-1]["reward"] == 1.0
+    errors = [r["error"] for r in rows[1:-1]]
+    assert all(r["status"] == "error" and r["reward"] == 0.0 for r in rows[1:-1])
+    expected = [
+        ":2: <row>: not valid JSON",
+        ":3: <row>: not valid UTF-8",
+        ":5: field 'answer': missing",
+        ":6: field 'domain': unknown domain 'poetry'",
+        ":7: field '<row>': expected a JSON object",
+        ":8: field 'domain': missing",
+        ":9: field 'response': expected a string",
+        ":10: field 'instructions[0].id': unknown IFEval instruction id 'made:up'",
+        ":11: field 'task': unknown reasoning-gym task 'nope'",
+    ]
+    for err, want in zip(errors, expected):
+        assert err.startswith(str(src)) and want in err, (err, want)
+    err_out = capsys.readouterr().err
+    assert "domain" in err_out and "total" in err_out and "9 row(s) failed validation" in err_out
+
+
+def test_dispatcher_and_all_valid_exit_zero(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(src, [{"domain": "math", "response": f"\\boxed{{{i}}}", "answer": str(i % 3)} for i in range(30)])
+    assert (
+        top_main(["score", "--input", str(src), "--output", str(dst), "--workers", "1", "--no-progress"]) == 0
+    )
+    rows = read(dst)
+    assert [r["reward"] for r in rows] == [1.0 if i < 3 else 0.0 for i in range(30)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".score-")]  # temp file renamed away
+
+
+def test_small_chunks_keep_order_and_config_file(tmp_path):
+    src, dst, cfg = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rewards.yaml"
+    cfg.write_text("num_workers: 2\ndomains:\n  math:\n    fast_path: false\n")
+    write(
+        src, [{"domain": "math", "response": f"\\boxed{{{i}}}", "answer": str(i), "k": i} for i in range(10)]
+    )
+    assert (
+        main(
+            [
+                "--input",
+                str(src),
+                "--output",
+                str(dst),
+                "--rewards-config",
+                str(cfg),
+                "--chunk",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    rows = read(dst)
+    assert [r["k"] for r in rows] == list(range(10)) and all(r["reward"] == 1.0 for r in rows)
+    assert rows[0]["reward_info"]["path"] == "math_verify"
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 2
+    src = tmp_path / "in.jsonl"
+    write(src, [{"domain": "math", "response": "x", "answer": "1"}])
+    assert main(["--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--workers", "0"]) == 2
+    assert "num_workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--input", str(src)])
