@@ -56,10 +56,19 @@ class Sample:
 
 @dataclass
 class GenerationOutput:
-    """All samples of one ``generate`` call, grouped by prompt (``n`` consecutive per prompt)."""
+    """All samples of one ``generate`` call, grouped by prompt (``n`` consecutive per prompt).
+
+    Attributes:
+        samples: ``n`` samples per generated prompt, in prompt order.
+        timings: seconds and throughput of the call (e.g. ``generate_s``, ``tokens_per_s``).
+        skipped_prompts: indices of prompts left out because they were too long (only with
+            ``overlong_prompt=skip``; by default an overlong prompt raises instead).
+
+    """
 
     samples: list[Sample]
     timings: dict[str, float] = field(default_factory=dict)
+    skipped_prompts: list[int] = field(default_factory=list)
 
 
 @runtime_checkable
