@@ -7,8 +7,12 @@ Layout inside the sandbox (nothing else of the host is visible)::
     /etc/ld.so.cache  read-only, when present (faster library loading)
     <prefix>        read-only bind of the interpreter's installation prefix when it is not under /usr
     /proc /dev      a fresh procfs for the new pid namespace; a minimal devtmpfs
-    /tmp            private tmpfs of ``tmpfs_bytes``: the only writable place, also the working dir;
+    /tmp            private tmpfs of ``tmpfs_bytes``: the writable place, also the working dir;
                     the ``files`` of a run are copied there from memfds (no host disk is touched)
+    /dev/shm        private tmpfs of at most 16 MiB (POSIX semaphores for multiprocessing)
+
+Everything else, including the root directory bwrap builds and ``/dev``, is remounted read-only, so
+no unbounded tmpfs is writable.
 
 Namespaces: ``--unshare-all`` (user, pid, net with only ``lo``, ipc, uts, cgroup), ``--clearenv``
 (PATH and LANG only), ``--new-session`` (no TIOCSTI on a shared terminal), ``--die-with-parent``,
@@ -44,6 +48,7 @@ from nemo_prorl.rewards.sandbox.base import (
 
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 WORKDIR = "/tmp"
+SHM_BYTES = 16 << 20
 
 
 def default_python() -> str | None:
@@ -117,7 +122,8 @@ class BwrapSandbox(Sandbox):
 
     def command(self, file_fds: Mapping[str, int], argv: Sequence[str], limits: Limits) -> list[str]:
         """The full bwrap command line for one run (files are passed as inherited descriptors)."""
-        cmd = [self.bwrap, *self._static, "--size", str(limits.tmpfs_bytes), "--tmpfs", WORKDIR]
+        cmd = [self.bwrap, *self._static, "--size", str(limits.tmpfs_bytes), "--tmpfs", WORKDIR,
+               "--size", str(min(limits.tmpfs_bytes, SHM_BYTES)), "--tmpfs", "/dev/shm"]
         dirs: set[str] = set()
         for name in file_fds:
             parent = os.path.dirname(name)
@@ -128,7 +134,8 @@ class BwrapSandbox(Sandbox):
             cmd += ["--dir", f"{WORKDIR}/{d}"]
         for name, fd in file_fds.items():
             cmd += ["--file", str(fd), f"{WORKDIR}/{name}"]
-        cmd += ["--chdir", WORKDIR, "--", *argv]
+        # everything but the sized tmpfs mounts is read-only (the root tmpfs bwrap builds, /dev, /etc)
+        cmd += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--", *argv]
         return cmd
 
     def run(self, files: Mapping[str, str | bytes], argv: Sequence[str], stdin: bytes = b"",

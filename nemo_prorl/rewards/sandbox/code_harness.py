@@ -182,12 +182,18 @@ def run_child(argv, stdin_bytes, wall_s, cpu_s, cap, cwd, token_pipe=None):
     timed_out = over = False
     deadline = time.monotonic() + wall_s
     readers = len(sel.get_map()) - (1 if pending else 0)
+    exited_at = None
     while readers:
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             timed_out = True
             break
-        for key, _ in sel.select(timeout=min(left, 0.5)):
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > 0.1:
+            break  # the child is gone; whatever still holds its pipes is killed by the cleanup
+        for key, _ in sel.select(timeout=min(left, 0.02 if exited_at is not None else 0.1)):
             if key.data == "stdin":
                 try:
                     pending = pending[os.write(key.fd, pending[:65536]):]
