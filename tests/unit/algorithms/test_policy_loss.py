@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nemo_prorl.algorithms import (
     AGG_MODES,
@@ -201,3 +203,44 @@ def test_prorl_loss_requires_reference_when_kl_on():
     cfg = AlgorithmConfig()
     cfg.kl.coef = 0.0
     assert torch.isfinite(prorl_loss(lp, old, adv, mask, cfg).loss)
+
+
+def test_gradcheck_prorl_loss_float64():
+    g = torch.Generator().manual_seed(5)
+    old = -torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.5
+    # ratios between 0.85 and 1.25 stay away from the clip edges (0.8, 1.4)
+    lp = (old + torch.empty(3, 4, dtype=torch.float64).uniform_(-0.15, 0.2, generator=g)).requires_grad_(True)
+    ref = old + 0.2 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    ent = torch.rand(3, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    for mode in AGG_MODES:
+        cfg = AlgorithmConfig()
+        cfg.loss.agg = mode
+        cfg.kl.coef = 0.3
+        cfg.entropy.coef = 0.1
+        assert torch.autograd.gradcheck(
+            lambda a, e, c=cfg: prorl_loss(a, old, adv, mask, c, ref_logprobs=ref, entropy=e).loss, (lp, ent)
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 9),
+    t=st.integers(1, 6),
+    cuts=st.lists(st.integers(0, 9), max_size=4),
+    mode=st.sampled_from(AGG_MODES),
+    seed=st.integers(0, 1000),
+)
+def test_micro_batch_equivalence_property(b, t, cuts, mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    loss_mat = torch.randn(b, t, generator=g, dtype=torch.float64)
+    mask = (torch.rand(b, t, generator=g) > 0.4).to(torch.float64)
+    full = aggregate_loss(loss_mat, mask, mode, norm_len=t)
+    bounds = sorted({0, b, *[c for c in cuts if c < b]})
+    norms = loss_normalisers(mask)
+    total = sum(
+        aggregate_loss(loss_mat[s:e], mask[s:e], mode, norm_len=t, **norms)
+        for s, e in zip(bounds, bounds[1:])
+    )
+    torch.testing.assert_close(total, full, atol=1e-12, rtol=1e-12)
