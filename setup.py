@@ -25,6 +25,7 @@ CORE = [
     "safetensors",
     "tokenizers",
     "math-verify>=0.7",
+    "mpmath",  # exact-enough evaluation in the math reward fast path (also a sympy dependency)
     "reasoning-gym>=0.1.19",
     "langdetect>=1.0.9",
     "tqdm",
