@@ -97,15 +97,28 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 ent_r[s:e] = log_sum - torch.linalg.vecdot(ez, z) / sum_ez
             del z, ez
         if group is not None and dist.get_world_size(group) > 1:
-            stats = torch.stack([lse_r, target_r, ent_r])  # [3, T]
+            stats = torch.stack([lse_r, target_r, ent_r, in_shard.to(dtype)])  # [4, T]
             gathered = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
             dist.all_gather(gathered, stats, group=group)
-            allst = torch.stack(gathered)  # [R, 3, T]
+            allst = torch.stack(gathered)  # [R, 4, T]
+            owners = allst[:, 3].sum(dim=0)
+            if bool((owners != 1).any()):
+                bad = torch.nonzero(owners != 1).flatten()[:5].tolist()
+                raise ValueError(
+                    f"labels at token indices {bad} are not owned by exactly one vocabulary shard "
+                    "(label outside [0, V) or overlapping vocab_start ranges)"
+                )
             lse_tot = torch.logsumexp(allst[:, 0], dim=0)
             target = allst[:, 1].sum(dim=0)
             shift = allst[:, 0] - lse_tot  # log of each shard's share of the probability mass, <= 0
             ent = (shift.exp() * (allst[:, 2] - shift)).sum(dim=0)
         else:
+            if not bool(in_shard.all()):
+                bad = torch.nonzero(~in_shard).flatten()[:5].tolist()
+                raise ValueError(
+                    f"labels at token indices {bad} are outside the vocabulary "
+                    f"[{vocab_start}, {vocab_start + vocab_local}) and no process group was given"
+                )
             lse_tot, target, ent = lse_r, target_r, ent_r
         logprobs = target - lse_tot
         entropy = ent if with_entropy else torch.zeros_like(lse_tot)
@@ -115,9 +128,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
         ctx.inv_t = inv_t
         ctx.with_entropy = with_entropy
         ctx.dtype = dtype
-        ctx.mark_non_differentiable(*(() if with_entropy else (entropy,)))
+        out_lp, out_ent = logprobs.to(hidden.dtype), entropy.to(hidden.dtype)
+        if not with_entropy:
+            ctx.mark_non_differentiable(out_ent)
         ctx.set_materialize_grads(False)
-        return logprobs.to(hidden.dtype), entropy.to(hidden.dtype)
+        return out_lp, out_ent
 
     @staticmethod
     def backward(  # type: ignore[override]

@@ -80,6 +80,19 @@ def _worker() -> None:
         h3 = hidden.clone().requires_grad_(True)
         (naive_logprobs(h3, weight, labels, temperature=temperature)[0] * g_lp).sum().backward()
         torch.testing.assert_close(h2.grad, h3.grad, **tol)
+    # a label outside the global vocabulary is owned by no shard: clear error on every rank
+    try:
+        vocab_parallel_logprobs(
+            torch.zeros(2, 4),
+            torch.zeros(5, 4),
+            torch.tensor([3, 10]),
+            vocab_start=5 * rank,
+            group=dist.group.WORLD,
+        )
+    except ValueError as exc:
+        assert "token indices [1]" in str(exc), exc
+    else:
+        raise AssertionError("label 10 with a vocabulary of 10 was accepted")
     dist.barrier()
     print(f"rank {rank}: vocab-parallel logprobs OK", flush=True)
     dist.destroy_process_group()

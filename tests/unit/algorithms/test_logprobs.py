@@ -137,3 +137,14 @@ def test_uniform_logits_hand_computed():
     )
     torch.testing.assert_close(lp, torch.full((4,), -torch.log(torch.tensor(6.0)).item()))
     torch.testing.assert_close(ent, torch.full((4,), torch.log(torch.tensor(6.0)).item()))
+
+
+def test_bf16_without_entropy_and_labels_outside_a_lone_shard():
+    hidden, weight, labels, _, _ = _inputs(6, 8, 10, 7)
+    hb = hidden.bfloat16().requires_grad_(True)
+    lp, ent = chunked_logprobs(hb, weight.bfloat16(), labels, chunk_size=4)
+    assert ent is None
+    lp.float().sum().backward()
+    assert hb.grad is not None and hb.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[5, 15\)"):
+        vocab_parallel_logprobs(hidden, weight, torch.tensor([5, 6, 7, 8, 9, 2]), vocab_start=5)
