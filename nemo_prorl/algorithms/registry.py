@@ -58,12 +58,17 @@ def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
-    _ENTRY_POINTS_LOADED = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plug-in must name itself, not fail deep in importlib
+            raise ImportError(
+                f"cannot load entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r}: {exc}"
+            ) from exc
         known = set(map(id, _POLICY_LOSSES.values())) | set(map(id, _ADVANTAGE_ESTIMATORS.values()))
         if id(obj) not in known and ep.name not in _POLICY_LOSSES:
             _POLICY_LOSSES[ep.name] = obj
+    _ENTRY_POINTS_LOADED = True
 
 
 def _builtins() -> None:

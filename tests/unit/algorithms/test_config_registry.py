@@ -153,3 +153,14 @@ def test_entry_point_group_is_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_POLICY_LOSSES", dict(registry._POLICY_LOSSES))
     losses = registered_policy_losses()
     assert "sign" in losses and losses["sign"] is sys.modules["prorl_ext_mod"].sign_loss
+
+
+def test_broken_entry_point_names_itself(tmp_path, monkeypatch):
+    dist = tmp_path / "prorl_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prorl-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[nemo_prorl.losses]\nbroken = prorl_no_such_module_xyz:f\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    with pytest.raises(ImportError, match="cannot load entry point 'broken'"):
+        get_policy_loss("clipped")
