@@ -33,6 +33,7 @@ Options (rewards config ``code:``): see :class:`CodeReward`.
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import re
 import secrets
@@ -198,7 +199,7 @@ class CodeReward(Reward):
         try:
             res = sandbox.run({"harness.py": self._harness},
                               [sandbox.python, *sandbox.python_flags, "harness.py"],
-                              stdin=json.dumps(job).encode("utf-8", "surrogatepass"), limits=limits)
+                              stdin=marshal.dumps(job, 4), limits=limits)
         except SandboxError as exc:
             return RewardResult(0.0, "error", {"reason": "sandbox_error", "error": str(exc)})
         return self._judge(res, nonce, len(cases))

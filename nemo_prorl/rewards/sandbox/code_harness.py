@@ -26,18 +26,20 @@ Outcomes: pass, wrong_answer, runtime_error, no_completion, timeout, memory, pro
 file_size, output_limit, skipped, harness_error.
 """
 
-import json
+import marshal
 import os
 import resource
-import secrets
-import selectors
+import select
 import signal
-import subprocess
 import sys
 import time
 
 PR_SET_DUMPABLE = 4
 SOLUTION_DIR = "/tmp/solution"
+MAX_FD = 1024
+CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
+           signal.SIGQUIT, signal.SIGPIPE, signal.SIGXFSZ)
 
 DRIVER = r"""
 import os, sys
@@ -51,9 +53,9 @@ def _harness_driver():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    import json
-    spec = json.loads(bytes(data))
-    token = spec["token"].encode()
+    import marshal
+    spec = marshal.loads(bytes(data))
+    token = spec["token"]
     with open(spec["path"], encoding="utf-8") as fh:
         source = fh.read()
     env = {"__name__": "solution", "__builtins__": __builtins__}
@@ -74,11 +76,40 @@ _harness_driver()
 """
 
 
+def to_json(value):
+    """JSON text of str/int/float/bool/None/dict values (the json module costs ~30 ms to import)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and abs(value) != float("inf") else "null"
+    if isinstance(value, dict):
+        return "{" + ", ".join(to_json(str(k)) + ": " + to_json(v) for k, v in value.items()) + "}"
+    out = ['"']
+    for ch in str(value):
+        code = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif code < 0x20 or code > 0x7E:
+            if code > 0xFFFF:
+                code -= 0x10000
+                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+            else:
+                out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def emit(nonce, event, **fields):
     """Write one JSON result line to stdout (a single write of a short line)."""
     fields["nonce"] = nonce
     fields["event"] = event
-    data = (json.dumps(fields) + "\n").encode()
+    data = (to_json(fields) + "\n").encode()
     view = memoryview(data)
     while view:
         view = view[os.write(1, view):]
@@ -106,7 +137,7 @@ def read_stdin():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    return json.loads(bytes(data))
+    return marshal.loads(bytes(data))
 
 
 def normalize(text):
@@ -142,6 +173,31 @@ def reap():
             return
 
 
+def _spawn(argv, cwd, cpu, fds, keep_fd):
+    """Fork and exec ``argv`` in a new session with a CPU rlimit; ``fds`` become the child's 0, 1, 2."""
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish calls until exec
+        try:
+            os.setsid()
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            if keep_fd is not None:
+                os.set_inheritable(keep_fd, True)
+            os.closerange(3, keep_fd if keep_fd is not None else 3)
+            if keep_fd is not None:
+                os.closerange(keep_fd + 1, MAX_FD)
+            else:
+                os.closerange(3, MAX_FD)
+            for sig in IGNORED:
+                signal.signal(sig, signal.SIG_DFL)
+            os.chdir(cwd)
+            os.execve(argv[0], argv, CHILD_ENV)
+        finally:
+            os._exit(127)
+    return pid
+
+
 def run_child(argv, stdin_bytes, wall_s, cpu_s, cap, cwd, token_pipe=None):
     """Run one child with a wall limit, a CPU rlimit and capped output.
 
@@ -151,37 +207,41 @@ def run_child(argv, stdin_bytes, wall_s, cpu_s, cap, cwd, token_pipe=None):
 
     """
     cpu = max(1, int(cpu_s + 0.999))
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-
-    pass_fds = ()
-    if token_pipe is not None:
-        pass_fds = (token_pipe[1],)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    keep = token_pipe[1] if token_pipe is not None else None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                                start_new_session=True, preexec_fn=limit, pass_fds=pass_fds)
+        pid = _spawn(argv, cwd, cpu, (in_r, out_w, err_w), keep)
     except OSError as exc:
-        return {"spawn_error": exc}
-    finally:
+        for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
         if token_pipe is not None:
+            os.close(token_pipe[0])
             os.close(token_pipe[1])
-    out = {"stdout": bytearray(), "stderr": bytearray(), "token": bytearray()}
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        return {"spawn_error": exc}
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
     if token_pipe is not None:
-        sel.register(token_pipe[0], selectors.EVENT_READ, "token")
+        os.close(token_pipe[1])
+    names = {out_r: "stdout", err_r: "stderr"}
+    if token_pipe is not None:
+        names[token_pipe[0]] = "token"
+    out = {"stdout": bytearray(), "stderr": bytearray(), "token": bytearray()}
+    poller = select.poll()
+    for fd in names:
+        poller.register(fd, select.POLLIN)
     pending = memoryview(stdin_bytes)
     if pending:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+        os.set_blocking(in_w, False)
+        poller.register(in_w, select.POLLOUT)
     else:
-        proc.stdin.close()
+        os.close(in_w)
+        in_w = None
     timed_out = over = False
+    status = None
     deadline = time.monotonic() + wall_s
-    readers = len(sel.get_map()) - (1 if pending else 0)
+    readers = len(names)
     exited_at = None
     while readers:
         now = time.monotonic()
@@ -189,58 +249,70 @@ def run_child(argv, stdin_bytes, wall_s, cpu_s, cap, cwd, token_pipe=None):
         if left <= 0:
             timed_out = True
             break
-        if exited_at is None and proc.poll() is not None:
-            exited_at = now
+        if status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, exited_at = st, now
         if exited_at is not None and now - exited_at > 0.1:
             break  # the child is gone; whatever still holds its pipes is killed by the cleanup
-        for key, _ in sel.select(timeout=min(left, 0.02 if exited_at is not None else 0.1)):
-            if key.data == "stdin":
+        wait_ms = int(1000 * min(left, 0.02 if exited_at is not None else 0.1)) + 1
+        for fd, _ev in poller.poll(wait_ms):
+            if fd == in_w:
                 try:
-                    pending = pending[os.write(key.fd, pending[:65536]):]
+                    pending = pending[os.write(fd, pending[:65536]):]
                 except OSError:
                     pending = pending[:0]
                 if not pending:
-                    sel.unregister(key.fileobj)
-                    proc.stdin.close()
+                    poller.unregister(fd)
+                    os.close(fd)
+                    in_w = None
                 continue
-            chunk = os.read(key.fd, 65536)
+            chunk = os.read(fd, 65536)
             if not chunk:
-                sel.unregister(key.fileobj)
+                poller.unregister(fd)
                 readers -= 1
                 continue
-            buf = out[key.data]
+            buf = out[names[fd]]
             if len(buf) + len(chunk) > cap:
                 over = True
                 break
             buf += chunk
         if over:
             break
-    if timed_out or over:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.kill()
-    try:
-        rc = proc.wait(timeout=max(0.05, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.kill()
-        rc = proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    sel.close()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            stream.close()
-        except OSError:
-            pass
-    if token_pipe is not None:
-        os.close(token_pipe[0])
+    if status is None:
+        if timed_out or over:
+            kill_group(pid)
+        left = max(0.05, deadline - time.monotonic())
+        end = time.monotonic() + left
+        while status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+            elif time.monotonic() > end:
+                timed_out = True
+                kill_group(pid)
+                _, status = os.waitpid(pid, 0)
+            else:
+                time.sleep(0.002)
+    kill_group(pid)
+    for fd in [*names, in_w]:
+        if fd is not None:
+            os.close(fd)
+    rc = os.waitstatus_to_exitcode(status)
     return {"returncode": rc, "stdout": bytes(out["stdout"]), "stderr": bytes(out["stderr"]),
             "token": bytes(out["token"]), "timed_out": timed_out, "output_limit": over}
+
+
+def kill_group(pid):
+    """SIGKILL the child's session/process group (its pgid is its pid after setsid)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def classify_failure(res):
@@ -277,8 +349,7 @@ def classify_failure(res):
 def main():
     """Run the job read from stdin; results go to stdout."""
     start = time.monotonic()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGALRM, signal.SIGQUIT):
+    for sig in IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     undumpable = make_undumpable()
     job = read_stdin()
@@ -319,14 +390,14 @@ def main():
         t0 = time.monotonic()
         try:
             if "assert" in case:
-                token = secrets.token_hex(16)
+                token = os.urandom(16).hex().encode()
                 pipe = os.pipe()
                 spec = {"token": token, "fd": pipe[1], "path": path, "test": case["assert"],
                         "entry_point": job.get("entry_point")}
-                res = run_child(python + ["-c", DRIVER], json.dumps(spec).encode(), wall, cpu, cap, case_dir,
+                res = run_child(python + ["-c", DRIVER], marshal.dumps(spec, 4), wall, cpu, cap, case_dir,
                                 token_pipe=pipe)
                 ok = ("spawn_error" not in res and not res["timed_out"] and not res["output_limit"]
-                      and res["returncode"] == 0 and res["token"] == token.encode())
+                      and res["returncode"] == 0 and res["token"] == token)
                 outcome, detail = ("pass", "") if ok else classify_failure(res)
                 if not ok and not outcome:
                     outcome, detail = "no_completion", "the test did not run to completion"

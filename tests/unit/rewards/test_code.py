@@ -377,3 +377,15 @@ def test_huge_stdout(reward):
     assert res.info["outcomes"] == {"output_limit": 2}
     assert time.monotonic() - t0 < 5.0
     _grader_goes_on(reward)
+
+
+def test_harness_json_encoder_round_trips():
+    import json
+
+    from nemo_prorl.rewards.sandbox import code_harness
+
+    for value in ['quote " backslash \\ newline \n tab \t nul \x00', "é 😀 \udc80", 0.25, -3, None, True,
+                  {"k": 1.5, "n": None, "s": "x\ny", "b": False}]:
+        assert json.loads(code_harness.to_json(value)) == value
+    assert code_harness.to_json(float("nan")) == "null"
+    assert code_harness.normalize("  1   2 \n\n3\t\n\n") == ["1 2", "", "3"]
