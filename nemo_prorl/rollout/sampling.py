@@ -116,6 +116,7 @@ def select_next_tokens(
 
     """
     uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    uniforms = uniforms.to(logits.device)  # generators live on CPU; logits may not
     if temperature == 0:
         logp = torch.log_softmax(logits.float(), dim=-1)
         tokens = logits.argmax(dim=-1)
