@@ -268,7 +268,7 @@ class HFRolloutEngine:
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for r, p in enumerate(prompts):  # left padding
-            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            ids[r, width - len(p) :] = torch.tensor([int(t) for t in p], dtype=torch.long)
             mask[r, width - len(p) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
 

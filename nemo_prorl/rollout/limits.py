@@ -7,6 +7,7 @@ syncs are rejected naming the tensor.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -60,7 +61,7 @@ def check_prompts(
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty (0 tokens)")
         for pos, tok in enumerate(prompt):
-            if isinstance(tok, bool) or not isinstance(tok, int):
+            if isinstance(tok, bool) or not isinstance(tok, numbers.Integral):
                 raise ValueError(f"prompt {i}, position {pos}: token id {tok!r} is not an int")
             if not 0 <= tok < vocab_size:
                 raise ValueError(
