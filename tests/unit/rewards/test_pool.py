@@ -104,8 +104,8 @@ def test_worker_sigkilled_mid_batch_loses_no_rows():
 
 
 def test_sample_that_kills_its_worker_twice_gets_error():
-    # the worker pipes are closed by a reward? simulate with a row that makes the worker exit: a
-    # domain reward cannot do that, so kill the worker whenever it is busy on the marked row.
+    # Every worker that picks up row 0 is SIGKILLed: after max_retries re-runs the row is an error,
+    # and the other row still scores.
     cfg = RewardsConfig(num_workers=1, timeout_s=5.0, max_retries=1)
     with RewardPool(cfg) as p:
         p.score([math_row(0)])
