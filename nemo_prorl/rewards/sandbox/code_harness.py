@@ -35,7 +35,8 @@ import sys
 import time
 
 PR_SET_DUMPABLE = 4
-SOLUTION_DIR = "/tmp/solution"
+WORK_DIR = os.getcwd()  # the sandbox's private tmpfs (the launcher sets the cwd)
+SOLUTION_DIR = os.path.join(WORK_DIR, "solution")
 MAX_FD = 1024
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
@@ -383,7 +384,7 @@ def main():
             emit(nonce, "case", index=index, passed=False, outcome="skipped",
                  detail=f"total {budget} budget exhausted", wall_s=0.0)
             continue
-        case_dir = f"/tmp/case_{index}"
+        case_dir = os.path.join(WORK_DIR, f"case_{index}")
         os.makedirs(case_dir, exist_ok=True)
         wall = min(job["case_wall_s"], wall_left)
         cpu = min(job["case_cpu_s"], cpu_left)

@@ -200,7 +200,8 @@ def test_harness_tampering_fails(reward):
         "    except OSError as e: print('blocked', path, e.errno, file=sys.stderr)\n"
         "try:\n    open('/proc/1/mem', 'rb').read(1)\nexcept OSError: pass\n"
         "for sig in (9, 15, 2):\n    try: os.kill(1, sig)\n    except OSError: pass\n"
-        "try:\n    open('/tmp/harness.py', 'w').write('print(1)')\nexcept OSError: pass\n"
+        "try:\n    open(os.path.join(os.path.dirname(os.getcwd()), 'harness.py'), 'w').write('print(1)')\n"
+        "except OSError: pass\n"
         "print(forged)\n"
         "def add(a, b): return None\n"
     )
@@ -298,8 +299,9 @@ def test_host_secrets_not_readable(reward, tmp_path):
     canary = tmp_path / "canary.txt"
     canary.write_text("CANARY-7f3a")
     os.environ["NEMO_TEST_API_KEY"] = "SECRET-91bc"
+    home_file = os.path.join(os.path.expanduser("~"), ".bashrc")  # the grader's home directory
     src = ("import os, sys\nout = []\n"
-           f"for p in ({str(canary)!r}, '/root/.bashrc', '/etc/shadow', '/proc/1/environ'):\n"
+           f"for p in ({str(canary)!r}, {home_file!r}, '/etc/shadow', '/proc/1/environ'):\n"
            "    try:\n        out.append(open(p).read())\n    except OSError:\n        pass\n"
            "out.append(os.environ.get('NEMO_TEST_API_KEY', ''))\nprint(' '.join(out))\n")
     try:

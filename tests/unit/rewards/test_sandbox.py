@@ -129,7 +129,7 @@ def test_bwrap_readonly_usr_and_tmpfs_size(bwrap_box):
         "import os\n"
         "try:\n    open('/usr/evil', 'w')\n    print('usr-writable')\nexcept OSError:\n    print('usr-ro')\n"
         "try:\n"
-        "    with open('/tmp/big', 'wb') as f:\n"
+        "    with open('big', 'wb') as f:\n"
         "        for _ in range(100):\n            f.write(b'x' * (1 << 20))\n"
         "    print('big-ok')\n"
         "except OSError as e:\n    print('big-fail', e.errno)\n"
