@@ -23,6 +23,8 @@ CORE = [
     "datasets>=3.0",
     "transformers>=4.51",
     "safetensors",
+    # megatron-core dist_checkpointing imports it at save time without declaring it.
+    "psutil",
     "tokenizers",
     "math-verify>=0.7",
     "mpmath",  # exact-enough evaluation in the math reward fast path (also a sympy dependency)

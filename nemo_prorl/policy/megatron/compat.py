@@ -26,6 +26,9 @@ The patches, each with the megatron call sites it serves:
      reduce), ``pipeline_parallel.utils``.
    * ``torch.cuda.get_rng_state`` / ``set_rng_state`` / ``manual_seed`` --
      ``tensor_parallel.random.CudaRNGStatesTracker.add`` and ``model_parallel_cuda_manual_seed``.
+   * ``torch.cuda.synchronize()`` / ``current_device()`` in ``dist_checkpointing.strategies``
+     (``filesystem_async.preload_tensors``, ``fully_parallel``, ``exchange_utils``) -- Megatron
+     dist-checkpoint save/load.
 
    Modules imported after a call are covered by the next call: the function re-sweeps
    ``sys.modules`` every time it runs (cheap), and :func:`nemo_prorl.policy.megatron.parallel.init_parallel`
@@ -101,6 +104,12 @@ MEGATRON_MODULES_TO_PRELOAD: tuple[str, ...] = (
     "megatron.core.transformer.utils",
     "megatron.core.dist_checkpointing",
     "megatron.core.dist_checkpointing.serialization",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.torch",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.fully_parallel",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
 )
 
 _CUDA_TYPE_STRINGS = {
