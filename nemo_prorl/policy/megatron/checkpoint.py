@@ -1,0 +1,419 @@
+"""Atomic, resharding-capable checkpoints of a :class:`~nemo_prorl.policy.megatron.engine.MegatronPolicy`.
+
+Layout of one checkpoint directory (e.g. ``<run>/checkpoints/step_00000120``)::
+
+    COMPLETE              written last; a directory without it is partial and never loaded
+    metadata.json         format version, TP/PP/DP sizes, optimizer kind, dtype, engine step count
+    extra_state.json      the trainer's state (JSON only: no pickle of anything)
+    dist/                 megatron dist_checkpointing of the policy weights, the optimizer state and
+                          the reference weights (keys ``reference.*``)
+    rng/rank_XXXXX.pt     per-rank RNG states (a dict of uint8 tensors; read with weights_only=True)
+
+Writing is atomic: every rank writes into ``<dir>.tmp-<uuid>`` (one uuid for the job, chosen by rank 0),
+then rank 0 renames it to ``<dir>`` and finally writes ``COMPLETE``. A crash at any point leaves either
+a ``*.tmp-*`` directory or a directory without ``COMPLETE``; :func:`latest_checkpoint` skips (and, if
+asked, deletes) both.
+
+Resharding: weights are saved as megatron ``ShardedTensor`` s, so a checkpoint saved at one TP/PP/DP
+loads at another. Optimizer state: the non-distributed optimizer's moments are sharded like the
+parameters and reshard the same way; the distributed optimizer uses the ``fully_sharded_model_space``
+format, which is also fully reshardable. Loading the optimizer between the two optimizer kinds is not
+supported: it raises unless ``load_optimizer=False`` (weights only, with a warning). RNG states are
+restored only when the rank layout is unchanged (else a warning: the RNG streams restart from the
+seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "checkpoint_path",
+    "is_complete",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+_log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+COMPLETE = "COMPLETE"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_OPTIM_SHARDING = "fully_sharded_model_space"
+_REF_PREFIX = "reference."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, partial, corrupt or incompatible; the message names the path."""
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The canonical directory of the checkpoint taken after ``step`` steps: ``<run_dir>/step_XXXXXXXX``."""
+    if step < 0:
+        raise ValueError(f"checkpoint_path: step must be >= 0, got {step}")
+    return Path(run_dir) / f"step_{step:08d}"
+
+
+def is_complete(directory: str | Path) -> bool:
+    """Whether ``directory`` is a finished checkpoint (has the ``COMPLETE`` marker)."""
+    return (Path(directory) / COMPLETE).is_file()
+
+
+def latest_checkpoint(run_dir: str | Path, *, cleanup: bool = False) -> Path | None:
+    """The newest complete ``step_*`` checkpoint under ``run_dir``, or ``None``.
+
+    Partial checkpoints (``*.tmp-*`` directories and ``step_*`` directories without ``COMPLETE``) are
+    ignored; with ``cleanup=True`` they are deleted (call it from one process, while no save runs).
+
+    Args:
+        run_dir: the directory holding ``step_*`` checkpoint directories.
+        cleanup: delete partial checkpoints.
+
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for child in root.iterdir():
+        if not child.is_dir():
+            continue
+        partial = ".tmp-" in child.name
+        match = _STEP_RE.match(child.name)
+        if match and not partial:
+            if is_complete(child):
+                step = int(match.group(1))
+                if best is None or step > best[0]:
+                    best = (step, child)
+                continue
+            partial = True
+        if partial:
+            _log.warning("ignoring partial checkpoint %s", child)
+            if cleanup:
+                shutil.rmtree(child, ignore_errors=True)
+    return best[1] if best else None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast_str(value: str) -> str:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
+def _agree(ok: bool, message: str) -> None:
+    """Raise :class:`CheckpointError` on every rank if any rank reports a failure."""
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag)
+    if int(flag.item()) != 0:
+        raise CheckpointError(message)
+
+
+def _layout(policy: MegatronPolicy) -> dict[str, Any]:
+    p = policy._parallel
+    return {
+        "tensor_model_parallel_size": p.tp_size(),
+        "pipeline_model_parallel_size": p.pp_size(),
+        "data_parallel_size": p.dp_size(),
+        "world_size": p.world_size(),
+    }
+
+
+def _ensure_optimizer_state(policy: MegatronPolicy) -> None:
+    """Give every parameter Adam state (zeros) so save and load see the same keys."""
+    optimizer = policy.optimizer
+    for opt in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        fn = getattr(opt, "init_state_fn", None)
+        if fn is not None:
+            fn(opt.optimizer, getattr(opt, "config", None))
+
+
+def _fill_missing_steps(policy: MegatronPolicy) -> None:
+    """Adam state without ``step`` means no update was taken since the moments were zeroed."""
+    from nemo_prorl.policy.megatron.engine import _torch_optimizers
+
+    for torch_opt in _torch_optimizers(policy.optimizer):
+        for state in torch_opt.state.values():
+            if state and "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+
+
+def _add_missing_steps(obj: Any) -> None:
+    """Give Adam per-parameter states in a loaded optimizer state dict a ``step`` of 0 where absent.
+
+    megatron stores one shared ``common_step`` and omits it when it is 0 (no update since the
+    moments were zeroed: a fresh or just-reset optimizer); torch's Adam refuses states without it.
+    """
+    if isinstance(obj, dict):
+        state = obj.get("state")
+        if isinstance(state, dict) and "param_groups" in obj and "common_step" not in state:
+            for value in state.values():
+                if isinstance(value, dict) and "exp_avg" in value and "step" not in value:
+                    value["step"] = torch.zeros((), dtype=torch.float32)
+        for value in obj.values():
+            _add_missing_steps(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _add_missing_steps(value)
+
+
+def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: bool) -> dict[str, Any]:
+    model_sd = policy.model.sharded_state_dict()
+    state: dict[str, Any] = {
+        "model": model_sd,
+        "reference": policy.ref_model.sharded_state_dict(prefix=_REF_PREFIX),
+    }
+    if with_optimizer:
+        metadata = {"distrib_optim_sharding_type": _OPTIM_SHARDING}
+        state["optimizer"] = policy.optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=metadata
+        )
+    return state
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    import random
+
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    states: dict[str, torch.Tensor] = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["torch_cuda"] = torch.cuda.get_rng_state()
+    for name, value in get_cuda_rng_tracker().get_states().items():
+        states[f"tracker/{name}"] = value.clone()
+    py_version, py_state, py_gauss = random.getstate()
+    states["python_state"] = torch.tensor(py_state, dtype=torch.int64)
+    states["python_meta"] = torch.tensor([py_version, 0 if py_gauss is None else 1], dtype=torch.int64)
+    states["python_gauss"] = torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64)
+    return states
+
+
+def _set_rng_state(states: Mapping[str, torch.Tensor]) -> None:
+    import random
+
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    torch.set_rng_state(states["torch_cpu"])
+    if torch.cuda.is_available() and "torch_cuda" in states:
+        torch.cuda.set_rng_state(states["torch_cuda"])
+    tracker = {k.split("/", 1)[1]: v for k, v in states.items() if k.startswith("tracker/")}
+    if tracker:
+        get_cuda_rng_tracker().set_states(tracker)
+    meta = states["python_meta"].tolist()
+    gauss = float(states["python_gauss"][0]) if meta[1] else None
+    random.setstate((int(meta[0]), tuple(int(x) for x in states["python_state"].tolist()), gauss))
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint file missing: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def save_checkpoint(policy: MegatronPolicy, directory: str | Path, extra_state: Mapping[str, Any]) -> Path:
+    """Write policy weights, optimizer state, reference weights, RNG and ``extra_state`` atomically.
+
+    Collective: every rank calls it with the same ``directory`` (on a shared file system).
+
+    Args:
+        policy: the engine.
+        directory: final checkpoint directory; must not exist yet.
+        extra_state: JSON-serialisable trainer state (step counters, data-sampler state, ...).
+
+    Returns:
+        ``directory`` as a ``Path``.
+
+    Raises:
+        ValueError: ``extra_state`` is not JSON-serialisable (checked before anything is written).
+        FileExistsError: ``directory`` already exists.
+
+    """
+    from megatron.core import dist_checkpointing
+
+    final = Path(directory)
+    try:
+        extra_json = json.loads(json.dumps(dict(extra_state), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"save_checkpoint({final}): extra_state must be JSON-serialisable: {exc}") from exc
+    rank, world = _world()
+    _agree(not final.exists(), f"save_checkpoint: {final} already exists; refusing to overwrite it")
+
+    tmp = Path(_broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:12]}" if rank == 0 else ""))
+    if rank == 0:
+        (tmp / "dist").mkdir(parents=True)
+        (tmp / "rng").mkdir()
+    _barrier()
+
+    _ensure_optimizer_state(policy)
+    state = _sharded_state(policy, is_loading=False, with_optimizer=True)
+    dist_checkpointing.save(state, str(tmp / "dist"))
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    _barrier()
+    if rank == 0:
+        cfg = policy.config
+        metadata = {
+            "format": CHECKPOINT_FORMAT,
+            **_layout(policy),
+            "use_distributed_optimizer": cfg.use_distributed_optimizer,
+            "params_dtype": str(cfg.params_dtype),
+            "steps_taken": int(policy.steps_taken),
+            "optimizer_sharding": _OPTIM_SHARDING,
+        }
+        _write_json(tmp / "metadata.json", metadata)
+        _write_json(tmp / "extra_state.json", extra_json)
+        os.replace(tmp, final)
+        with open(final / COMPLETE, "w", encoding="utf-8") as f:
+            f.write("ok\n")
+            f.flush()
+            os.fsync(f.fileno())
+    _barrier()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def load_checkpoint(
+    policy: MegatronPolicy, directory: str | Path, *, load_optimizer: bool = True
+) -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``policy``.
+
+    Args:
+        policy: the engine (any TP/PP/DP layout).
+        directory: a complete checkpoint directory.
+        load_optimizer: restore the optimizer state. ``False`` loads policy and reference weights only
+            (the optimizer starts fresh).
+
+    Returns:
+        The checkpoint's ``extra_state``.
+
+    Raises:
+        CheckpointError: partial / missing / corrupt checkpoint, or an optimizer state that cannot be
+            loaded in this configuration (message says which file and why).
+
+    """
+    from megatron.core import dist_checkpointing
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"load_checkpoint: {path} is not a directory")
+    if not is_complete(path):
+        raise CheckpointError(
+            f"load_checkpoint: {path} has no {COMPLETE} marker (a partial or interrupted save); "
+            "refusing to load"
+        )
+    metadata = _read_json(path / "metadata.json")
+    if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"load_checkpoint: {path / 'metadata.json'} has format "
+            f"{metadata.get('format') if isinstance(metadata, dict) else None!r}, "
+            f"expected {CHECKPOINT_FORMAT}"
+        )
+    extra_state = _read_json(path / "extra_state.json")
+    if not isinstance(extra_state, dict):
+        raise CheckpointError(f"load_checkpoint: {path / 'extra_state.json'} must hold a JSON object")
+
+    if (
+        load_optimizer
+        and bool(metadata.get("use_distributed_optimizer")) != policy.config.use_distributed_optimizer
+    ):
+        raise CheckpointError(
+            f"load_checkpoint: {path} was saved with use_distributed_optimizer="
+            f"{metadata.get('use_distributed_optimizer')} but this engine has "
+            f"{policy.config.use_distributed_optimizer}; loading optimizer state across optimizer kinds is "
+            "not supported -- pass load_optimizer=False to load the weights only"
+        )
+
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException subclass
+
+    state = _sharded_state(policy, is_loading=True, with_optimizer=load_optimizer)
+    try:
+        loaded = dist_checkpointing.load(state, str(path / "dist"))
+    except (Exception, CheckpointException) as exc:  # many types for corrupt or mismatched shards
+        raise CheckpointError(
+            f"load_checkpoint: could not read {path / 'dist'}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    policy.model.load_state_dict(loaded["model"], strict=True)
+    ref_state = {k.removeprefix(_REF_PREFIX): v for k, v in loaded["reference"].items()}
+    policy.ref_model.load_state_dict(ref_state, strict=True)
+    if load_optimizer:
+        # Restores the fp32 master weights too (bf16 / distributed optimizer keep their own copy).
+        _add_missing_steps(loaded["optimizer"])
+        policy.optimizer.load_state_dict(loaded["optimizer"])
+        _fill_missing_steps(policy)
+    else:
+        warnings.warn(
+            f"load_checkpoint({path}): optimizer state not loaded; Adam moments start from zero", stacklevel=2
+        )
+        policy.reset_optimizer()
+        # The optimizer's master copies must follow the loaded weights.
+        policy.optimizer.reload_model_params()
+    policy.steps_taken = int(metadata.get("steps_taken", 0))
+
+    rank, _ = _world()
+    if _layout(policy) == {k: metadata.get(k) for k in _layout(policy)}:
+        rng_file = path / "rng" / f"rank_{rank:05d}.pt"
+        try:
+            rng = torch.load(rng_file, map_location="cpu", weights_only=True)
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"load_checkpoint: RNG state file missing: {rng_file}") from exc
+        _set_rng_state(rng)
+    else:
+        warnings.warn(
+            f"load_checkpoint({path}): saved with a different parallel layout; RNG states not restored",
+            stacklevel=2,
+        )
+    _barrier()
+    return extra_state
