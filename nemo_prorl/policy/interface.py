@@ -23,6 +23,9 @@ Loss function contract
 * ``micro``: the micro-batch's slice of the batch: ``"input_ids" [b, L]``, ``"response_mask" [b, L]``
   and every tensor of :attr:`TokenBatch.extras` (``advantages [b]``, ``old_logprobs [b, L]``,
   ``ref_logprobs [b, L]``, ...), sliced along dimension 0.
+  With pipeline parallelism the last micro-batch is padded to ``micro_batch_size`` with all-zero
+  rows (``response_mask`` 0, extras 0): their contribution must be 0 (clamp per-sequence
+  denominators, e.g. ``mask.sum(1).clamp(min=1)``).
 * ``norm``: the global normalisers of the **whole step batch**, identical on every rank:
   ``num_tokens`` (float; response tokens summed over all micro-batches and all data-parallel ranks)
   and ``num_seqs`` (float; sequences, same sum). The engine computes them with an all-reduce over
