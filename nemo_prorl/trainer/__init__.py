@@ -1,0 +1,1 @@
+"""The ProRL trainer: the fit loop, resets, run phases, checkpoints/resume, logging and plots."""

@@ -1,0 +1,67 @@
+"""``nemo-prorl train [--config-name NAME] [key=value ...]`` (also ``python examples/train_prorl.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from nemo_prorl.algorithms.config import ConfigError
+
+
+def main(argv: list[str]) -> int:
+    """Run training; exit code 0 on success, 1 on a training abort, 2 on a bad config or data."""
+    ap = argparse.ArgumentParser(
+        prog="nemo-prorl train",
+        description="ProRL training. With no --config-name it runs the embedded default (tiny CPU demo).",
+        epilog="Overrides are Hydra-style key=value, e.g. trainer.max_steps=20 "
+               "policy.tensor_model_parallel_size=2 reset.at_steps=[10]",
+    )
+    ap.add_argument("--config-name", "-cn", default=None, help="config in conf/ (default: demo)")
+    ap.add_argument("--config-path", "-cp", default=None, help="directory of configs (default: conf/)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = ap.parse_args(argv)
+
+    from nemo_prorl.trainer.config import load_config
+
+    try:
+        cfg = load_config(args.config_name, args.overrides, args.config_path)
+    except (ConfigError, ValueError, TypeError) as exc:
+        print(f"nemo-prorl train: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Hydra's own override/compose errors
+        print(f"nemo-prorl train: cannot compose config: {exc}", file=sys.stderr)
+        return 2
+
+    from nemo_prorl.data.preflight import DataValidationError
+    from nemo_prorl.trainer.trainer import ProRLTrainer, TrainingError
+
+    t0 = time.time()
+    trainer = ProRLTrainer(cfg)
+    failed = True
+    try:
+        trainer.setup()
+        summary = trainer.fit()
+        failed = False
+    except (DataValidationError, ConfigError) as exc:
+        print(f"nemo-prorl train: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"nemo-prorl train: aborted: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.close(failed=failed)
+    if getattr(trainer, "logger", None) is not None or trainer.step:
+        from nemo_prorl.trainer.trainer import _rank
+
+        if _rank() == 0:
+            run = cfg.run_dir
+            print(json.dumps({k: v for k, v in summary.items() if k != "passk"}, default=str))
+            print(f"\ndone in {time.time() - t0:.0f}s: {summary['steps']} steps, {len(summary['resets'])} reset(s)")
+            print(f"  run directory: {run}")
+            print(f"  metrics:       {run}/metrics.jsonl (TensorBoard: {run}/tensorboard)")
+            print(f"  plots:         {run}/plots/")
+            if "passk" in summary:
+                print(f"  pass@k:        {run}/passk.json")
+    return 0

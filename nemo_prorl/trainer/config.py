@@ -1,0 +1,421 @@
+"""The whole-run config: Hydra YAML in ``conf/`` + ``key=value`` overrides, validated before any model is built.
+
+Each package owns and validates its own section (``policy``, ``rollout``, ``data``, ``rewards``,
+``algorithm``); this module owns the run-level sections (``trainer``, ``reset``, ``phases``,
+``checkpoint``, ``logging``, ``final_eval``) and the cross-section checks. Nothing in a config names
+code: there is no ``_target_`` and no ``hydra.utils.instantiate``; components are chosen by registry
+names only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nemo_prorl.algorithms.config import AlgorithmConfig, ConfigError, algorithm_config_from_dict
+from nemo_prorl.data.config import DataConfig
+from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+from nemo_prorl.rewards.config import RewardsConfig
+from nemo_prorl.rollout.config import RolloutConfig
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PACKAGE_ROOT.parent / "conf"
+ASSETS = {"demo": PACKAGE_ROOT / "assets" / "demo"}
+DEFAULT_CONFIG = "demo"
+
+
+def _from_dict(cls, values: Any, where: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key; known keys: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def _pos_int(key: str, value: Any, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(key, f"expected an integer >= {low}, got {value!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """The fit loop.
+
+    Attributes:
+        max_steps: training steps (one step = one rollout batch and its updates). Phases, when given,
+            must add up to at least this.
+        prompts_per_step: prompts (groups) per step after dynamic sampling (ProRL: 256).
+        mini_batch_prompts: prompts per optimizer update; ``prompts_per_step / mini_batch_prompts``
+            updates per epoch (ProRL: 64, i.e. 4 updates per step).
+        ppo_epochs: passes over the rollout batch per step (ProRL: 1).
+        generation_prompts: prompts generated per dynamic-sampling round; ``None`` = prompts_per_step.
+        val_interval: validate every this many steps (0 = never); also at step 0 when ``val_at_start``.
+        val_at_start: validate the initial policy before training.
+        val_n: samples per validation prompt.
+        val_temperature: validation sampling temperature (ProRL eval: 0.6).
+        val_top_p: validation nucleus mass (ProRL eval: 0.95).
+        val_max_prompts: cap on validation prompts (None = all).
+        log_samples_interval: log sample completions every this many steps (0 = never).
+        max_nonfinite_in_row: abort after this many consecutive steps with a NaN/inf loss or grad norm
+            (each such update is skipped and counted).
+        progress_bar: show a tqdm bar with the key numbers.
+
+    """
+
+    max_steps: int = 10
+    prompts_per_step: int = 8
+    mini_batch_prompts: int = 8
+    ppo_epochs: int = 1
+    generation_prompts: int | None = None
+    val_interval: int = 0
+    val_at_start: bool = True
+    val_n: int = 4
+    val_temperature: float = 0.6
+    val_top_p: float = 0.95
+    val_max_prompts: int | None = None
+    log_samples_interval: int = 0
+    max_nonfinite_in_row: int = 3
+    progress_bar: bool = True
+
+    def validate(self, p: str = "trainer") -> None:
+        for name in ("max_steps", "prompts_per_step", "mini_batch_prompts", "ppo_epochs", "val_n",
+                     "max_nonfinite_in_row"):
+            _pos_int(f"{p}.{name}", getattr(self, name))
+        for name in ("val_interval", "log_samples_interval"):
+            _pos_int(f"{p}.{name}", getattr(self, name), allow_zero=True)
+        if self.generation_prompts is not None:
+            _pos_int(f"{p}.generation_prompts", self.generation_prompts)
+        if self.val_max_prompts is not None:
+            _pos_int(f"{p}.val_max_prompts", self.val_max_prompts)
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ConfigError(f"{p}.mini_batch_prompts", f"{self.mini_batch_prompts} does not divide "
+                              f"{p}.prompts_per_step={self.prompts_per_step}")
+        if not (0 <= self.val_temperature <= 10 and 0 < self.val_top_p <= 1):
+            raise ConfigError(f"{p}.val_temperature", "temperature must be in [0, 10] and top_p in (0, 1]")
+
+
+@dataclass
+class ResetConfig:
+    """ProRL's hard reset: reference := current policy, optimizer state re-initialised, in the running job.
+
+    Triggers combine (any one fires a reset):
+
+    Attributes:
+        at_steps: explicit steps; the reset happens after that step's update.
+        every_n_steps: every N steps (0 = off).
+        on_val_plateau: the paper's trigger: reset when the validation metric has not improved by
+            ``min_delta`` for ``patience`` validations, or dropped by more than ``drop_delta`` from its best.
+        metric: validation metric read for the plateau trigger (e.g. ``val/reward/mean``).
+        patience: validations without improvement before a reset.
+        min_delta: improvement that counts.
+        drop_delta: a drop from the best this large resets at once (None = off).
+        kl_above: reset when the step's KL to the reference exceeds this (None = off).
+        reset_optimizer: also zero the optimizer state (ProRL: yes).
+        min_steps_between: do not reset again within this many steps of the last reset.
+
+    """
+
+    at_steps: list[int] = field(default_factory=list)
+    every_n_steps: int = 0
+    on_val_plateau: bool = False
+    metric: str = "val/reward/mean"
+    patience: int = 2
+    min_delta: float = 0.0
+    drop_delta: float | None = None
+    kl_above: float | None = None
+    reset_optimizer: bool = True
+    min_steps_between: int = 1
+
+    def validate(self, p: str = "reset") -> None:
+        self.at_steps = list(self.at_steps)
+        for i, s in enumerate(self.at_steps):
+            _pos_int(f"{p}.at_steps[{i}]", s)
+        _pos_int(f"{p}.every_n_steps", self.every_n_steps, allow_zero=True)
+        _pos_int(f"{p}.patience", self.patience)
+        _pos_int(f"{p}.min_steps_between", self.min_steps_between)
+        for name in ("min_delta", "drop_delta", "kl_above"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+                raise ConfigError(f"{p}.{name}", f"expected a finite number >= 0, got {v!r}")
+
+
+@dataclass
+class PhaseConfig:
+    """One run phase (the paper's runs 1-8 are phases of one job).
+
+    Attributes:
+        name: phase name (also the key of ``data.phase_mixtures``).
+        steps: length in steps.
+        reset: start the phase with a hard reset (reference + optimizer).
+        n: rollouts per prompt in this phase (None = ``rollout.n``).
+        temperature: sampling temperature (None = ``rollout.temperature``).
+        max_response_tokens: response cap (None = ``rollout.max_response_tokens``).
+        mixture: domain weights for this phase (None = ``data.phase_mixtures[name]`` or ``data.mixture``).
+        reward_shaping: overrides of ``algorithm.reward_shaping`` fields for this phase.
+
+    """
+
+    name: str = "phase"
+    steps: int = 1
+    reset: bool = False
+    n: int | None = None
+    temperature: float | None = None
+    max_response_tokens: int | None = None
+    mixture: dict[str, float] | None = None
+    reward_shaping: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints and resume.
+
+    Attributes:
+        interval: save every N steps (0 = only at the end and on signals).
+        keep_last: complete checkpoints kept (older ones deleted).
+        save_on_signals: signals that trigger a save-and-exit (Slurm preemption sends SIGUSR1/SIGTERM).
+        resume: resume from the newest complete checkpoint in ``run_dir`` when there is one.
+        save_final: save after the last step.
+
+    """
+
+    interval: int = 0
+    keep_last: int = 2
+    save_on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    resume: bool = True
+    save_final: bool = True
+
+    def validate(self, p: str = "checkpoint") -> None:
+        _pos_int(f"{p}.interval", self.interval, allow_zero=True)
+        _pos_int(f"{p}.keep_last", self.keep_last)
+        for s in self.save_on_signals:
+            if s not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"):
+                raise ConfigError(f"{p}.save_on_signals", f"unsupported signal {s!r}")
+
+
+@dataclass
+class LoggingConfig:
+    """What a run writes besides ``metrics.jsonl``.
+
+    Attributes:
+        tensorboard: write TensorBoard event files under ``run_dir/tensorboard``.
+        wandb_project: log to Weights & Biases under this project (None = off); the run id is kept in
+            ``run_dir`` so a resumed run continues the same W&B run.
+        wandb_name: W&B run name.
+        plots: write PNG plots of the curves into ``run_dir/plots`` at the end.
+
+    """
+
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    wandb_name: str | None = None
+    plots: bool = True
+
+
+@dataclass
+class FinalEvalConfig:
+    """pass@k of the base and the final policy on held-out prompts, at the end of the run.
+
+    Attributes:
+        enabled: run it.
+        files: held-out files (None = ``data.val_files``).
+        n: samples per prompt.
+        ks: k values (each <= n).
+        temperature: sampling temperature.
+        top_p: nucleus mass.
+        max_prompts: cap on prompts (None = all).
+
+    """
+
+    enabled: bool = False
+    files: list[str] | None = None
+    n: int = 16
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompts: int | None = None
+
+    def validate(self, p: str = "final_eval") -> None:
+        _pos_int(f"{p}.n", self.n)
+        for k in self.ks:
+            _pos_int(f"{p}.ks", k)
+            if k > self.n:
+                raise ConfigError(f"{p}.ks", f"k={k} exceeds {p}.n={self.n}")
+
+
+@dataclass
+class ProRLConfig:
+    """A whole run."""
+
+    model: str = "demo"
+    run_dir: str = "runs/default"
+    seed: int = 42
+    policy: MegatronPolicyConfig = field(default_factory=MegatronPolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+
+    @property
+    def model_dir(self) -> Path:
+        """The HF model directory (``demo`` names the packaged demo base model)."""
+        return ASSETS.get(self.model, Path(self.model))
+
+    def phase_at(self, step: int) -> tuple[int, PhaseConfig | None]:
+        """(index, phase) in force at 0-based ``step`` (the last phase extends to the end)."""
+        if not self.phases:
+            return -1, None
+        start = 0
+        for i, ph in enumerate(self.phases):
+            if step < start + ph.steps:
+                return i, ph
+            start += ph.steps
+        return len(self.phases) - 1, self.phases[-1]
+
+    def phase_start(self, index: int) -> int:
+        """First step of phase ``index``."""
+        return sum(ph.steps for ph in self.phases[:index])
+
+
+def _resolve_paths(values: list[str], base: Path) -> list[str]:
+    out = []
+    for v in values:
+        p = Path(v)
+        if v.startswith("demo:"):
+            p = ASSETS["demo"] / v.split(":", 1)[1]
+        out.append(str(p if p.is_absolute() else p))
+    return out
+
+
+def build_config(raw: dict[str, Any]) -> ProRLConfig:
+    """Validate a plain dict (composed YAML + overrides) into a :class:`ProRLConfig`.
+
+    Raises:
+        ConfigError / ValueError: naming the offending key, before anything is built.
+
+    """
+    raw = dict(raw)
+    known = {f.name for f in fields(ProRLConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown top-level key; known: {', '.join(sorted(known))}")
+    cfg = ProRLConfig()
+    for key in ("model", "run_dir"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise ConfigError(key, f"expected a non-empty string, got {raw[key]!r}")
+            setattr(cfg, key, raw[key])
+    if "seed" in raw:
+        _pos_int("seed", raw["seed"], allow_zero=True)
+        cfg.seed = raw["seed"]
+    try:
+        cfg.policy = MegatronPolicyConfig.from_dict(dict(raw.get("policy") or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("policy", str(exc)) from None
+    cfg.rollout = RolloutConfig.from_dict(dict(raw.get("rollout") or {}), where="rollout")
+    data = dict(raw.get("data") or {})
+    for k in ("train_files", "val_files"):
+        if k in data and data[k] is not None:
+            data[k] = _resolve_paths([data[k]] if isinstance(data[k], str) else list(data[k]), Path.cwd())
+    data.setdefault("seed", cfg.seed)
+    cfg.data = DataConfig.from_dict(data)
+    cfg.rewards = RewardsConfig.from_dict(raw.get("rewards"))
+    cfg.algorithm = algorithm_config_from_dict(raw.get("algorithm") or {})
+    cfg.trainer = _from_dict(TrainerConfig, raw.get("trainer"), "trainer")
+    cfg.reset = _from_dict(ResetConfig, raw.get("reset"), "reset")
+    phases = raw.get("phases") or []
+    if not isinstance(phases, list):
+        raise ConfigError("phases", "expected a list of phases")
+    cfg.phases = [_from_dict(PhaseConfig, ph, f"phases[{i}]") for i, ph in enumerate(phases)]
+    cfg.checkpoint = _from_dict(CheckpointConfig, raw.get("checkpoint"), "checkpoint")
+    cfg.logging = _from_dict(LoggingConfig, raw.get("logging"), "logging")
+    fe = dict(raw.get("final_eval") or {})
+    if fe.get("files"):
+        fe["files"] = _resolve_paths(list(fe["files"]), Path.cwd())
+    cfg.final_eval = _from_dict(FinalEvalConfig, fe, "final_eval")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ProRLConfig) -> None:
+    """Cross-section checks (each section validated itself already)."""
+    cfg.trainer.validate()
+    cfg.reset.validate()
+    cfg.checkpoint.validate()
+    cfg.final_eval.validate()
+    for i, ph in enumerate(cfg.phases):
+        _pos_int(f"phases[{i}].steps", ph.steps)
+        if ph.n is not None:
+            _pos_int(f"phases[{i}].n", ph.n)
+        if ph.max_response_tokens is not None:
+            _pos_int(f"phases[{i}].max_response_tokens", ph.max_response_tokens)
+        if ph.reward_shaping:
+            known = {f.name for f in fields(type(cfg.algorithm.reward_shaping))}
+            bad = sorted(set(ph.reward_shaping) - known)
+            if bad:
+                raise ConfigError(f"phases[{i}].reward_shaping.{bad[0]}", f"unknown key; known: {sorted(known)}")
+            dataclasses.replace(cfg.algorithm.reward_shaping, **ph.reward_shaping).validate(
+                f"phases[{i}].reward_shaping")
+    if cfg.phases and sum(ph.steps for ph in cfg.phases) < cfg.trainer.max_steps:
+        raise ConfigError("phases", f"phases add up to {sum(ph.steps for ph in cfg.phases)} steps, fewer than "
+                          f"trainer.max_steps={cfg.trainer.max_steps}")
+    if not cfg.model_dir.joinpath("config.json").is_file():
+        raise ConfigError("model", f"{cfg.model_dir} is not an HF model directory (no config.json)")
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files", "no training files configured")
+    n_max = max([cfg.rollout.n] + [ph.n or 0 for ph in cfg.phases])
+    if n_max < 2 and cfg.algorithm.advantage.estimator == "grpo":
+        raise ConfigError("rollout.n", "GRPO needs at least 2 rollouts per prompt")
+
+
+def compose(config_name: str | None, overrides: list[str], config_dir: str | None = None) -> dict[str, Any]:
+    """Compose ``conf/<config_name>.yaml`` with Hydra-style ``key=value`` overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf_dir = Path(config_dir) if config_dir else CONF_DIR
+    name = config_name or DEFAULT_CONFIG
+    if not (conf_dir / f"{name}.yaml").is_file():
+        avail = sorted(p.stem for p in conf_dir.glob("*.yaml"))
+        raise ConfigError("--config-name", f"no config {name!r} in {conf_dir} (available: {', '.join(avail)})")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=None):
+        dc = hydra_compose(config_name=name, overrides=list(overrides))
+    container = OmegaConf.to_container(dc, resolve=True)
+    container.pop("hydra", None)
+    if any("_target_" in str(k) for k in _walk_keys(container)):
+        raise ConfigError("_target_", "configs may not name code (_target_ is not supported)")
+    return container
+
+
+def _walk_keys(obj: Any):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _walk_keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_keys(v)
+
+
+def load_config(config_name: str | None = None, overrides: list[str] | None = None,
+                config_dir: str | None = None) -> ProRLConfig:
+    """Compose and validate a run config."""
+    return build_config(compose(config_name, overrides or [], config_dir))
+
+
+def config_to_dict(cfg: ProRLConfig) -> dict[str, Any]:
+    """Plain-JSON form of the config (written to ``run_dir/config.json``)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,95 @@
+"""PNG plots of a run's curves: ``nemo-prorl plot RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CURVES = ("reward/mean", "val/reward/mean", "loss", "kl", "entropy", "response_length/mean",
+          "clip_frac/high", "clip_frac/low", "grad_norm", "dynamic_sampling/kept_frac",
+          "token_mult_prob_error", "time/step")
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(step records, event records) from ``run_dir/metrics.jsonl``."""
+    steps, events = [], []
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            (events if "event" in obj else steps).append(obj)
+    return steps, events
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write one PNG per available curve (reset events drawn as vertical lines) and an overview."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, events = read_metrics(run_dir)
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resets = [e["step"] for e in events if e.get("event") == "reset"]
+    present = [c for c in CURVES if any(isinstance(r.get(c), (int, float)) for r in steps)]
+    written = []
+    if not present:
+        return written
+    cols = 3
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, present):
+        xs = [r["step"] for r in steps if isinstance(r.get(name), (int, float))]
+        ys = [r[name] for r in steps if isinstance(r.get(name), (int, float))]
+        ax.plot(xs, ys, marker="." if len(xs) < 40 else None)
+        for s in resets:
+            ax.axvline(s, color="red", linestyle="--", linewidth=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.suptitle(f"{run_dir.name} (red dashes: reference/optimizer resets)")
+    fig.tight_layout()
+    path = out_dir / "curves.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(path)
+    passk = run_dir / "passk.json"
+    if passk.exists():
+        data = json.loads(passk.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, curve in data.get("curves", {}).items():
+            ks = sorted(int(k.split("@")[1]) for k in curve if k.startswith("pass@") and "/" not in k)
+            ax.plot(ks, [curve[f"pass@{k}"] for k in ks], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_title("pass@k on held-out prompts")
+        fig.tight_layout()
+        path = out_dir / "passk.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``nemo-prorl plot RUN_DIR``."""
+    ap = argparse.ArgumentParser(prog="nemo-prorl plot", description="plot a run directory's metrics")
+    ap.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        print(f"nemo-prorl plot: {run_dir}/metrics.jsonl not found", file=sys.stderr)
+        return 2
+    for p in plot_run(run_dir):
+        print(p)
+    return 0

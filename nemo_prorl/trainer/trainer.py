@@ -1,0 +1,643 @@
+"""``ProRLTrainer.fit``: the ProRL loop on a megatron-core policy with a colocated rollout engine.
+
+One step::
+
+    prompts (data sampler) -> generate n each (rollout engine) -> score (reward pool) -> shape
+    -> dynamic sampling with refill -> group advantages -> old + reference log-probs (policy)
+    -> ppo_epochs x mini-batch updates -> metrics -> validation every val_interval
+    -> reset callback (reference + optimizer) -> checkpoint -> sync weights into the rollout engine
+
+All ranks run this loop. Generation and scoring happen on global rank 0 (the CPU engine; the vLLM
+engine generates on every rank in its own group) and the rollout batch is broadcast; each data-parallel
+rank then trains on its slice. Every decision (resets, phases, aborts) is taken from values that are
+identical on all ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nemo_prorl.algorithms.advantages import compute_advantages
+from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer
+from nemo_prorl.algorithms.policy_loss import prorl_loss
+from nemo_prorl.algorithms.reward_shaping import shape_rewards
+from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
+from nemo_prorl.trainer.config import ProRLConfig, config_to_dict
+from nemo_prorl.trainer.metrics_log import MetricsLogger
+from nemo_prorl.trainer.resets import ResetController
+
+#: metrics of the loss that are sums of globally normalised terms (already correct after the engine's sum)
+_NORMALISED = ("pg_loss", "kl_loss", "entropy")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many non-finite updates, reward errors, zero steps trained)."""
+
+
+@dataclass
+class Group:
+    """One prompt's rollouts.
+
+    Attributes:
+        row: the data row.
+        prompt_ids: ``[P]`` prompt tokens.
+        samples: the ``n`` samples (``nemo_prorl.rollout.base.Sample``).
+        rewards: ``[n]`` task rewards (as scored).
+        shaped: ``[n]`` rewards after shaping (used for advantages).
+        statuses: ``[n]`` reward statuses.
+
+    """
+
+    row: dict
+    prompt_ids: list[int]
+    samples: list[Any]
+    rewards: list[float]
+    shaped: list[float]
+    statuses: list[str]
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _rank() -> int:
+    d = _dist()
+    return d.get_rank() if d else 0
+
+
+def _broadcast(obj: Any) -> Any:
+    """Broadcast a picklable object from global rank 0 (trusted: produced by our own process)."""
+    d = _dist()
+    if d is None or d.get_world_size() == 1:
+        return obj
+    box = [obj]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class ProRLTrainer:
+    """Runs a ProRL job from a validated :class:`ProRLConfig`."""
+
+    def __init__(self, cfg: ProRLConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.step = 0
+        self.phase_index = -1
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.error_steps_in_row = 0
+        self.resets = ResetController(cfg.reset)
+        self.val_history: list[dict[str, float]] = []
+        self._n = cfg.rollout.n
+        self._temperature = cfg.rollout.temperature
+        self._max_response = cfg.rollout.max_response_tokens
+        self._shaping = cfg.algorithm.reward_shaping
+        self.engine = None
+        self.pool = None
+        self.logger: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        """Validate data, build tokenizer, policy, rollout engine and reward pool; resume if possible."""
+        from transformers import AutoTokenizer
+
+        from nemo_prorl.data.loading import prepare_data
+        from nemo_prorl.data.preflight import preflight
+        from nemo_prorl.launch import resolve_dist_env, setup_distributed_env
+        from nemo_prorl.rewards.pool import RewardPool
+
+        cfg = self.cfg
+        if resolve_dist_env().source != "single":  # torchrun or Slurm: export the rendezvous
+            setup_distributed_env()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(cfg.model_dir), local_files_only=True)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if cfg.data.max_prompt_tokens is None:
+            cfg.data.max_prompt_tokens = cfg.rollout.max_prompt_tokens
+        # data first: a malformed file stops the run before any model is built
+        _, first_phase = cfg.phase_at(0)
+        self.data = prepare_data(cfg.data, self.tokenizer, phase=first_phase.name if first_phase else None)
+        if _rank() == 0:
+            print(self.data.train_report.format_summary(), flush=True)
+        self.val_rows = list(self.data.val_rows)
+        if cfg.trainer.val_max_prompts:
+            self.val_rows = self.val_rows[: cfg.trainer.val_max_prompts]
+        self.final_rows: list[dict] = []
+        if cfg.final_eval.enabled:
+            if cfg.final_eval.files:
+                rep = preflight(cfg.final_eval.files, tokenizer=self.tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                                templates=cfg.data.templates, policy=cfg.data.validation_policy)
+                self.final_rows = list(rep.rows)
+            else:
+                self.final_rows = list(self.data.val_rows)
+            if cfg.final_eval.max_prompts:
+                self.final_rows = self.final_rows[: cfg.final_eval.max_prompts]
+
+        from nemo_prorl.policy.megatron.engine import MegatronPolicy
+
+        policy_cfg = dataclasses.replace(cfg.policy, temperature=float(cfg.rollout.temperature or 1.0),
+                                         seed=cfg.policy.seed)
+        self.policy = MegatronPolicy(cfg.model_dir, policy_cfg)
+        self.dp_rank, self.dp_size = self._dp()
+        self.engine = None
+        self.pool = None
+        if _rank() == 0:
+            from nemo_prorl.rollout import build_rollout_engine
+
+            self.engine = build_rollout_engine(cfg.rollout, str(cfg.model_dir), self.tokenizer)
+            self.pool = RewardPool(cfg.rewards)
+        resume_step = self._maybe_resume()
+        if resume_step is None:
+            self._sync_weights()
+        self.logger = None
+        if _rank() == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, default=str))
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard,
+                                        wandb_project=cfg.logging.wandb_project,
+                                        wandb_name=cfg.logging.wandb_name,
+                                        config=config_to_dict(cfg), resume_step=resume_step)
+            if resume_step is not None:
+                self.logger.log({"step": resume_step, "event": "resume", "from": str(self._resumed_from)})
+
+    def _dp(self) -> tuple[int, int]:
+        from megatron.core import parallel_state as ps
+
+        return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+
+    # ----------------------------------------------------------------------------------- resume
+    def _maybe_resume(self) -> int | None:
+        from nemo_prorl.policy.megatron.checkpoint import latest_checkpoint
+
+        self._resumed_from = None
+        if not self.cfg.checkpoint.resume:
+            return None
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints", cleanup=_rank() == 0)
+        if ckpt is None:
+            return None
+        state = self.policy.load_checkpoint(ckpt)
+        self._load_state(state)
+        self._resumed_from = ckpt
+        if _rank() == 0:
+            print(f"resumed from {ckpt} at step {self.step}", flush=True)
+        self._sync_weights()
+        return self.step
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "phase_index": self.phase_index,
+            "sampler": self.data.sampler.state_dict(),
+            "resets": self.resets.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+            "val_history": self.val_history,
+            "torch_rng": torch.get_rng_state().tolist(),
+            "python_rng": repr(random.getstate()),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.data.sampler.load_state_dict(state["sampler"])
+        self.resets.load_state_dict(state["resets"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.val_history = list(state.get("val_history", []))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        # phase overrides are re-applied (without their start-reset, which already happened)
+        self.phase_index = -1
+        self._enter_phase(self.step, resuming=True)
+        self.phase_index = int(state["phase_index"])
+
+    def _save(self, reason: str) -> None:
+        from nemo_prorl.policy.megatron.checkpoint import checkpoint_path, latest_checkpoint
+
+        t0 = time.time()
+        # megatron's checkpoint writer forks; a child forked while torch's OpenMP pool has more than one
+        # thread hangs in its first parallel region (GNU OpenMP is not fork-safe), so save single-threaded
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            path = self.policy.save_checkpoint(checkpoint_path(self.run_dir / "checkpoints", self.step),
+                                               self._state())
+        finally:
+            torch.set_num_threads(threads)
+        if _rank() == 0:
+            ckpts = sorted((p for p in (self.run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()),
+                           key=lambda p: int(p.name.split("_")[1]))
+            for old in ckpts[: -self.cfg.checkpoint.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            assert latest_checkpoint(self.run_dir / "checkpoints") is not None
+            self._event("checkpoint", path=str(path), reason=reason, seconds=round(time.time() - t0, 3))
+
+    # ------------------------------------------------------------------------------------ phases
+    def _enter_phase(self, step: int, resuming: bool = False) -> str | None:
+        """Apply the phase in force at 0-based ``step``; returns a reset cause when it starts with one."""
+        idx, phase = self.cfg.phase_at(step)
+        if phase is None or idx == self.phase_index:
+            return None
+        self.phase_index = idx
+        r = self.cfg.rollout
+        self._n = phase.n or r.n
+        self._temperature = r.temperature if phase.temperature is None else phase.temperature
+        self._max_response = phase.max_response_tokens or r.max_response_tokens
+        self._shaping = dataclasses.replace(self.cfg.algorithm.reward_shaping, **phase.reward_shaping)
+        self.policy.config.temperature = float(self._temperature or 1.0)
+        weights = phase.mixture if phase.mixture is not None else self.cfg.data.weights_for_phase(phase.name)
+        self.data.sampler.set_weights(weights)
+        if not resuming:
+            self._event("phase", name=phase.name, index=idx, n=self._n, temperature=self._temperature,
+                        max_response_tokens=self._max_response)
+        if phase.reset and not resuming and step > 0:
+            return f"phase {phase.name!r} starts with a reset"
+        return None
+
+    # ----------------------------------------------------------------------------------- rollout
+    def _sampling(self, round_idx: int, **over: Any):
+        base = self.cfg.rollout.seed if self.cfg.rollout.seed is not None else self.cfg.seed
+        seed = (base * 1_000_003 + self.step * 1009 + round_idx) % (2**31 - 1)
+        params = self.cfg.rollout.sampling_params(temperature=float(self._temperature),
+                                                  max_tokens=int(self._max_response), seed=seed)
+        return dataclasses.replace(params, **over)
+
+    def _tokenize(self, row: dict) -> list[int]:
+        from nemo_prorl.data.templates import tokenize_prompt
+
+        return tokenize_prompt(row, self.tokenizer, self.cfg.data.templates, self.cfg.data.system_prompt)
+
+    def _collect(self) -> tuple[list[Group], dict[str, float]]:
+        """Rank 0: generate + score rounds until dynamic sampling has a full batch."""
+        cfg, tc = self.cfg, self.cfg.trainer
+        buf = DynamicSamplingBuffer(tc.prompts_per_step, cfg.algorithm.dynamic_sampling.max_rounds,
+                                    enable=cfg.algorithm.dynamic_sampling.enable)
+        t_gen = t_score = 0.0
+        all_results = []
+        round_idx = 0
+        while not buf.full:
+            rows = [dict(r) for r in self.data.sampler.next_batch(tc.generation_prompts or tc.prompts_per_step)]
+            prompts = [self._tokenize(r) for r in rows]
+            t0 = time.time()
+            out = self.engine.generate(prompts, self._n, self._sampling(round_idx))
+            t_gen += time.time() - t0
+            t0 = time.time()
+            by_prompt: list[list[Any]] = [[] for _ in rows]
+            for s in out.samples:
+                by_prompt[s.prompt_index].append(s)
+            flat = [scoring_row(rows[i], s.text) for i in range(len(rows)) for s in by_prompt[i]]
+            results = self.pool.score(flat)
+            t_score += time.time() - t0
+            all_results.extend(results)
+            groups, rewards = [], []
+            k = 0
+            for i, row in enumerate(rows):
+                samples = by_prompt[i]
+                res = results[k:k + len(samples)]
+                k += len(samples)
+                raw = torch.tensor([float(r.score) if r.status == "ok" else cfg.rewards.failure_score for r in res])
+                shaped = shape_rewards(
+                    raw, self._shaping,
+                    truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
+                    lengths=torch.tensor([len(s.token_ids) for s in samples]),
+                )
+                groups.append(Group(row, prompts[i], samples, raw.tolist(), shaped.tolist(),
+                                    [r.status for r in res]))
+                rewards.append(raw.tolist())
+            buf.add(groups, rewards)
+            round_idx += 1
+        groups, stats = buf.pop_batch()
+        bad = sum(r.status in ("error", "timeout") for r in all_results)
+        metrics = {"time/generate": t_gen, "time/score": t_score,
+                   "reward/error_rate": bad / max(1, len(all_results))}
+        metrics.update(stats.as_metrics())
+        if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
+            failing = [(r.status, r.info) for r in all_results if r.status in ("error", "timeout")][:5]
+            metrics["_failing"] = json.dumps(failing, default=str)[:2000]
+        return groups, metrics
+
+    # ------------------------------------------------------------------------------------- batch
+    def _build_batch(self, groups: list[Group]):
+        """Token batch of all samples (group-major), with advantages and rollout log-probs."""
+        from nemo_prorl.policy.interface import TokenBatch
+
+        seqs, masks, roll_lp, shaped, group_ids = [], [], [], [], []
+        for g_i, g in enumerate(groups):
+            for s, r in zip(g.samples, g.shaped):
+                seq = list(g.prompt_ids) + list(s.token_ids)
+                seqs.append(seq)
+                masks.append((len(g.prompt_ids), len(seq)))
+                roll_lp.append(s.logprobs)
+                shaped.append(r)
+                group_ids.append(g_i)
+        length = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.float32)
+        rollout_lp = torch.zeros((len(seqs), length), dtype=torch.float32)
+        for b, (seq, (start, end)) in enumerate(zip(seqs, masks)):
+            ids[b, : len(seq)] = torch.tensor(seq)
+            mask[b, start:end] = 1.0
+            if roll_lp[b] is not None and end > start:
+                rollout_lp[b, start:end] = torch.as_tensor(roll_lp[b], dtype=torch.float32)[: end - start]
+        adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
+                                 self.cfg.algorithm.advantage)
+        return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
+
+    def _dp_slice(self, batch, start: int, stop: int):
+        """This data-parallel rank's share of sequences ``start:stop``."""
+        n = stop - start
+        per = n // self.dp_size
+        if per * self.dp_size != n:
+            raise TrainingError(f"mini-batch of {n} sequences does not split over {self.dp_size} data-parallel "
+                                "ranks; make trainer.mini_batch_prompts * rollout.n divisible by the DP size")
+        lo = start + self.dp_rank * per
+        return batch.slice(lo, lo + per)
+
+    def _loss_fn(self):
+        alg = self.cfg.algorithm
+
+        def loss_fn(logprobs, entropy, micro, norm):
+            out = prorl_loss(logprobs, micro["old_logprobs"], micro["advantages"], micro["response_mask"], alg,
+                             ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
+                             num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
+            share = micro["response_mask"].float().sum() / max(float(norm["num_tokens"]), 1.0)
+            metrics = {}
+            for k, v in out.metrics.items():
+                if k in _NORMALISED or k.endswith("_max") or k.endswith("_min"):
+                    metrics[k] = v
+                else:  # micro-batch means -> token-weighted share of the global mean
+                    metrics[k] = v * share
+            return out.loss, metrics
+
+        return loss_fn
+
+    # -------------------------------------------------------------------------------------- step
+    def _train_on(self, groups: list[Group]) -> dict[str, float]:
+        tc = self.cfg.trainer
+        batch, rollout_lp = self._build_batch(groups)
+        t0 = time.time()
+        full = batch
+        # old/ref log-probs: each DP rank computes its own shard (the whole batch when DP=1)
+        per_rank = full.batch_size // self.dp_size
+        mine = full.slice(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank) if self.dp_size > 1 else full
+        old_lp, _ = self.policy.logprobs(mine)
+        # the reference pass runs even when kl.coef is 0: the KL to the reference is always reported
+        ref_lp = self.policy.logprobs(mine, reference=True)[0]
+        if self.dp_size > 1:
+            old_lp, ref_lp = self._gather_dp(old_lp), self._gather_dp(ref_lp)
+        full.extras["old_logprobs"] = old_lp.float()
+        full.extras["ref_logprobs"] = ref_lp.float()
+        t_lp = time.time() - t0
+        mask = full.response_mask
+        mismatch = torch.exp((rollout_lp - old_lp).abs() * mask)
+        token_mult = float((mismatch * mask).sum() / mask.sum().clamp(min=1))
+
+        t0 = time.time()
+        seqs_per_mb = tc.mini_batch_prompts * self._n
+        updates = []
+        loss_fn = self._loss_fn()
+        for _ in range(tc.ppo_epochs):
+            for start in range(0, full.batch_size, seqs_per_mb):
+                mb = self._dp_slice(full, start, min(start + seqs_per_mb, full.batch_size))
+                m = self.policy.train_step(mb, loss_fn, with_entropy=True)
+                if not (math.isfinite(m.get("loss", 0.0)) and math.isfinite(m.get("grad_norm", 0.0))):
+                    self.nonfinite_in_row += 1
+                    self.nonfinite_total += 1
+                    m["skipped_nonfinite"] = 1.0
+                else:
+                    self.nonfinite_in_row = 0
+                updates.append(m)
+                if self.nonfinite_in_row >= tc.max_nonfinite_in_row:
+                    raise TrainingError(f"{self.nonfinite_in_row} non-finite updates in a row at step {self.step + 1} "
+                                        f"(trainer.max_nonfinite_in_row={tc.max_nonfinite_in_row}); no checkpoint of "
+                                        "the non-finite state was written")
+        t_train = time.time() - t0
+        metrics: dict[str, float] = {}
+        for key in updates[0]:
+            vals = [u[key] for u in updates if key in u]
+            metrics[key] = sum(vals) / len(vals)
+        out = {
+            "loss": metrics.pop("loss", float("nan")),
+            "kl": metrics.get("kl_loss", float("nan")),
+            "entropy": metrics.get("entropy", float("nan")),
+            "grad_norm": metrics.pop("grad_norm", float("nan")),
+            "token_mult_prob_error": token_mult,
+            "time/logprobs": t_lp,
+            "time/train": t_train,
+            "num_updates": len(updates),
+            "nonfinite_total": self.nonfinite_total,
+        }
+        for k, v in metrics.items():
+            out.setdefault(k, v)
+        return out
+
+    def _gather_dp(self, t: torch.Tensor) -> torch.Tensor:
+        from megatron.core import parallel_state as ps
+
+        d = _dist()
+        parts = [torch.empty_like(t) for _ in range(self.dp_size)]
+        d.all_gather(parts, t.contiguous(), group=ps.get_data_parallel_group())
+        return torch.cat(parts, 0)
+
+    def _sync_weights(self) -> None:
+        t0 = time.time()
+        sd = self.policy.export_hf_state_dict()
+        if self.engine is not None:
+            self.engine.update_weights(sd)
+        self._last_sync_s = time.time() - t0
+
+    # -------------------------------------------------------------------------------- validation
+    def _evaluate(self, rows: list[dict], n: int, temperature: float, top_p: float, ks=(1,), prefix="val/",
+                  seed_offset: int = 0) -> dict[str, float]:
+        """Rank 0 samples + scores; the numbers are broadcast so every rank decides alike."""
+        result = None
+        if _rank() == 0 and rows:
+            base = self.cfg.rollout.seed if self.cfg.rollout.seed is not None else self.cfg.seed
+            sampling = self.cfg.rollout.sampling_params(temperature=temperature, top_p=top_p,
+                                                        max_tokens=int(self._max_response),
+                                                        seed=base + 7_777_777 + seed_offset)
+            recs = sample_and_score(self.engine, rows, [self._tokenize(r) for r in rows], n=n, sampling=sampling,
+                                    score=self.pool.score)
+            result = summarize(recs, ks, prefix=prefix)
+        return _broadcast(result) or {}
+
+    def _validate(self) -> dict[str, float]:
+        tc = self.cfg.trainer
+        t0 = time.time()
+        m = self._evaluate(self.val_rows, tc.val_n, tc.val_temperature, tc.val_top_p)
+        if m:
+            m["time/validate"] = time.time() - t0
+            self.val_history.append({"step": self.step, **m})
+        return m
+
+    # --------------------------------------------------------------------------------------- fit
+    def _event(self, event: str, **info: Any) -> None:
+        if self.logger is not None:
+            self.logger.log({"step": self.step, "event": event, **info})
+        if _rank() == 0:
+            print(f"[step {self.step}] {event}: {json.dumps(info, default=str)}", flush=True)
+
+    def _reset(self, cause: str) -> None:
+        self.policy.reset_reference()
+        if self.cfg.reset.reset_optimizer:
+            self.policy.reset_optimizer()
+        self.resets.record(self.step, cause)
+        self._event("reset", cause=cause, reset_optimizer=self.cfg.reset.reset_optimizer,
+                    total_resets=len(self.resets.history))
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``trainer.max_steps``; returns a summary. Raises :class:`TrainingError` on abort."""
+        from nemo_prorl.launch import PreemptionHandler
+
+        cfg, tc = self.cfg, self.cfg.trainer
+        start_step = self.step
+        if start_step >= tc.max_steps:
+            raise TrainingError(f"nothing to train: run_dir {self.run_dir} already holds a checkpoint at step "
+                                f"{start_step} >= trainer.max_steps={tc.max_steps}; raise trainer.max_steps or use "
+                                "a new run_dir")
+        if self.step == 0 and tc.val_interval and tc.val_at_start and self.val_rows:
+            m = self._validate()
+            self.resets.observe_validation(m.get(cfg.reset.metric))
+            if self.logger:
+                self.logger.log({"step": 0, **m})
+        base_pass = None
+        if cfg.final_eval.enabled and self.final_rows and self.step == 0:
+            base_pass = self._final_eval("base")
+        bar = None
+        if tc.progress_bar and _rank() == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.max_steps, initial=self.step, desc="ProRL", dynamic_ncols=True)
+        preempted = False
+        with PreemptionHandler(cfg.checkpoint.save_on_signals) as preempt:
+            while self.step < tc.max_steps:
+                t_step = time.time()
+                phase_cause = self._enter_phase(self.step)
+                if phase_cause:
+                    self._reset(phase_cause)
+                groups, rmetrics = (self._collect() if _rank() == 0 else (None, None))
+                groups, rmetrics = _broadcast((groups, rmetrics))
+                failing = rmetrics.pop("_failing", None)
+                if failing is not None:
+                    self.error_steps_in_row += 1
+                    if self.error_steps_in_row >= cfg.rewards.error_window_steps:
+                        raise TrainingError(
+                            f"reward error/timeout rate {rmetrics['reward/error_rate']:.1%} above rewards.max_error_rate="
+                            f"{cfg.rewards.max_error_rate} for {self.error_steps_in_row} steps; failing rows: {failing}")
+                else:
+                    self.error_steps_in_row = 0
+                tmetrics = self._train_on(groups)
+                self.step += 1
+                t0 = time.time()
+                self._sync_weights()
+                record = {"step": self.step, "phase": self.phase_index, **self._reward_metrics(groups),
+                          **rmetrics, **tmetrics, "time/sync": time.time() - t0}
+                val_cause = None
+                if tc.val_interval and self.step % tc.val_interval == 0 and self.val_rows:
+                    vm = self._validate()
+                    record.update(vm)
+                    val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
+                cause = self.resets.check(self.step, record.get("kl"), val_cause)
+                record["time/step"] = time.time() - t_step
+                ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
+                record["tokens_per_s"] = ntok / max(record["time/step"], 1e-9)
+                if self.logger:
+                    self.logger.log(record)
+                if cause:
+                    self._reset(cause)
+                if tc.log_samples_interval and self.step % tc.log_samples_interval == 0 and _rank() == 0:
+                    self._log_samples(groups)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl']:.2e}",
+                                    loss=f"{record['loss']:.3f}")
+                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                    self._save("interval")
+                if preempt.requested_on_any_rank():
+                    self._save(f"signal {preempt.signal_name}")
+                    preempted = True
+                    break
+        if bar is not None:
+            bar.close()
+        if self.step == start_step:
+            raise TrainingError("the run trained zero steps")
+        if not preempted and cfg.checkpoint.save_final and (not cfg.checkpoint.interval
+                                                             or self.step % cfg.checkpoint.interval):
+            self._save("final")
+        summary: dict[str, Any] = {"steps": self.step, "resets": self.resets.history, "preempted": preempted,
+                                   "run_dir": str(self.run_dir)}
+        if cfg.final_eval.enabled and self.final_rows and not preempted:
+            final_pass = self._final_eval("final")
+            summary["passk"] = self._write_passk(base_pass, final_pass)
+        return summary
+
+    def _reward_metrics(self, groups: list[Group]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        rewards = [r for g in groups for r in g.rewards]
+        out["reward/mean"] = sum(rewards) / len(rewards)
+        out["reward/shaped_mean"] = sum(x for g in groups for x in g.shaped) / len(rewards)
+        by_dom: dict[str, list[float]] = {}
+        for g in groups:
+            by_dom.setdefault(g.row["domain"], []).extend(g.rewards)
+        for d, v in by_dom.items():
+            out[f"reward/{d}"] = sum(v) / len(v)
+        lengths = [len(s.token_ids) for g in groups for s in g.samples]
+        out["response_length/mean"] = sum(lengths) / len(lengths)
+        out["response_length/max"] = max(lengths)
+        out["response/truncated_frac"] = sum(s.finish_reason == "length" for g in groups for s in g.samples) / len(lengths)
+        return out
+
+    def _log_samples(self, groups: list[Group]) -> None:
+        path = self.run_dir / "samples.jsonl"
+        with open(path, "a", encoding="utf-8") as fh:
+            for g in groups[:2]:
+                for s, r in list(zip(g.samples, g.rewards))[:2]:
+                    fh.write(json.dumps({"step": self.step, "id": g.row.get("id"), "response": s.text,
+                                         "reward": r}) + "\n")
+
+    # ------------------------------------------------------------------------------ final pass@k
+    def _final_eval(self, label: str) -> dict[str, float]:
+        fe = self.cfg.final_eval
+        m = self._evaluate(self.final_rows, fe.n, fe.temperature, fe.top_p, ks=fe.ks, prefix="")
+        if _rank() == 0:
+            print(f"pass@k ({label}): " + ", ".join(f"{k}={m.get(k, float('nan')):.3f}"
+                                                   for k in (f"pass@{k}" for k in fe.ks)), flush=True)
+        return m
+
+    def _write_passk(self, base: dict[str, float] | None, final: dict[str, float]) -> dict[str, Any]:
+        data = {"curves": {"final": final}}
+        if base is not None:
+            data["curves"]["base"] = base
+        prev = self.run_dir / "passk.json"
+        if base is None and prev.exists():  # resumed after the base eval: keep it
+            old = json.loads(prev.read_text()).get("curves", {})
+            if "base" in old:
+                data["curves"]["base"] = old["base"]
+        if _rank() == 0:
+            tmp = prev.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, prev)
+        return data
+
+    def close(self, failed: bool = False) -> None:
+        """Stop workers and flush logs (plots too, unless the run failed)."""
+        if self.pool is not None:
+            self.pool.close()
+        if self.logger is not None:
+            self.logger.close(failed=failed)
+            if self.cfg.logging.plots and not failed:
+                from nemo_prorl.trainer.plotting import plot_run
+
+                plot_run(self.run_dir)
