@@ -220,7 +220,7 @@ def transformer_config_from_hf(
         # Fused kernels need CUDA (and TE/apex); the unfused paths are numerically the reference.
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        masked_softmax_fusion=cuda,
+        masked_softmax_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,

@@ -152,3 +152,15 @@ def test_megatron_optimizer_with_ddp_steps_on_cpu(mp, use_distributed_optimizer)
 def test_tied_embedding_setup_runs_under_distributed(mp):
     model = _tiny_model(tied=True)  # LanguageModule.setup_embeddings_and_output_layer calls .cuda()
     assert model.share_embeddings_and_output_weights and model.output_layer.weight is None
+
+
+def test_every_preloaded_megatron_module_sees_the_cpu_view(mp):
+    import sys
+
+    from nemo_prorl.policy.megatron import compat
+
+    for name in compat.MEGATRON_MODULES_TO_PRELOAD:
+        module = sys.modules[name]
+        if "torch" in vars(module):
+            assert module.torch is not torch, name
+            assert module.torch.zeros(2, device="cuda", pin_memory=True).device.type == "cpu"
