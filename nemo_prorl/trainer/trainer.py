@@ -226,15 +226,7 @@ class ProRLTrainer:
         from nemo_prorl.policy.megatron.checkpoint import checkpoint_path, latest_checkpoint
 
         t0 = time.time()
-        # megatron's checkpoint writer forks; a child forked while torch's OpenMP pool has more than one
-        # thread hangs in its first parallel region (GNU OpenMP is not fork-safe), so save single-threaded
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            path = self.policy.save_checkpoint(checkpoint_path(self.run_dir / "checkpoints", self.step),
-                                               self._state())
-        finally:
-            torch.set_num_threads(threads)
+        path = self.policy.save_checkpoint(checkpoint_path(self.run_dir / "checkpoints", self.step), self._state())
         if _rank() == 0:
             ckpts = sorted((p for p in (self.run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()),
                            key=lambda p: int(p.name.split("_")[1]))
@@ -412,10 +404,9 @@ class ProRLTrainer:
             for start in range(0, full.batch_size, seqs_per_mb):
                 mb = self._dp_slice(full, start, min(start + seqs_per_mb, full.batch_size))
                 m = self.policy.train_step(mb, loss_fn, with_entropy=True)
-                if not (math.isfinite(m.get("loss", 0.0)) and math.isfinite(m.get("grad_norm", 0.0))):
+                if m.get("skipped_nonfinite"):  # the engine skipped this update (weights unchanged)
                     self.nonfinite_in_row += 1
                     self.nonfinite_total += 1
-                    m["skipped_nonfinite"] = 1.0
                 else:
                     self.nonfinite_in_row = 0
                 updates.append(m)

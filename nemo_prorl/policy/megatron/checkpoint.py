@@ -297,7 +297,15 @@ def save_checkpoint(policy: MegatronPolicy, directory: str | Path, extra_state: 
 
     _ensure_optimizer_state(policy)
     state = _sharded_state(policy, is_loading=False, with_optimizer=True)
-    dist_checkpointing.save(state, str(tmp / "dist"))
+    # megatron's torch_dist writer forks worker processes; a child forked while torch's OpenMP pool runs
+    # more than one thread hangs in its first parallel region (GNU OpenMP is not fork-safe), so the
+    # save runs single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dist_checkpointing.save(state, str(tmp / "dist"))
+    finally:
+        torch.set_num_threads(threads)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     _barrier()
     if rank == 0:

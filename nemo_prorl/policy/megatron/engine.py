@@ -126,7 +126,8 @@ class MegatronPolicy:
                 grad_reduce_in_fp32=config.grad_reduce_in_fp32,
                 overlap_grad_reduce=False,
                 use_distributed_optimizer=config.use_distributed_optimizer,
-                check_for_nan_in_grad=True,
+                # train_step checks loss and gradients itself and skips the update (see there)
+                check_for_nan_in_grad=False,
                 average_in_collective=False,
             ),
             module=gpt,
@@ -517,27 +518,46 @@ class MegatronPolicy:
             micro_batch_size=mbs,
             forward_only=False,
         )
+        metrics: dict[str, float] = {}
+        if self.is_last_stage:
+            metrics = self._reduce_metrics(outputs)
+        metrics = self._broadcast_object_from_last_stage(metrics)
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["num_tokens"] = num_tokens
+        metrics["num_seqs"] = num_seqs
+        # A non-finite loss or gradient on any rank skips the update everywhere: the weights and the
+        # optimizer state stay as they were, so no NaN ever reaches a checkpoint.
+        if not self._all_finite(metrics["loss"]):
+            self.ddp.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            metrics.update(grad_norm=float("nan"), skipped_nonfinite=1.0)
+            return metrics
         update_ok, grad_norm, _ = self.optimizer.step()
         if not update_ok:
             raise FloatingPointError(
                 f"MegatronPolicy.train_step: optimizer step {self.steps_taken + 1} skipped"
             )
         self.steps_taken += 1
-
-        metrics: dict[str, float] = {}
-        if self.is_last_stage:
-            metrics = self._reduce_metrics(outputs)
-        metrics = self._broadcast_object_from_last_stage(metrics)
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        metrics["num_tokens"] = num_tokens
-        metrics["num_seqs"] = num_seqs
-        if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
-            raise FloatingPointError(
-                f"MegatronPolicy.train_step: non-finite loss {metrics['loss']} or grad norm "
-                f"{metrics['grad_norm']} at step {self.steps_taken} (rank {self._parallel.global_rank()})"
-            )
+        metrics["skipped_nonfinite"] = 0.0
         return metrics
+
+    def _all_finite(self, loss: float) -> bool:
+        """Whether the loss and every local gradient are finite on every rank (collective)."""
+        import torch.distributed as dist
+
+        bad = 0.0 if math.isfinite(loss) else 1.0
+        if not bad:
+            for param in self.ddp.module.parameters():
+                grad = getattr(param, "main_grad", None)
+                grad = param.grad if grad is None else grad
+                if grad is not None and not bool(torch.isfinite(grad).all()):
+                    bad = 1.0
+                    break
+        flag = torch.tensor([bad], dtype=torch.float32, device=self.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return float(flag.item()) == 0.0
 
     def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         keys = sorted(outputs[0]) if outputs else ["loss"]
