@@ -58,10 +58,13 @@ def main(argv: list[str]) -> int:
         if _rank() == 0:
             run = cfg.run_dir
             print(json.dumps({k: v for k, v in summary.items() if k != "passk"}, default=str))
-            print(f"\ndone in {time.time() - t0:.0f}s: {summary['steps']} steps, {len(summary['resets'])} reset(s)")
+            print(f"\ndone in {time.time() - t0:.0f}s: {summary['steps']} steps, "
+                  f"{len(summary['resets'])} reset(s)")
             print(f"  run directory: {run}")
             print(f"  metrics:       {run}/metrics.jsonl (TensorBoard: {run}/tensorboard)")
             print(f"  plots:         {run}/plots/")
+            if "hf_export" in summary:
+                print(f"  final policy:  {summary['hf_export']} (HF format)")
             if "passk" in summary:
                 print(f"  pass@k:        {run}/passk.json")
     return 0

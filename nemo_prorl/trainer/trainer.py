@@ -569,10 +569,26 @@ class ProRLTrainer:
             self._save("final")
         summary: dict[str, Any] = {"steps": self.step, "resets": self.resets.history, "preempted": preempted,
                                    "run_dir": str(self.run_dir)}
+        if not preempted:
+            summary["hf_export"] = str(self._export_hf())
         if cfg.final_eval.enabled and self.final_rows and not preempted:
             final_pass = self._final_eval("final")
             summary["passk"] = self._write_passk(base_pass, final_pass)
         return summary
+
+    def _export_hf(self) -> Path:
+        """Write the final policy as an HF checkpoint (safetensors + config + tokenizer) in ``run_dir/hf``."""
+        from nemo_prorl.policy.megatron.convert import save_hf_checkpoint
+
+        state = self.policy.export_hf_state_dict()  # collective
+        out = self.run_dir / "hf"
+        if _rank() == 0:
+            tmp = self.run_dir / "hf.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_hf_checkpoint(state, self.policy.hf_config, tmp, tokenizer_dir=self.cfg.model_dir)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        return out
 
     def _reward_metrics(self, groups: list[Group]) -> dict[str, float]:
         out: dict[str, float] = {}
