@@ -68,10 +68,9 @@ def sample_and_score(
                 owners.append((i, s))
         results = score(flat_rows)
         batch_records = []
-        for i, row in enumerate(chunk):
-            rec = {"id": row.get("id"), "domain": row["domain"], "rewards": [], "statuses": [], "correct": [],
-                   "lengths": [], "finish_reasons": [], "responses": []}
-            batch_records.append(rec)
+        for row in chunk:
+            batch_records.append({"id": row.get("id"), "domain": row["domain"], "rewards": [], "statuses": [],
+                                  "correct": [], "lengths": [], "finish_reasons": [], "responses": []})
         for (i, s), res in zip(owners, results):
             rec = batch_records[i]
             rec["rewards"].append(float(res.score))
@@ -86,7 +85,9 @@ def sample_and_score(
     return records
 
 
-def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1,), prefix: str = "") -> dict[str, float]:
+def summarize(
+    records: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1,), prefix: str = ""
+) -> dict[str, float]:
     """Per-domain and overall numbers from :func:`sample_and_score` records.
 
     ``reward/mean`` is the mean reward over all samples (pass@1 for binary domains, the mean continuous
@@ -107,7 +108,8 @@ def summarize(records: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1,), pr
             return
         out[f"{prefix}reward/{'mean' if not suffix else suffix[1:]}"] = math.fsum(rewards) / len(rewards)
         for k in ks:
-            vals = [pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in recs if len(r["correct"]) >= k]
+            vals = [pass_at_k(len(r["correct"]), sum(r["correct"]), k)
+                    for r in recs if len(r["correct"]) >= k]
             if vals:
                 out[f"{prefix}pass@{k}{suffix}"] = math.fsum(vals) / len(vals)
 

@@ -1,4 +1,4 @@
-"""The whole-run config: Hydra YAML in ``conf/`` + ``key=value`` overrides, validated before any model is built.
+"""The whole-run config: Hydra YAML in ``conf/`` + ``key=value`` overrides, validated before any model.
 
 Each package owns and validates its own section (``policy``, ``rollout``, ``data``, ``rewards``,
 ``algorithm``); this module owns the run-level sections (``trainer``, ``reset``, ``phases``,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ DEFAULT_CONFIG = "demo"
 
 
 def _from_dict(cls, values: Any, where: str):
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(where, f"expected a mapping, got {type(values).__name__} {values!r}")
     values = dict(values or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
@@ -83,6 +86,7 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def validate(self, p: str = "trainer") -> None:
+        """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
         for name in ("max_steps", "prompts_per_step", "mini_batch_prompts", "ppo_epochs", "val_n",
                      "max_nonfinite_in_row"):
             _pos_int(f"{p}.{name}", getattr(self, name))
@@ -132,6 +136,7 @@ class ResetConfig:
     min_steps_between: int = 1
 
     def validate(self, p: str = "reset") -> None:
+        """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
         self.at_steps = list(self.at_steps)
         for i, s in enumerate(self.at_steps):
             _pos_int(f"{p}.at_steps[{i}]", s)
@@ -190,6 +195,7 @@ class CheckpointConfig:
     save_final: bool = True
 
     def validate(self, p: str = "checkpoint") -> None:
+        """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
         _pos_int(f"{p}.interval", self.interval, allow_zero=True)
         _pos_int(f"{p}.keep_last", self.keep_last)
         for s in self.save_on_signals:
@@ -240,6 +246,7 @@ class FinalEvalConfig:
     max_prompts: int | None = None
 
     def validate(self, p: str = "final_eval") -> None:
+        """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
         _pos_int(f"{p}.n", self.n)
         for k in self.ks:
             _pos_int(f"{p}.ks", k)
@@ -287,14 +294,9 @@ class ProRLConfig:
         return sum(ph.steps for ph in self.phases[:index])
 
 
-def _resolve_paths(values: list[str], base: Path) -> list[str]:
-    out = []
-    for v in values:
-        p = Path(v)
-        if v.startswith("demo:"):
-            p = ASSETS["demo"] / v.split(":", 1)[1]
-        out.append(str(p if p.is_absolute() else p))
-    return out
+def _resolve_paths(values: list[str]) -> list[str]:
+    """``demo:NAME`` -> the packaged demo file; other paths unchanged (relative to the working directory)."""
+    return [str(ASSETS["demo"] / v.split(":", 1)[1]) if v.startswith("demo:") else v for v in values]
 
 
 def build_config(raw: dict[str, Any]) -> ProRLConfig:
@@ -326,7 +328,7 @@ def build_config(raw: dict[str, Any]) -> ProRLConfig:
     data = dict(raw.get("data") or {})
     for k in ("train_files", "val_files"):
         if k in data and data[k] is not None:
-            data[k] = _resolve_paths([data[k]] if isinstance(data[k], str) else list(data[k]), Path.cwd())
+            data[k] = _resolve_paths([data[k]] if isinstance(data[k], str) else list(data[k]))
     data.setdefault("seed", cfg.seed)
     cfg.data = DataConfig.from_dict(data)
     cfg.rewards = RewardsConfig.from_dict(raw.get("rewards"))
@@ -341,7 +343,7 @@ def build_config(raw: dict[str, Any]) -> ProRLConfig:
     cfg.logging = _from_dict(LoggingConfig, raw.get("logging"), "logging")
     fe = dict(raw.get("final_eval") or {})
     if fe.get("files"):
-        fe["files"] = _resolve_paths(list(fe["files"]), Path.cwd())
+        fe["files"] = _resolve_paths(list(fe["files"]))
     cfg.final_eval = _from_dict(FinalEvalConfig, fe, "final_eval")
     validate(cfg)
     return cfg
@@ -363,19 +365,25 @@ def validate(cfg: ProRLConfig) -> None:
             known = {f.name for f in fields(type(cfg.algorithm.reward_shaping))}
             bad = sorted(set(ph.reward_shaping) - known)
             if bad:
-                raise ConfigError(f"phases[{i}].reward_shaping.{bad[0]}", f"unknown key; known: {sorted(known)}")
+                raise ConfigError(f"phases[{i}].reward_shaping.{bad[0]}",
+                                  f"unknown key; known: {sorted(known)}")
             dataclasses.replace(cfg.algorithm.reward_shaping, **ph.reward_shaping).validate(
                 f"phases[{i}].reward_shaping")
-    if cfg.phases and sum(ph.steps for ph in cfg.phases) < cfg.trainer.max_steps:
-        raise ConfigError("phases", f"phases add up to {sum(ph.steps for ph in cfg.phases)} steps, fewer than "
+    total = sum(ph.steps for ph in cfg.phases)
+    if cfg.phases and total < cfg.trainer.max_steps:
+        raise ConfigError("phases", f"phases add up to {total} steps, fewer than "
                           f"trainer.max_steps={cfg.trainer.max_steps}")
     if not cfg.model_dir.joinpath("config.json").is_file():
         raise ConfigError("model", f"{cfg.model_dir} is not an HF model directory (no config.json)")
     if not cfg.data.train_files:
         raise ConfigError("data.train_files", "no training files configured")
-    n_max = max([cfg.rollout.n] + [ph.n or 0 for ph in cfg.phases])
-    if n_max < 2 and cfg.algorithm.advantage.estimator == "grpo":
-        raise ConfigError("rollout.n", "GRPO needs at least 2 rollouts per prompt")
+    if cfg.algorithm.advantage.estimator == "grpo":
+        # the n in force in each phase (a phase without its own n uses rollout.n)
+        used = [(f"phases[{i}].n", ph.n) if ph.n is not None else ("rollout.n", cfg.rollout.n)
+                for i, ph in enumerate(cfg.phases)] or [("rollout.n", cfg.rollout.n)]
+        for key, n in used:
+            if n < 2:
+                raise ConfigError(key, f"GRPO needs at least 2 rollouts per prompt, got {n}")
 
 
 def compose(config_name: str | None, overrides: list[str], config_dir: str | None = None) -> dict[str, Any]:
@@ -389,10 +397,11 @@ def compose(config_name: str | None, overrides: list[str], config_dir: str | Non
     name = config_name or DEFAULT_CONFIG
     if not (conf_dir / f"{name}.yaml").is_file():
         avail = sorted(p.stem for p in conf_dir.glob("*.yaml"))
-        raise ConfigError("--config-name", f"no config {name!r} in {conf_dir} (available: {', '.join(avail)})")
+        raise ConfigError("--config-name",
+                          f"no config {name!r} in {conf_dir} (available: {', '.join(avail)})")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=None):
-        dc = hydra_compose(config_name=name, overrides=list(overrides))
+        dc = hydra_compose(config_name=name, overrides=[_force_known(o) for o in overrides])
     container = OmegaConf.to_container(dc, resolve=True)
     container.pop("hydra", None)
     if any("_target_" in str(k) for k in _walk_keys(container)):
@@ -400,7 +409,30 @@ def compose(config_name: str | None, overrides: list[str], config_dir: str | Non
     return container
 
 
-def _walk_keys(obj: Any):
+def _schema_has(dotted: str) -> bool:
+    """Whether ``dotted`` (e.g. ``trainer.progress_bar``) names a field of the :class:`ProRLConfig` schema."""
+    node: Any = ProRLConfig()
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            return False
+        node = getattr(node, part)
+    return True
+
+
+def _force_known(override: str) -> str:
+    """``key=value`` -> ``++key=value`` when ``key`` is a schema field.
+
+    A recipe YAML lists only the keys it changes; Hydra's struct mode would refuse to override a
+    field that has its default from the dataclass and is absent from the YAML. Keys outside the
+    schema are passed through unchanged, so Hydra still reports them by name.
+    """
+    if override.startswith(("+", "~")) or "=" not in override:
+        return override
+    key = override.split("=", 1)[0].strip()
+    return f"++{override}" if _schema_has(key) else override
+
+
+def _walk_keys(obj: Any) -> Iterator[Any]:
     if isinstance(obj, dict):
         for k, v in obj.items():
             yield k

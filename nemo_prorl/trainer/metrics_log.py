@@ -47,17 +47,29 @@ class MetricsLogger:
                                      config=config, dir=str(run_dir))
 
     def _truncate_after(self, step: int) -> None:
-        keep = []
+        """Drop the lines the restored state does not contain.
+
+        Those are lines of later steps, a line cut by a crash, and lines of ``step`` written after its
+        checkpoint event (e.g. a phase-start reset of the next step, which is logged under the previous
+        step number and happens again after the resume). Earlier ``resume`` events are kept.
+        """
+        records: list[tuple[dict[str, Any], str]] = []
         with open(self.path, encoding="utf-8") as fh:
             for line in fh:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-                if obj.get("step", 0) <= step:
-                    keep.append(line if line.endswith("\n") else line + "\n")
+                if isinstance(obj, dict) and obj.get("step", 0) <= step:
+                    records.append((obj, line if line.endswith("\n") else line + "\n"))
+        saved_at = [i for i, (obj, _) in enumerate(records)
+                    if obj.get("event") == "checkpoint" and obj.get("step") == step]
+        if saved_at:
+            last = saved_at[-1]
+            records = [r for i, r in enumerate(records)
+                       if i <= last or r[0].get("step", 0) < step or r[0].get("event") == "resume"]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.write_text("".join(line for _, line in records), encoding="utf-8")
         os.replace(tmp, self.path)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -75,6 +87,7 @@ class MetricsLogger:
             self._wandb.log(scalars, step=step)
 
     def close(self, failed: bool = False) -> None:
+        """Flush and close every sink (W&B marks the run failed when ``failed``)."""
         self._fh.close()
         if self._tb is not None:
             self._tb.close()

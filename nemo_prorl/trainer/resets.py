@@ -60,10 +60,12 @@ class ResetController:
         self.history.append({"step": step, "cause": cause})
 
     def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (stored in the checkpoint's extra state)."""
         return {"best": self.best, "since_improvement": self.since_improvement,
                 "last_reset_step": self.last_reset_step, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.best = state["best"]
         self.since_improvement = state["since_improvement"]
         self.last_reset_step = state["last_reset_step"]
