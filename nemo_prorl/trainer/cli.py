@@ -65,6 +65,14 @@ def main(argv: list[str]) -> int:
             print(f"  plots:         {run}/plots/")
             if "hf_export" in summary:
                 print(f"  final policy:  {summary['hf_export']} (HF format)")
+            if "reward_first5" in summary:
+                print(f"  train reward:  {summary['reward_first5']:.3f} (mean of the first 5 steps) -> "
+                      f"{summary['reward_last5']:.3f} (last 5)")
             if "passk" in summary:
-                print(f"  pass@k:        {run}/passk.json")
+                curves = summary["passk"]["curves"]
+                ks = sorted(int(k.split("@")[1]) for k in curves["final"] if k.startswith("pass@") and "/" not in k)
+                for label in ("base", "final"):
+                    if label in curves:
+                        print(f"  pass@k {label:5s}: " + "  ".join(f"@{k}={curves[label][f'pass@{k}']:.3f}" for k in ks))
+                print(f"  pass@k:        {run}/passk.json, {run}/plots/passk.png")
     return 0

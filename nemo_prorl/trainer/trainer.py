@@ -101,6 +101,8 @@ class ProRLTrainer:
         self.error_steps_in_row = 0
         self.resets = ResetController(cfg.reset)
         self.val_history: list[dict[str, float]] = []
+        #: training reward per step of this process's lifetime (for the end-of-run summary)
+        self.reward_trace: list[float] = []
         self._n = cfg.rollout.n
         self._temperature = cfg.rollout.temperature
         self._max_response = cfg.rollout.max_response_tokens
@@ -544,6 +546,7 @@ class ProRLTrainer:
                 record["time/step"] = time.time() - t_step
                 ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
                 record["tokens_per_s"] = ntok / max(record["time/step"], 1e-9)
+                self.reward_trace.append(record["reward/mean"])
                 if self.logger:
                     self.logger.log(record)
                 if cause:
@@ -571,6 +574,10 @@ class ProRLTrainer:
                                    "run_dir": str(self.run_dir)}
         if not preempted:
             summary["hf_export"] = str(self._export_hf())
+        if len(self.reward_trace) >= 10:
+            first, last = self.reward_trace[:5], self.reward_trace[-5:]
+            summary["reward_first5"] = sum(first) / 5
+            summary["reward_last5"] = sum(last) / 5
         if cfg.final_eval.enabled and self.final_rows and not preempted:
             final_pass = self._final_eval("final")
             summary["passk"] = self._write_passk(base_pass, final_pass)
