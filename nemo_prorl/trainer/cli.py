@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
         print(f"nemo-prorl train: cannot compose config: {exc}", file=sys.stderr)
         return 2
 
+    from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingExhausted
     from nemo_prorl.data.preflight import DataValidationError
     from nemo_prorl.trainer.trainer import ProRLTrainer, TrainingError
 
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
     except (DataValidationError, ConfigError) as exc:
         print(f"nemo-prorl train: {exc}", file=sys.stderr)
         return 2
-    except TrainingError as exc:
+    except (TrainingError, DynamicSamplingExhausted) as exc:
         print(f"nemo-prorl train: aborted: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -70,9 +71,11 @@ def main(argv: list[str]) -> int:
                       f"{summary['reward_last5']:.3f} (last 5)")
             if "passk" in summary:
                 curves = summary["passk"]["curves"]
-                ks = sorted(int(k.split("@")[1]) for k in curves["final"] if k.startswith("pass@") and "/" not in k)
+                ks = sorted(int(k.split("@")[1]) for k in curves["final"]
+                            if k.startswith("pass@") and "/" not in k)
                 for label in ("base", "final"):
                     if label in curves:
-                        print(f"  pass@k {label:5s}: " + "  ".join(f"@{k}={curves[label][f'pass@{k}']:.3f}" for k in ks))
+                        print(f"  pass@k {label:5s}: "
+                              + "  ".join(f"@{k}={curves[label][f'pass@{k}']:.3f}" for k in ks))
                 print(f"  pass@k:        {run}/passk.json, {run}/plots/passk.png")
     return 0
