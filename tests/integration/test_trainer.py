@@ -45,17 +45,27 @@ def _train(run_dir: Path, *overrides: str) -> int:
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    # the split falls on a phase boundary whose phase starts with a reset, after a scheduled reset:
+    # the resumed run must redo the phase switch and its reset, with the restored reset history
+    over = ["reset.at_steps=[1]",
+            "phases=[{name: a, steps: 2}, {name: b, steps: 2, reset: true, temperature: 1.1}]"]
     full, split = tmp_path / "full", tmp_path / "split"
-    assert _train(full, "trainer.max_steps=4") == 0
-    assert _train(split, "trainer.max_steps=2") == 0
+    assert _train(full, "trainer.max_steps=4", *over) == 0
+    assert _train(split, "trainer.max_steps=2", *over) == 0
     assert (split / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
     # the same command with a larger max_steps continues the run in the same run_dir
-    assert _train(split, "trainer.max_steps=4") == 0
-    a, _ = _read(full)
-    b, events = _read(split)
+    assert _train(split, "trainer.max_steps=4", *over) == 0
+    a, events_a = _read(full)
+    b, events_b = _read(split)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
-    assert [e["event"] for e in events] == ["checkpoint", "resume", "checkpoint"]
-    assert events[1]["step"] == 2
+    assert [(e["step"], e["event"]) for e in events_a] == [
+        (0, "phase"), (1, "reset"), (2, "phase"), (2, "reset"), (4, "checkpoint")]
+    assert [(e["step"], e["event"]) for e in events_b] == [
+        (0, "phase"), (1, "reset"), (2, "checkpoint"), (2, "resume"), (2, "phase"), (2, "reset"),
+        (4, "checkpoint")]
+    assert [e.get("cause") for e in events_a if e["event"] == "reset"] == \
+        [e.get("cause") for e in events_b if e["event"] == "reset"]
+    assert [e["total_resets"] for e in events_b if e["event"] == "reset"] == [1, 2]
     # CPU, same seeds, restored sampler/RNG/optimizer: bit-identical numbers, not merely close
     for ra, rb in zip(a, b):
         assert _untimed(ra) == _untimed(rb), f"step {ra['step']} differs after resume"
