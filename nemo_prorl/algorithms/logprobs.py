@@ -28,6 +28,8 @@ sharded), the weight gradient is the local shard's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -301,3 +303,334 @@ def naive_logprobs(
     dtype = _compute_dtype(hidden, weight)
     logp = torch.log_softmax((hidden.to(dtype) @ weight.to(dtype).T) / temperature, dim=-1)
     return logp.gather(1, labels.long()[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused log-prob + loss: the loss gradient is taken inside the chunked forward (no recompute GEMM).
+# ----------------------------------------------------------------------------------------------------
+
+#: ``chunk_loss(r0, r1, logprobs, entropy, chunk_mask) -> scalar``: the loss contribution of the tokens
+#: of one chunk. ``logprobs`` / ``entropy`` are ``[r1 - r0, L]`` (zero outside ``chunk_mask``) and
+#: differentiable; summing the contributions over all chunks must give the full loss.
+ChunkLoss = Callable[[int, int, torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+
+#: vocabulary columns per block for the element-wise passes over a tile that need a temporary
+_VOCAB_BLOCK = 8192
+
+
+def _token_chunks(
+    mask: torch.Tensor, chunk_size: int, split_rows: bool
+) -> list[tuple[int, int, torch.Tensor]]:
+    """Split the valid tokens of ``mask [B, L]`` into chunks of about ``chunk_size`` tokens.
+
+    Returns:
+        ``(r0, r1, chunk_mask [r1 - r0, L] bool)`` per chunk, in row-major token order. Without
+        ``split_rows`` a chunk holds whole rows (it may exceed ``chunk_size`` when one row does).
+
+    """
+    counts = mask.sum(dim=1).tolist()
+    chunks: list[tuple[int, int, torch.Tensor]] = []
+    if not split_rows:
+        r0, acc = 0, 0
+        for r, c in enumerate(counts):
+            if acc and acc + c > chunk_size:
+                chunks.append((r0, r, mask[r0:r]))
+                r0, acc = r, 0
+            acc += c
+        if acc:
+            chunks.append((r0, len(counts), mask[r0:]))
+        return chunks
+    # token-level chunks: flat positions of the valid tokens, cut every chunk_size of them
+    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    width = mask.shape[1]
+    for s in range(0, flat.numel(), chunk_size):
+        idx = flat[s : s + chunk_size]
+        r0, r1 = int(idx[0]) // width, int(idx[-1]) // width + 1
+        cm = torch.zeros((r1 - r0) * width, dtype=torch.bool, device=mask.device)
+        cm[idx - r0 * width] = True
+        chunks.append((r0, r1, cm.view(r1 - r0, width)))
+    return chunks
+
+
+class _FusedLogprobLoss(torch.autograd.Function):
+    """Autograd Function behind :func:`fused_logprob_loss` (grads computed in forward, scaled in backward)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        chunk_loss: object,
+        chunk_size: int,
+        temperature: float,
+        with_entropy: bool,
+        split_rows: bool,
+        out: dict,
+    ) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtype = _compute_dtype(hidden, weight)
+        w = weight.to(dtype)
+        inv_t = 1.0 / temperature
+        rows, width = mask.shape
+        lp_all = torch.zeros(rows, width, dtype=dtype, device=hidden.device)
+        ent_all = torch.zeros(rows, width, dtype=dtype, device=hidden.device) if with_entropy else None
+        grad_h = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=dtype, device=hidden.device)
+        for r0, r1, cmask in _token_chunks(mask, chunk_size, split_rows):
+            hs = hidden[r0:r1][cmask].to(dtype) * inv_t  # [c, H]
+            lab = labels[r0:r1][cmask].long()  # [c]
+            z = hs @ w.T  # [c, V]; the only [c, V] buffer without entropy
+            z.sub_(z.amax(dim=-1, keepdim=True))
+            tgt = z.gather(1, lab[:, None]).squeeze(1)
+            if with_entropy:
+                # sum e^z' and sum e^z' z' block by block, so the tile stays the only [c, V] buffer;
+                # H = log sum - E_q[z'] (both terms >= 0: no cancellation)
+                sum_e = torch.zeros(z.shape[0], dtype=dtype, device=z.device)
+                dot = torch.zeros_like(sum_e)
+                for v0 in range(0, z.shape[1], _VOCAB_BLOCK):
+                    blk = z[:, v0 : v0 + _VOCAB_BLOCK]
+                    e = blk.exp()
+                    sum_e += e.sum(dim=-1)
+                    dot += torch.linalg.vecdot(e, blk)
+                    del e
+                log_sum = sum_e.log()
+                ent = log_sum - dot / sum_e
+                logp = z.sub_(log_sum[:, None])  # log-softmax, in place
+                p = None
+            else:
+                p = z.exp_()
+                sum_p = p.sum(dim=-1)
+                log_sum = sum_p.log()
+                p.div_(sum_p[:, None])
+                logp, ent = None, None
+            lp = tgt - log_sum
+            # the loss of this chunk on differentiable leaves of its per-token statistics
+            lp_leaf = lp.detach().requires_grad_(True)
+            ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
+            with torch.enable_grad():
+                lp_rows = torch.zeros(r1 - r0, width, dtype=dtype, device=hidden.device).masked_scatter(
+                    cmask, lp_leaf
+                )
+                ent_rows = None
+                if ent_leaf is not None:
+                    ent_rows = torch.zeros(r1 - r0, width, dtype=dtype, device=hidden.device).masked_scatter(
+                        cmask, ent_leaf
+                    )
+                loss_c = chunk_loss(r0, r1, lp_rows, ent_rows, cmask)
+                if not isinstance(loss_c, torch.Tensor) or loss_c.dim() != 0:
+                    raise TypeError("fused_logprob_loss: chunk_loss must return a scalar tensor")
+                leaves = [lp_leaf] + ([ent_leaf] if ent_leaf is not None else [])
+                grads = (
+                    torch.autograd.grad(loss_c, leaves, allow_unused=True)
+                    if loss_c.requires_grad
+                    else [None] * len(leaves)
+                )
+            total += loss_c.detach().to(dtype)
+            lp_all[r0:r1][cmask] = lp
+            if ent_all is not None:
+                ent_all[r0:r1][cmask] = ent
+            g_lp = grads[0]
+            g_ent = grads[1] if len(grads) > 1 else None
+            if g_lp is None and g_ent is None:
+                continue
+            if not (need_h or need_w):
+                continue
+            # d lp / dz = onehot - p;  d ent / dz = -p * (log p + ent)
+            if logp is not None:  # entropy path: the tile holds log p; rebuild p block by block
+                neg_glp = -g_lp[:, None] if g_lp is not None else None
+                for v0 in range(0, logp.shape[1], _VOCAB_BLOCK):
+                    blk = logp[:, v0 : v0 + _VOCAB_BLOCK]
+                    pb = blk.exp()
+                    if g_ent is not None:
+                        blk.add_(ent[:, None]).mul_(-g_ent[:, None])
+                        if neg_glp is not None:
+                            blk.add_(neg_glp)
+                        blk.mul_(pb)
+                    else:
+                        blk.copy_(pb.mul_(neg_glp))
+                grad_z = logp
+            else:
+                grad_z = p.mul_(-g_lp[:, None])
+            if g_lp is not None:
+                grad_z[torch.arange(lab.numel(), device=lab.device), lab] += g_lp
+            if need_h:
+                gh = (grad_z @ w).mul_(inv_t)
+                grad_h[r0:r1][cmask] = gh
+            if need_w:
+                grad_w.addmm_(grad_z.T, hs)
+            del grad_z, z, p, logp
+        out["logprobs"] = lp_all.to(hidden.dtype)
+        out["entropy"] = ent_all.to(hidden.dtype) if ent_all is not None else None
+        # kept as attributes (not saved tensors) so backward can hand them over without a copy: a saved
+        # tensor keeps a reference, and autograd would then clone the [V, H] weight gradient
+        ctx.grads = [grad_h, grad_w]
+        ctx.in_dtypes = (hidden.dtype, weight.dtype)
+        return total.to(hidden.dtype)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        if ctx.grads is None:
+            raise RuntimeError("fused_logprob_loss: backward called twice on the same loss")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
+        h_dtype, w_dtype = ctx.in_dtypes
+        scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
+        unit = bool(scale == 1)
+        if grad_h is not None and not unit:
+            grad_h.mul_(scale)  # in place: these buffers belong to this backward alone
+        if grad_w is not None and not unit:
+            grad_w.mul_(scale)
+        gh = grad_h.to(h_dtype) if grad_h is not None else None
+        gw = grad_w.to(w_dtype) if grad_w is not None else None
+        del grad_h, grad_w
+        return gh, gw, None, None, None, None, None, None, None, None
+
+
+def fused_logprob_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    chunk_loss: ChunkLoss,
+    *,
+    chunk_size: int = 512,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    split_rows: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A loss of per-token log-probs, with its gradient computed inside the chunked forward.
+
+    For each chunk of valid tokens the ``[c, V]`` logits tile is built once: the chunk's log-probs (and
+    entropies) are computed from it, ``chunk_loss`` is evaluated on them, its per-token gradient is
+    pushed through the softmax in the same tile, and the tile's contributions to ``d hidden`` and
+    ``d weight`` are accumulated. So the LM head costs three ``[c, H] x [H, V]`` GEMMs per chunk, like
+    the naive full-logit path, instead of the four of :func:`chunked_logprobs` (which recomputes the tile
+    in backward), and keeps one (two with entropy) ``[c, V]`` tile live instead of ``[T, V]`` logits.
+    Backward only scales the stored gradients by the incoming gradient.
+
+    This needs the loss to be a SUM of per-chunk terms: each term may depend only on the log-probs of
+    its own chunk. That holds for per-token losses with fixed normalisers (the PPO/GRPO clipped loss,
+    KL and entropy terms with global ``num_tokens``/``num_seqs``); with ``split_rows=False`` (default) a
+    chunk holds whole rows, so per-sequence terms are allowed too.
+
+    Args:
+        hidden: ``[B, L, H]`` final hidden states (``hidden[b, t]`` predicts ``labels[b, t]``).
+        weight: ``[V, H]`` output-layer weight.
+        labels: ``[B, L]`` token ids in ``[0, V)`` (any value where ``mask`` is 0).
+        mask: ``[B, L]`` 1 for tokens that enter the loss; only those are computed.
+        chunk_loss: ``chunk_loss(r0, r1, logprobs [b, L], entropy [b, L] | None, chunk_mask [b, L]) ->
+            scalar`` for rows ``r0:r1`` (``b = r1 - r0``); ``logprobs``/``entropy`` are zero outside
+            ``chunk_mask`` and differentiable. Called once per chunk, in order.
+        chunk_size: about this many tokens per tile (with ``split_rows=False`` a row is never split).
+        temperature: logits are divided by it.
+        with_entropy: also compute per-token entropies (and pass them to ``chunk_loss``).
+        split_rows: allow chunks to cut through rows (only for losses that are sums over tokens).
+
+    Returns:
+        ``(loss, logprobs [B, L], entropy [B, L] | None)``: ``loss`` is the scalar sum of the chunk terms,
+        differentiable w.r.t. ``hidden`` and ``weight``; the per-token values are detached, zero outside
+        ``mask``.
+
+    Raises:
+        ValueError: on bad shapes, non-integer or out-of-range labels, ``chunk_size < 1``, or
+            ``temperature <= 0``.
+
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, L, H] (got shape {tuple(hidden.shape)})")
+    if labels.shape != hidden.shape[:2] or mask.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"labels and mask must be [B, L] = {tuple(hidden.shape[:2])} "
+            f"(got {tuple(labels.shape)} and {tuple(mask.shape)})"
+        )
+    _check_inputs(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1), chunk_size, temperature)
+    if not callable(chunk_loss):
+        raise ValueError("chunk_loss must be callable")
+    keep = mask.bool()
+    if keep.any():
+        sel = labels[keep]
+        lo, hi = int(sel.min()), int(sel.max())
+        if lo < 0 or hi >= weight.shape[0]:
+            raise ValueError(f"labels under mask must be in [0, {weight.shape[0]}) (got min {lo}, max {hi})")
+    out: dict = {}
+    loss = _FusedLogprobLoss.apply(
+        hidden, weight, labels, keep, chunk_loss, int(chunk_size), float(temperature), bool(with_entropy),
+        bool(split_rows), out,
+    )
+    return loss, out["logprobs"], out["entropy"]
+
+
+def fused_prorl_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: object,
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    num_tokens: float | int | torch.Tensor | None = None,
+    num_seqs: float | int | torch.Tensor | None = None,
+    chunk_size: int = 512,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[object, torch.Tensor, torch.Tensor | None]:
+    """:func:`~nemo_prorl.algorithms.policy_loss.prorl_loss` of the LM head's log-probs, fused.
+
+    Equal (to float rounding) to ``prorl_loss(chunked_logprobs(...))`` on the same inputs, loss, metrics
+    and gradients, but without the recompute GEMM (see :func:`fused_logprob_loss`). Chunks cut through
+    rows only when that is exact: the built-in ``clipped`` loss with an aggregation other than
+    ``seq-mean-token-mean``; otherwise a chunk holds whole rows.
+
+    Args:
+        hidden: ``[B, L, H]`` final hidden states.
+        weight: ``[V, H]`` output-layer weight.
+        labels: ``[B, L]`` token ids.
+        old_logprobs: ``[B, L]`` sampling-policy log-probs.
+        advantages: ``[B, L]`` or ``[B]``.
+        mask: ``[B, L]`` response mask.
+        cfg: :class:`~nemo_prorl.algorithms.config.AlgorithmConfig`.
+        ref_logprobs: ``[B, L]`` reference log-probs (required when the KL term is in the loss).
+        num_tokens: global valid-token count (default: this batch's).
+        num_seqs: global non-empty sequence count (default: this batch's).
+        chunk_size: tokens per tile.
+        temperature: logits are divided by it.
+        with_entropy: compute entropies (needed for an entropy bonus; reported as a metric).
+
+    Returns:
+        ``(LossOutput, logprobs [B, L], entropy [B, L] | None)``; ``LossOutput.loss`` is differentiable
+        w.r.t. ``hidden`` and ``weight``, its metrics are those of ``prorl_loss``.
+
+    """
+    from nemo_prorl.algorithms.policy_loss import LossOutput, loss_normalisers, prorl_loss
+
+    if mask.shape != hidden.shape[:2]:
+        raise ValueError(f"mask must be [B, L] = {tuple(hidden.shape[:2])} (got {tuple(mask.shape)})")
+    norm = loss_normalisers(mask)
+    n_tok = norm["num_tokens"] if num_tokens is None else num_tokens
+    n_seq = norm["num_seqs"] if num_seqs is None else num_seqs
+    if cfg.entropy.coef > 0 and not with_entropy:
+        raise ValueError("fused_prorl_loss: algorithm.entropy.coef > 0 needs with_entropy=True")
+    split = cfg.loss.name == "clipped" and cfg.loss.agg != "seq-mean-token-mean"
+
+    def chunk_loss(
+        r0: int, r1: int, lp: torch.Tensor, ent: torch.Tensor | None, cmask: torch.Tensor
+    ) -> torch.Tensor:
+        ref = ref_logprobs[r0:r1] if ref_logprobs is not None else None
+        return prorl_loss(lp, old_logprobs[r0:r1], advantages[r0:r1], cmask, cfg, ref_logprobs=ref,
+                          entropy=ent, num_tokens=n_tok, num_seqs=n_seq).loss
+
+    loss, lp, ent = fused_logprob_loss(
+        hidden, weight, labels, mask, chunk_loss, chunk_size=chunk_size, temperature=temperature,
+        with_entropy=with_entropy, split_rows=split,
+    )
+    with torch.no_grad():
+        metrics = prorl_loss(lp, old_logprobs, advantages, mask, cfg, ref_logprobs=ref_logprobs, entropy=ent,
+                             num_tokens=n_tok, num_seqs=n_seq).metrics
+    return LossOutput(loss=loss, metrics=metrics), lp, ent

@@ -1,0 +1,1 @@
+"""CPU benchmark suite: nemo_prorl side by side with its peers (see benchmarks/RESULTS.md)."""

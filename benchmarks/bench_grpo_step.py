@@ -1,0 +1,307 @@
+"""A whole tiny GRPO step on CPU: ours (MegatronPolicy + HFRolloutEngine) vs TRL's GRPOTrainer.
+
+Same model, batch, n and lengths on both sides (the replayable TRL configuration of the research notes):
+
+* model: a random ``Qwen2ForCausalLM``, 2 layers, hidden 64, intermediate 128, 4 heads / 2 KV heads,
+  tied embeddings (90,944 parameters), built from the same seed on both sides;
+* tokenizer: byte-level BPE without merges, vocab 260 (256 bytes + 4 specials), left padding;
+* data: 64 prompts "Question i: what is a plus b? Answer:"; one step = 8 prompts x 4 generations = 32
+  sequences, at most 32 completion tokens, temperature 1.0;
+* reward: ``-abs(20 - len(completion)) / 20`` as a plain Python function;
+* loss: PPO clip 0.2 / 0.2, token-mean, no KL (TRL ``loss_type="dapo"``, ``beta=0``), one optimizer
+  step per generation batch, lr 1e-5, grad-norm clip 1.0.
+
+TRL (``--child trl``, in ``.venv-bench``): ``GRPOTrainer`` with the GRPOConfig of the notes (its
+defaults include gradient checkpointing and ``adamw_torch_fused``); a ``TrainerCallback`` times each
+optimizer step, and the generation phase is timed by wrapping the trainer's generate method.
+
+Ours (``--child ours``): the step loop the trainer runs, from the package's public pieces:
+``HFRolloutEngine.generate`` -> reward -> ``compute_advantages`` -> ``MegatronPolicy.logprobs`` (old
+log-probs) -> ``MegatronPolicy.train_step`` with ``prorl_loss`` (entropy computed, as the trainer does)
+-> weight sync ``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
+
+The first ``--warmup`` steps are dropped; the rest give the per-process median s/step; the reported
+number is the median over ``--runs`` processes per side, interleaved.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_grpo_step.py --runs 5 --out benchmarks/results/grpo_step.json
+    .venv/bin/python benchmarks/bench_grpo_step.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    load_average,
+    machine_info,
+    peer_python,
+    run_child,
+    stamp,
+    summary,
+    this_python,
+    write_json,
+)
+
+VARIANTS = ("ours", "trl")
+PROMPTS_PER_STEP, N, MAX_TOKENS, N_PROMPTS = 8, 4, 32, 64
+LR, CLIP = 1e-5, 0.2
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+
+
+def reward_len(text: str) -> float:
+    """The benchmark reward: prefer completions of 20 characters."""
+    return -abs(20 - len(text)) / 20
+
+
+def build_tokenizer():
+    """Byte-level BPE tokenizer without merges: 256 byte tokens + 4 specials, left padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for s in SPECIALS:
+        vocab[s] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<bos>", unk_token="<unk>", padding_side="left")
+
+
+def build_model(tokenizer, seed: int = 0):
+    """The random 2-layer Qwen2 of the benchmark (fp32)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=512, rope_theta=10000.0, torch_dtype="float32",
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def prompts() -> list[str]:
+    """The 64 benchmark prompts."""
+    return [f"Question {i}: what is {(i * 37) % 90 + 10} plus {(i * 53) % 90 + 10}? Answer:"
+            for i in range(N_PROMPTS)]
+
+
+# ------------------------------------------------------------------------------------------- TRL
+
+def child_trl(args: argparse.Namespace) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(args.threads)
+    tok = build_tokenizer()
+    model = build_model(tok)
+    ds = Dataset.from_list([{"prompt": p} for p in prompts()])
+
+    def reward_fn(completions, **kwargs):  # noqa: ANN001, ANN003, ARG001
+        return [reward_len(c) for c in completions]
+
+    steps: list[float] = []
+    gen: list[float] = []
+    lengths: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):  # noqa: ANN001, ANN003, ARG002
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001, ANN003, ARG002
+            steps.append(time.perf_counter() - self.t0)
+
+        def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001, ANN003, ARG002
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * N, num_generations=N,
+                         gradient_accumulation_steps=1, max_completion_length=MAX_TOKENS,
+                         max_steps=args.steps, learning_rate=LR, logging_steps=1, save_strategy="no",
+                         report_to="none", bf16=False, use_cpu=True, seed=42, dataloader_num_workers=0,
+                         use_vllm=False, log_completions=False, epsilon=CLIP, beta=0.0, loss_type="dapo")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=cfg, train_dataset=ds,
+                              processing_class=tok, callbacks=[Timer()])
+        name = "_generate_single_turn" if hasattr(trainer, "_generate_single_turn") else "_generate"
+        orig = getattr(trainer, name)
+
+        def timed(*a, **kw):  # noqa: ANN002, ANN003
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                gen.append(time.perf_counter() - t0)
+
+        setattr(trainer, name, timed)
+        trainer.train()
+    keep = steps[args.warmup:]
+    return {"variant": "trl", "trl": trl.__version__, "torch": torch.__version__,
+            "step_s": statistics.median(keep), "steps": keep,
+            "stages": {"generate_s": (statistics.median(gen[args.warmup:])
+                                      if len(gen) > args.warmup else None)},
+            "mean_completion_tokens": statistics.mean(lengths) if lengths else None,
+            "gradient_checkpointing": bool(cfg.gradient_checkpointing), "optim": str(cfg.optim),
+            "load_avg": load_average()}
+
+
+# ------------------------------------------------------------------------------------------- ours
+
+def child_ours(args: argparse.Namespace) -> dict:
+    import torch
+
+    from nemo_prorl.algorithms import AlgorithmConfig, compute_advantages, prorl_loss
+    from nemo_prorl.policy.interface import TokenBatch
+    from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
+    from nemo_prorl.rollout.base import SamplingParams
+    from nemo_prorl.rollout.hf_engine import HFRolloutEngine
+
+    torch.set_num_threads(args.threads)
+    tok = build_tokenizer()
+    model = build_model(tok)
+    alg = AlgorithmConfig()
+    alg.loss.clip_low = alg.loss.clip_high = CLIP
+    alg.loss.agg = "token-mean"
+    alg.kl.coef = 0.0
+    prompt_ids = [tok(p)["input_ids"] for p in prompts()]
+    stage_names = ("generate_s", "reward_s", "logprobs_s", "train_s", "sync_s")
+    stages: dict[str, list[float]] = {k: [] for k in stage_names}
+    steps: list[float] = []
+    lengths: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d, safe_serialization=True)
+        tok.save_pretrained(d)
+        pcfg = MegatronPolicyConfig(micro_batch_size=PROMPTS_PER_STEP * N, params_dtype="fp32", lr=LR,
+                                    weight_decay=0.0, clip_grad=1.0, seed=42)
+        policy = MegatronPolicy(d, pcfg)
+        engine = HFRolloutEngine(model, tok, max_prompt_tokens=64, max_response_tokens=MAX_TOKENS,
+                                 max_batch_size=PROMPTS_PER_STEP * N)
+
+        def loss_fn(lp, ent, micro, norm):  # noqa: ANN001
+            out = prorl_loss(lp, micro["old_logprobs"], micro["advantages"], micro["response_mask"], alg,
+                             entropy=ent, num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
+            return out.loss, {"entropy": out.metrics["entropy"]}
+
+        for step in range(args.steps):
+            t_start = time.perf_counter()
+            lo = (step * PROMPTS_PER_STEP) % N_PROMPTS
+            batch_prompts = prompt_ids[lo : lo + PROMPTS_PER_STEP]
+            t0 = time.perf_counter()
+            out = engine.generate(batch_prompts, N, SamplingParams(temperature=1.0, max_tokens=MAX_TOKENS,
+                                                                   seed=step))
+            t1 = time.perf_counter()
+            rewards = torch.tensor([reward_len(s.text) for s in out.samples])
+            groups = torch.tensor([s.prompt_index for s in out.samples])
+            adv = compute_advantages(rewards, groups, alg.advantage).float()
+            seqs = [list(s.prompt_token_ids) + list(s.token_ids) for s in out.samples]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(seqs), width)
+            for b, (seq, s) in enumerate(zip(seqs, out.samples)):
+                ids[b, : len(seq)] = torch.tensor(seq)
+                mask[b, len(s.prompt_token_ids) : len(seq)] = 1.0
+            batch = TokenBatch(ids, mask, {"advantages": adv})
+            t2 = time.perf_counter()
+            old_lp, _ = policy.logprobs(batch)
+            batch.extras["old_logprobs"] = old_lp
+            t3 = time.perf_counter()
+            policy.train_step(batch, loss_fn, with_entropy=True)
+            t4 = time.perf_counter()
+            engine.update_weights(policy.export_hf_state_dict())
+            t5 = time.perf_counter()
+            steps.append(t5 - t_start)
+            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                stages[k].append(v)
+            lengths.append(sum(len(s.token_ids) for s in out.samples) / len(out.samples))
+    keep = steps[args.warmup:]
+    return {"variant": "ours", "torch": torch.__version__, "step_s": statistics.median(keep), "steps": keep,
+            "stages": {k: statistics.median(v[args.warmup:]) for k, v in stages.items()},
+            "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average()}
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=14, help="steps per process (the first --warmup dropped)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5, help="processes per side, interleaved")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
+    ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.runs = min(args.steps, 3), 1, 1
+    if args.child:
+        res = child_ours(args) if args.child == "ours" else child_trl(args)
+        print(json.dumps(res))
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"--variants: unknown variant {v!r}; expected some of {','.join(VARIANTS)}")
+    peer = peer_python()
+    skipped = [v for v in variants if v == "trl" and peer is None]
+    variants = [v for v in variants if v not in skipped]
+    if skipped:
+        print("bench_grpo_step: trl skipped: no .venv-bench (run benchmarks/setup_peers.sh)", file=sys.stderr)
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.runs):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            res = run_child(peer if v == "trl" else this_python(), __file__, [*common, "--child", v])
+            runs[v].append(res)
+            print(f"run {r + 1}/{args.runs} {v:5s} {res['step_s']:.3f} s/step  stages {res['stages']}  "
+                  f"load {res['load_avg']:.2f}", file=sys.stderr)
+    result: dict = {
+        "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
+        "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
+                     "prompts_per_step": PROMPTS_PER_STEP, "n": N, "max_tokens": MAX_TOKENS,
+                     "quick": args.quick},
+        "variants": {}, "ratios": {}, "skipped": skipped,
+    }
+    for v, rs in runs.items():
+        stage_keys = [k for k in rs[0]["stages"] if rs[0]["stages"][k] is not None]
+        result["variants"][v] = {
+            "step_s": summary([x["step_s"] for x in rs]),
+            "stages_s": {k: summary([x["stages"][k] for x in rs]) for k in stage_keys},
+            "mean_completion_tokens": summary([x["mean_completion_tokens"] for x in rs
+                                               if x.get("mean_completion_tokens") is not None]),
+            "load_avg": summary([x["load_avg"] for x in rs]),
+            "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim") if k in rs[0]},
+        }
+    if "ours" in runs and "trl" in runs:
+        result["ratios"]["ours_speedup_vs_trl"] = (result["variants"]["trl"]["step_s"]["median"]
+                                                   / result["variants"]["ours"]["step_s"]["median"])
+    write_json(args.out, result)
+    print(json.dumps({"out": args.out, "step_s": {v: result["variants"][v]["step_s"]["median"] for v in runs},
+                      "ratios": result["ratios"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Smoke test of the CPU benchmark suite: each script runs at a tiny ``--quick`` setting and writes JSON.
+
+Only our variants and the in-process baselines run here (the peer variants need ``.venv-bench`` and
+run in ``scripts/bench_cpu.sh``); the scripts themselves check that the variants agree numerically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, out: Path, *extra: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_lmhead_quick(tmp_path):
+    res = _run("bench_lmhead.py", tmp_path / "lm.json", "--variants", "naive,ours_fused", "--threads", "1")
+    assert set(res["variants"]) == {"naive", "ours_fused"}
+    assert res["variants"]["ours_fused"]["tokens_per_s"]["median"] > 0
+    assert res["max_rel_diff_vs_naive"]["ours_fused"] < 1e-4  # same loss and weight gradient
+    assert "ours_fused_vs_naive_speed" in res["ratios"]
+
+
+def test_code_reward_quick(tmp_path):
+    from nemo_prorl.rewards.sandbox import SandboxUnavailableError, make_sandbox
+
+    try:
+        make_sandbox(backend="bwrap")
+    except SandboxUnavailableError as exc:
+        pytest.skip(f"no bwrap sandbox here: {exc}")
+    res = _run("bench_code_reward.py", tmp_path / "code.json", "--variants", "ours_score,baseline")
+    assert res["scores_agree"] == {"ours_score": True, "baseline": True}
+    assert 0.0 < res["mean_score"] < 1.0  # the corpus mixes correct and buggy programs
+    assert res["variants"]["ours_score"]["cases_per_s"]["median"] > 0
+
+
+def test_grpo_step_quick(tmp_path):
+    res = _run("bench_grpo_step.py", tmp_path / "grpo.json", "--variants", "ours", "--steps", "2")
+    ours = res["variants"]["ours"]
+    assert ours["step_s"]["median"] > 0
+    assert set(ours["stages_s"]) == {"generate_s", "reward_s", "logprobs_s", "train_s", "sync_s"}
+    assert 1 <= ours["mean_completion_tokens"]["median"] <= 32
