@@ -29,7 +29,9 @@ def test_two_step_run_end_to_end_then_a_rerun_trains_zero_steps_and_fails(tmp_pa
             # validation at steps 0, 1, 2 and base/final pass@k, all tiny
             "trainer.val_interval=1", "trainer.val_max_prompts=4", "trainer.val_n=2",
             "final_eval.enabled=true", "final_eval.n=4", "final_eval.ks=[1,2,4]", "final_eval.max_prompts=4",
-            "logging.plots=true", "logging.tensorboard=true"]
+            "logging.plots=true", "logging.tensorboard=true",
+            # the paper's trigger, made to fire: no validation can improve by 1.0, patience 1
+            "reset.on_val_plateau=true", "reset.patience=1", "reset.min_delta=1.0"]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert f"run directory: {run}" in out and "metrics.jsonl" in out
@@ -46,6 +48,12 @@ def test_two_step_run_end_to_end_then_a_rerun_trains_zero_steps_and_fails(tmp_pa
         assert "val/reward/mean" in rec and "val/pass@1" in rec
     val0 = [r for r in lines if r["step"] == 0 and "val/reward/mean" in r]
     assert len(val0) == 1  # the initial policy is validated before training
+
+    # step 0's validation sets the best; steps 1 and 2 do not beat it by min_delta -> a reset after each
+    resets = [e for e in lines if e.get("event") == "reset"]
+    assert [e["step"] for e in resets] == [1, 2]
+    assert all("validation val/reward/mean plateaued" in e["cause"] for e in resets)
+    assert "2 reset(s)" in out
 
     ckpt = run / "checkpoints" / "step_00000002"
     assert (ckpt / "COMPLETE").is_file()
