@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_prorl.algorithms.config import AlgorithmConfig, ConfigError, algorithm_config_from_dict
-from nemo_prorl.data.config import DataConfig
+from nemo_prorl.data.config import DataConfig, check_weights
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.rewards.config import RewardsConfig
 from nemo_prorl.rollout.config import RolloutConfig
@@ -361,6 +361,15 @@ def validate(cfg: ProRLConfig) -> None:
             _pos_int(f"phases[{i}].n", ph.n)
         if ph.max_response_tokens is not None:
             _pos_int(f"phases[{i}].max_response_tokens", ph.max_response_tokens)
+        t = ph.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                              or t < 0):
+            raise ConfigError(f"phases[{i}].temperature", f"expected a finite number >= 0, got {t!r}")
+        if ph.mixture is not None:
+            try:
+                check_weights(ph.mixture, f"phases[{i}].mixture")
+            except ValueError as exc:
+                raise ConfigError(f"phases[{i}].mixture", str(exc)) from None
         if ph.reward_shaping:
             known = {f.name for f in fields(type(cfg.algorithm.reward_shaping))}
             bad = sorted(set(ph.reward_shaping) - known)
@@ -369,6 +378,11 @@ def validate(cfg: ProRLConfig) -> None:
                                   f"unknown key; known: {sorted(known)}")
             dataclasses.replace(cfg.algorithm.reward_shaping, **ph.reward_shaping).validate(
                 f"phases[{i}].reward_shaping")
+    names = {ph.name for ph in cfg.phases}
+    for name in cfg.data.phase_mixtures:
+        if name not in names:  # it would never apply: most likely a misspelt phase name
+            raise ConfigError(f"data.phase_mixtures.{name}",
+                              f"no phase is named {name!r} (phases: {', '.join(sorted(names)) or 'none'})")
     total = sum(ph.steps for ph in cfg.phases)
     if cfg.phases and total < cfg.trainer.max_steps:
         raise ConfigError("phases", f"phases add up to {total} steps, fewer than "

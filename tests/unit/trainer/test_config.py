@@ -166,3 +166,16 @@ def test_phase_at_and_phase_start():
     assert [cfg.phase_start(i) for i in range(3)] == [0, 2, 5]
     assert ProRLConfig().phase_at(0) == (-1, None)
     assert ProRLConfig().phase_at(100) == (-1, None)
+
+
+def test_phase_mixture_temperature_and_phase_mixture_names_are_checked():
+    two = "trainer.max_steps=2"
+    key = _key_of([two, "phases=[{name: a, steps: 2, mixture: {math: 1, poetry: 2}}]"])
+    assert key == "phases[0].mixture"
+    assert _key_of([two, "phases=[{name: a, steps: 2, mixture: {math: 0}}]"]) == "phases[0].mixture"
+    assert _key_of([two, "phases=[{name: a, steps: 2, temperature: -1}]"]) == "phases[0].temperature"
+    assert _key_of([two, "phases=[{name: a, steps: 2}]", "data.phase_mixtures={b: {math: 1}}"]) \
+        == "data.phase_mixtures.b"
+    cfg = load_config(None, [two, "phases=[{name: a, steps: 2, mixture: {reasoning_gym: 1}}]",
+                             "data.phase_mixtures={a: {reasoning_gym: 1}}"])
+    assert cfg.phases[0].mixture == {"reasoning_gym": 1}
