@@ -16,12 +16,12 @@ PY=.venv/bin/python
 [ -x .venv-bench/bin/python ] || benchmarks/setup_peers.sh
 mkdir -p benchmarks/results
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== LM head (log-probs + ProRL loss, 4,096 tokens, V=151,936, fp32)"
-$PY benchmarks/bench_lmhead.py --runs "$RUNS" --out benchmarks/results/lmhead.json
 echo "== code reward (sandboxed test cases/s)"
 $PY benchmarks/bench_code_reward.py --runs "$RUNS" --out benchmarks/results/code_reward.json
 echo "== whole GRPO step vs TRL GRPOTrainer"
 $PY benchmarks/bench_grpo_step.py --runs "$RUNS" --out benchmarks/results/grpo_step.json
+echo "== LM head (log-probs + ProRL loss, 4,096 tokens, V=151,936, fp32)"
+$PY benchmarks/bench_lmhead.py --runs "$RUNS" --out benchmarks/results/lmhead.json
 if [ "${BENCH_MATH:-0}" = 1 ]; then
   echo "== math reward"
   $PY benchmarks/rewards/bench_math.py --n 140 --runs "$RUNS"
