@@ -65,10 +65,12 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def to_row(item: dict, idx: str) -> dict:
+    """A reasoning-gym item as a nemo_prorl training row."""
     return {"id": idx, "domain": "reasoning_gym", "prompt": item["question"], "task": TASK, "entry": item}
 
 
 def encode_pair(tok, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids + EOS) of one SFT example."""
     prompt_ids = tok(PROMPT_TEMPLATE.format(prompt=question))["input_ids"]
     resp_ids = tok(f"<answer>{answer}</answer>")["input_ids"] + [tok.eos_token_id]
     return prompt_ids, resp_ids
@@ -88,6 +90,7 @@ def sampled_accuracy(model, tok, items: list[dict], temperature: float = 1.0) ->
 
 
 def main() -> None:
+    """Generate data, build the tokenizer, SFT until the target sampled accuracy, save everything."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="nemo_prorl/assets/demo")
     ap.add_argument("--seed", type=int, default=0)
@@ -107,7 +110,8 @@ def main() -> None:
     sft = generate_items(1, args.sft_items)
     rl = generate_items(1_000_000, args.rl_items)
     seen = {it["metadata"]["expression"] for it in sft + rl}
-    val = [it for it in generate_items(5_000_000, args.val_items * 4) if it["metadata"]["expression"] not in seen]
+    val = [it for it in generate_items(5_000_000, args.val_items * 4)
+           if it["metadata"]["expression"] not in seen]
     val = val[: args.val_items]
 
     tok = build_tokenizer([PROMPT_TEMPLATE.format(prompt=it["question"]) + f"<answer>{it['answer']}</answer>"
@@ -150,7 +154,8 @@ def main() -> None:
         opt.step()
         if step % 25 == 0:
             acc = sampled_accuracy(model, tok, check)
-            print(f"step {step} loss {loss.item():.3f} sampled acc {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
+            elapsed = time.time() - t0
+            print(f"step {step} loss {loss.item():.3f} sampled acc {acc:.3f} ({elapsed:.0f}s)", flush=True)
             if acc >= args.target_acc:
                 break
     model.save_pretrained(out, safe_serialization=True)

@@ -1,4 +1,4 @@
-"""``nemo-prorl eval``: sample n per prompt for one or more checkpoints, score, and report pass@k.
+r"""``nemo-prorl eval``: sample n per prompt for one or more checkpoints, score, and report pass@k.
 
 ::
 
@@ -68,18 +68,19 @@ def _done_ids(path: Path) -> dict[str, dict]:
 
 
 def _markdown(results: dict[str, dict[str, float]], ks: list[int]) -> str:
-    keys = ["reward/mean"] + [f"pass@{k}" for k in ks]
-    lines = ["| checkpoint | scope | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    """One row per checkpoint and scope (all, each domain, each benchmark file)."""
+    heads = ["reward"] + [f"pass@{k}" for k in ks]
+    lines = ["| checkpoint | scope | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for label, m in results.items():
-        scopes = ["all"] + sorted({k.split("/", 1)[1] for k in m if k.startswith("pass@1/")})
-        for scope in scopes:
-            suffix = "" if scope == "all" else f"/{scope}"
-            cells = []
-            for key in keys:
-                name = key.replace("/mean", "") + (suffix if suffix else ("/mean" if key == "reward/mean" else ""))
-                v = m.get(name)
-                cells.append("-" if v is None else f"{v:.4f}")
-            lines.append(f"| {label} | {scope} | " + " | ".join(cells) + " |")
+        domains = sorted({k.split("/", 1)[1] for k in m if k.startswith("pass@1/")})
+        benches = sorted({k.split("/pass@1", 1)[0] for k in m if k.endswith("/pass@1")})
+        scopes = [("all", "reward/mean", lambda h: h)]
+        scopes += [(f"domain {d}", f"reward/{d}", lambda h, d=d: f"{h}/{d}") for d in domains]
+        scopes += [(f"file {b}", f"{b}/reward/mean", lambda h, b=b: f"{b}/{h}") for b in benches]
+        for scope, reward_key, name in scopes:
+            cells = [m.get(reward_key)] + [m.get(name(f"pass@{k}")) for k in ks]
+            shown = ["-" if v is None else f"{v:.4f}" for v in cells]
+            lines.append(f"| {label} | {scope} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,9 +110,11 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nemo-prorl eval", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", action="append", type=_parse_checkpoint, required=True,
                     help="LABEL=DIR (HF or Megatron directory); repeat to compare checkpoints")
-    ap.add_argument("--data", nargs="+", required=True, help="eval files in the row format (JSONL/JSON/parquet)")
+    ap.add_argument("--data", nargs="+", required=True,
+                    help="eval files in the row format (JSONL/JSON/parquet)")
     ap.add_argument("--out", required=True, help="output directory (samples, results.json/.md, passk.png)")
-    ap.add_argument("--n", type=int, default=16, help="samples per prompt (ProRL: 16; 256 for boundary curves)")
+    ap.add_argument("--n", type=int, default=16,
+                    help="samples per prompt (ProRL: 16; 256 for boundary curves)")
     ap.add_argument("--k", type=_parse_ks, default=None, help="k values (default: powers of 2 up to n)")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--top-p", type=float, default=0.95)
@@ -180,8 +183,10 @@ def main(argv: list[str]) -> int:
                 print(f"nemo-prorl eval: {label}: --max-tokens {args.max_tokens} leaves no room for a prompt",
                       file=sys.stderr)
                 return 2
-            engine = HFRolloutEngine.from_pretrained(hf_dir, tok, max_prompt_tokens=max_prompt,
-                                                     max_response_tokens=args.max_tokens, overlong_prompt="skip")
+            engine = HFRolloutEngine.from_pretrained(
+                hf_dir, tok, max_prompt_tokens=max_prompt, max_response_tokens=args.max_tokens,
+                overlong_prompt="skip",
+            )
             samples_path = out / "samples" / f"{label}.jsonl"
             done = _done_ids(samples_path)
             records: list[dict[str, Any]] = []
@@ -209,8 +214,8 @@ def main(argv: list[str]) -> int:
                     if "/status/" not in k:
                         metrics[k] = v
             results[label] = metrics
-            print(f"{label}: " + ", ".join(f"pass@{k}={metrics.get(f'pass@{k}', float('nan')):.4f}" for k in ks),
-                  flush=True)
+            shown = ", ".join(f"pass@{k}={metrics.get(f'pass@{k}', float('nan')):.4f}" for k in ks)
+            print(f"{label}: {shown}", flush=True)
     (out / "results.json").write_text(json.dumps({"ks": ks, "n": args.n, "temperature": args.temperature,
                                                   "top_p": args.top_p, "results": results}, indent=2))
     (out / "results.md").write_text(_markdown(results, ks))

@@ -38,7 +38,8 @@ def test_eval_hf_and_megatron_checkpoints_and_resume(tmp_path):
     lines = (out / "samples" / "base.jsonl").read_text().splitlines()
     assert len(lines) == 6 and all(len(json.loads(x)["rewards"]) == 4 for x in lines)
     assert (out / "passk.png").stat().st_size > 1000
-    assert "| base | all |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| base | all |" in md and "| base | domain reasoning_gym |" in md and "| mcore | file val |" in md
     # resume: nothing left to sample, same results
     res2 = _run(args, tmp_path)
     assert res2.returncode == 0

@@ -21,8 +21,8 @@ def test_every_problem_is_named():
         "answer", "id", "prompt"]
     assert fields(check_scoring_row({"domain": "bogus", "response": 3})) == ["domain", "response"]
     assert fields(check_scoring_row({"domain": "code", "response": "", "tests": "[{"})) == ["tests"]
-    assert fields(check_scoring_row({"domain": "ifeval", "response": "", "instructions": [{"kwargs": 1}]})) == [
-        "instructions[0].id"]
+    row = {"domain": "ifeval", "response": "", "instructions": [{"kwargs": 1}]}
+    assert fields(check_scoring_row(row)) == ["instructions[0].id"]
     assert fields(check_scoring_row([1, 2])) == ["<row>"]
     assert "unknown domain" in check_scoring_row({"domain": "chem", "response": ""})[0].reason
 
