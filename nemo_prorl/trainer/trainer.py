@@ -156,13 +156,12 @@ class ProRLTrainer:
                                          seed=cfg.policy.seed)
         self.policy = MegatronPolicy(cfg.model_dir, policy_cfg)
         self.dp_rank, self.dp_size = self._dp()
-        self.engine = None
-        self.pool = None
-        if _rank() == 0:
-            from nemo_prorl.rollout import build_rollout_engine
+        # The rollout driver (a RolloutEngine on every rank): hf = one engine on rank 0; vllm = an engine on
+        # every rank (colocated), driven from rank-0 code through self.engine.on_rank0 (rollout_driver.py).
+        from nemo_prorl.trainer.rollout_driver import build_rollout_driver
 
-            self.engine = build_rollout_engine(cfg.rollout, str(cfg.model_dir), self.tokenizer)
-            self.pool = RewardPool(cfg.rewards)
+        self.engine = build_rollout_driver(cfg.rollout, str(cfg.model_dir), self.tokenizer)
+        self.pool = RewardPool(cfg.rewards) if _rank() == 0 else None
         resume_step = self._maybe_resume()
         if resume_step is None:
             self._sync_weights()
@@ -446,8 +445,8 @@ class ProRLTrainer:
 
     def _sync_weights(self) -> None:
         t0 = time.time()
-        sd = self.policy.export_hf_state_dict()
-        if self.engine is not None:
+        sd = self.policy.export_hf_state_dict()  # collective: full tensors on every rank
+        if self.engine is not None:  # the driver loads them into every rank's engine (hf: rank 0's only)
             self.engine.update_weights(sd)
         self._last_sync_s = time.time() - t0
 
@@ -455,15 +454,17 @@ class ProRLTrainer:
     def _evaluate(self, rows: list[dict], n: int, temperature: float, top_p: float, ks=(1,), prefix="val/",
                   seed_offset: int = 0) -> dict[str, float]:
         """Rank 0 samples + scores; the numbers are broadcast so every rank decides alike."""
-        result = None
-        if _rank() == 0 and rows:
+
+        def on_rank0() -> dict[str, float]:  # generate calls reach every rank's engine through the driver
             base = self.cfg.rollout.seed if self.cfg.rollout.seed is not None else self.cfg.seed
             sampling = self.cfg.rollout.sampling_params(temperature=temperature, top_p=top_p,
                                                         max_tokens=int(self._max_response),
                                                         seed=base + 7_777_777 + seed_offset)
-            recs = sample_and_score(self.engine, rows, [self._tokenize(r) for r in rows], n=n, sampling=sampling,
-                                    score=self.pool.score)
-            result = summarize(recs, ks, prefix=prefix)
+            recs = sample_and_score(self.engine, rows, [self._tokenize(r) for r in rows], n=n,
+                                    sampling=sampling, score=self.pool.score)
+            return summarize(recs, ks, prefix=prefix)
+
+        result = self.engine.on_rank0(on_rank0) if rows else None
         return _broadcast(result) or {}
 
     def _validate(self) -> dict[str, float]:
@@ -520,7 +521,7 @@ class ProRLTrainer:
                 phase_cause = self._enter_phase(self.step)
                 if phase_cause:
                     self._reset(phase_cause)
-                groups, rmetrics = (self._collect() if _rank() == 0 else (None, None))
+                groups, rmetrics = self.engine.on_rank0(self._collect, default=(None, None))
                 groups, rmetrics = _broadcast((groups, rmetrics))
                 failing = rmetrics.pop("_failing", None)
                 if failing is not None:
