@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from nemo_prorl.algorithms.advantages import compute_advantages
-from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer
+from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer, DynamicSamplingExhausted
 from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
@@ -142,7 +141,8 @@ class ProRLTrainer:
         self.final_rows: list[dict] = []
         if cfg.final_eval.enabled:
             if cfg.final_eval.files:
-                rep = preflight(cfg.final_eval.files, tokenizer=self.tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                rep = preflight(cfg.final_eval.files, tokenizer=self.tokenizer,
+                                max_prompt_tokens=cfg.data.max_prompt_tokens,
                                 templates=cfg.data.templates, policy=cfg.data.validation_policy)
                 self.final_rows = list(rep.rows)
             else:
@@ -227,9 +227,10 @@ class ProRLTrainer:
         from nemo_prorl.policy.megatron.checkpoint import checkpoint_path, latest_checkpoint
 
         t0 = time.time()
-        path = self.policy.save_checkpoint(checkpoint_path(self.run_dir / "checkpoints", self.step), self._state())
+        ckpt_dir = self.run_dir / "checkpoints"
+        path = self.policy.save_checkpoint(checkpoint_path(ckpt_dir, self.step), self._state())
         if _rank() == 0:
-            ckpts = sorted((p for p in (self.run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists()),
+            ckpts = sorted((p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").exists()),
                            key=lambda p: int(p.name.split("_")[1]))
             for old in ckpts[: -self.cfg.checkpoint.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -278,9 +279,11 @@ class ProRLTrainer:
                                     enable=cfg.algorithm.dynamic_sampling.enable)
         t_gen = t_score = 0.0
         all_results = []
+        all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
         while not buf.full:
-            rows = [dict(r) for r in self.data.sampler.next_batch(tc.generation_prompts or tc.prompts_per_step)]
+            per_round = tc.generation_prompts or tc.prompts_per_step
+            rows = [dict(r) for r in self.data.sampler.next_batch(per_round)]
             prompts = [self._tokenize(r) for r in rows]
             t0 = time.time()
             out = self.engine.generate(prompts, self._n, self._sampling(round_idx))
@@ -293,13 +296,15 @@ class ProRLTrainer:
             results = self.pool.score(flat)
             t_score += time.time() - t0
             all_results.extend(results)
+            all_ids.extend(rows[i].get("id") for i in range(len(rows)) for _ in by_prompt[i])
             groups, rewards = [], []
             k = 0
             for i, row in enumerate(rows):
                 samples = by_prompt[i]
                 res = results[k:k + len(samples)]
                 k += len(samples)
-                raw = torch.tensor([float(r.score) if r.status == "ok" else cfg.rewards.failure_score for r in res])
+                raw = torch.tensor([float(r.score) if r.status == "ok" else cfg.rewards.failure_score
+                                    for r in res])
                 shaped = shape_rewards(
                     raw, self._shaping,
                     truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
@@ -308,7 +313,19 @@ class ProRLTrainer:
                 groups.append(Group(row, prompts[i], samples, raw.tolist(), shaped.tolist(),
                                     [r.status for r in res]))
                 rewards.append(raw.tolist())
-            buf.add(groups, rewards)
+            try:
+                buf.add(groups, rewards)
+            except DynamicSamplingExhausted as exc:
+                # failing rewards score failure_score everywhere, so no group has variance: name the cause
+                bad = [(i, r.status, r.info) for i, r in zip(all_ids, all_results)
+                       if r.status in ("error", "timeout")]
+                if len(bad) / max(1, len(all_results)) > cfg.rewards.max_error_rate:
+                    failing = json.dumps(bad[:5], default=str)[:2000]
+                    raise TrainingError(
+                        f"reward error/timeout rate {len(bad) / len(all_results):.1%} above "
+                        f"rewards.max_error_rate={cfg.rewards.max_error_rate}, and no group had reward "
+                        f"variance ({exc}); failing rows: {failing}") from exc
+                raise
             round_idx += 1
         groups, stats = buf.pop_batch()
         bad = sum(r.status in ("error", "timeout") for r in all_results)
@@ -316,7 +333,8 @@ class ProRLTrainer:
                    "reward/error_rate": bad / max(1, len(all_results))}
         metrics.update(stats.as_metrics())
         if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
-            failing = [(r.status, r.info) for r in all_results if r.status in ("error", "timeout")][:5]
+            failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results)
+                       if r.status in ("error", "timeout")][:5]
             metrics["_failing"] = json.dumps(failing, default=str)[:2000]
         return groups, metrics
 
@@ -349,12 +367,13 @@ class ProRLTrainer:
         return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
 
     def _dp_slice(self, batch, start: int, stop: int):
-        """This data-parallel rank's share of sequences ``start:stop``."""
+        """The share of sequences ``start:stop`` that this data-parallel rank trains on."""
         n = stop - start
         per = n // self.dp_size
         if per * self.dp_size != n:
-            raise TrainingError(f"mini-batch of {n} sequences does not split over {self.dp_size} data-parallel "
-                                "ranks; make trainer.mini_batch_prompts * rollout.n divisible by the DP size")
+            raise TrainingError(f"mini-batch of {n} sequences does not split over {self.dp_size} "
+                                "data-parallel ranks; make trainer.mini_batch_prompts * rollout.n divisible "
+                                "by the DP size")
         lo = start + self.dp_rank * per
         return batch.slice(lo, lo + per)
 
@@ -362,8 +381,8 @@ class ProRLTrainer:
         alg = self.cfg.algorithm
 
         def loss_fn(logprobs, entropy, micro, norm):
-            out = prorl_loss(logprobs, micro["old_logprobs"], micro["advantages"], micro["response_mask"], alg,
-                             ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
+            out = prorl_loss(logprobs, micro["old_logprobs"], micro["advantages"], micro["response_mask"],
+                             alg, ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
                              num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
             share = micro["response_mask"].float().sum() / max(float(norm["num_tokens"]), 1.0)
             metrics = {}
@@ -384,7 +403,8 @@ class ProRLTrainer:
         full = batch
         # old/ref log-probs: each DP rank computes its own shard (the whole batch when DP=1)
         per_rank = full.batch_size // self.dp_size
-        mine = full.slice(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank) if self.dp_size > 1 else full
+        mine = (full.slice(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank) if self.dp_size > 1
+                else full)
         old_lp, _ = self.policy.logprobs(mine)
         # the reference pass runs even when kl.coef is 0: the KL to the reference is always reported
         ref_lp = self.policy.logprobs(mine, reference=True)[0]
@@ -412,9 +432,10 @@ class ProRLTrainer:
                     self.nonfinite_in_row = 0
                 updates.append(m)
                 if self.nonfinite_in_row >= tc.max_nonfinite_in_row:
-                    raise TrainingError(f"{self.nonfinite_in_row} non-finite updates in a row at step {self.step + 1} "
-                                        f"(trainer.max_nonfinite_in_row={tc.max_nonfinite_in_row}); no checkpoint of "
-                                        "the non-finite state was written")
+                    raise TrainingError(f"{self.nonfinite_in_row} non-finite updates in a row at step "
+                                        f"{self.step + 1} (trainer.max_nonfinite_in_row="
+                                        f"{tc.max_nonfinite_in_row}); no checkpoint of the non-finite state "
+                                        "was written")
         t_train = time.time() - t0
         metrics: dict[str, float] = {}
         for key in updates[0]:
@@ -498,9 +519,9 @@ class ProRLTrainer:
         cfg, tc = self.cfg, self.cfg.trainer
         start_step = self.step
         if start_step >= tc.max_steps:
-            raise TrainingError(f"nothing to train: run_dir {self.run_dir} already holds a checkpoint at step "
-                                f"{start_step} >= trainer.max_steps={tc.max_steps}; raise trainer.max_steps or use "
-                                "a new run_dir")
+            raise TrainingError(f"nothing to train: run_dir {self.run_dir} already holds a checkpoint at "
+                                f"step {start_step} >= trainer.max_steps={tc.max_steps}; raise "
+                                "trainer.max_steps or use a new run_dir")
         if self.step == 0 and tc.val_interval and tc.val_at_start and self.val_rows:
             m = self._validate()
             self.resets.observe_validation(m.get(cfg.reset.metric))
@@ -528,8 +549,9 @@ class ProRLTrainer:
                     self.error_steps_in_row += 1
                     if self.error_steps_in_row >= cfg.rewards.error_window_steps:
                         raise TrainingError(
-                            f"reward error/timeout rate {rmetrics['reward/error_rate']:.1%} above rewards.max_error_rate="
-                            f"{cfg.rewards.max_error_rate} for {self.error_steps_in_row} steps; failing rows: {failing}")
+                            f"reward error/timeout rate {rmetrics['reward/error_rate']:.1%} above "
+                            f"rewards.max_error_rate={cfg.rewards.max_error_rate} for "
+                            f"{self.error_steps_in_row} steps; failing rows: {failing}")
                 else:
                     self.error_steps_in_row = 0
                 tmetrics = self._train_on(groups)
@@ -611,7 +633,8 @@ class ProRLTrainer:
         lengths = [len(s.token_ids) for g in groups for s in g.samples]
         out["response_length/mean"] = sum(lengths) / len(lengths)
         out["response_length/max"] = max(lengths)
-        out["response/truncated_frac"] = sum(s.finish_reason == "length" for g in groups for s in g.samples) / len(lengths)
+        truncated = sum(s.finish_reason == "length" for g in groups for s in g.samples)
+        out["response/truncated_frac"] = truncated / len(lengths)
         return out
 
     def _log_samples(self, groups: list[Group]) -> None:

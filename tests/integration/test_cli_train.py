@@ -111,3 +111,40 @@ def test_dynamic_sampling_exhaustion_aborts_with_exit_1(tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert "aborted: dynamic sampling" in err and "algorithm.dynamic_sampling.max_rounds" in err
+
+
+def _demo_rows(n: int) -> list[dict]:
+    from nemo_prorl.trainer.config import ASSETS
+
+    with open(ASSETS["demo"] / "train.jsonl", encoding="utf-8") as fh:
+        return [json.loads(next(fh)) for _ in range(n)]
+
+
+def _without_answer(row: dict) -> dict:
+    # structurally valid, but the reasoning-gym scorer raises on it: every scored sample is an "error"
+    return dict(row, id=f"broken-{row['id']}", entry={k: v for k, v in row["entry"].items() if k != "answer"})
+
+
+def test_reward_errors_abort_with_the_failing_rows(tmp_path, capsys):
+    rows = _demo_rows(64)
+    mixed = tmp_path / "mixed.jsonl"  # every other row cannot be scored
+    mixed.write_text("".join(json.dumps(_without_answer(r) if i % 2 else r) + "\n"
+                             for i, r in enumerate(rows)))
+    rc = cli_main(["train", *TINY, f"run_dir={tmp_path / 'a'}", f"data.train_files=[{mixed}]",
+                   "rewards.error_window_steps=1", "algorithm.dynamic_sampling.max_rounds=10",
+                   "trainer.max_steps=3"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "above rewards.max_error_rate=0.05 for 1 steps; failing rows:" in err
+    assert '"broken-chain_sum-train-' in err and "KeyError" in err
+
+    # when every sample fails, no group has reward variance: the abort names the reward errors, not
+    # (only) dynamic sampling
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps(_without_answer(r)) + "\n" for r in rows))
+    rc = cli_main(["train", *TINY, f"run_dir={tmp_path / 'b'}", f"data.train_files=[{broken}]",
+                   "trainer.max_steps=1"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "reward error/timeout rate 100.0% above rewards.max_error_rate=0.05" in err
+    assert "no group had reward variance" in err and '"broken-chain_sum-train-' in err
