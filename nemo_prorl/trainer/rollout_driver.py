@@ -32,10 +32,11 @@ disk or the network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -264,6 +265,7 @@ class ColocatedDriver(RolloutDriver):
                              f"{self.rank // self.tp_size} (tp={self.tp_size})")
         self.sleep_between = bool(sleep_between)
         self._leading = False
+        self._awake_depth = 0
         d = _dist()
         self._group = None
         if d is not None and self.world > 1 and d.get_backend() != "gloo":
@@ -303,9 +305,7 @@ class ColocatedDriver(RolloutDriver):
         The engine is awake for the session and asleep after it (with ``sleep_between``). If ``fn`` raises
         on rank 0, the followers are released with :class:`RolloutAbortedError`.
         """
-        if self.sleep_between:
-            self.engine.wake()
-        try:
+        with self._awake():
             if self.rank == 0:
                 self._leading = True
                 try:
@@ -325,8 +325,18 @@ class ColocatedDriver(RolloutDriver):
                     raise RolloutAbortedError(f"rank 0 failed during rollout: {msg[1]}")
                 _, request = msg
                 self._run(request, to_all=False)
+
+    @contextlib.contextmanager
+    def _awake(self) -> Iterator[None]:
+        """Wake the engine for the outermost session and put it back to sleep after it."""
+        if self.sleep_between and self._awake_depth == 0:
+            self.engine.wake()
+        self._awake_depth += 1
+        try:
+            yield
         finally:
-            if self.sleep_between:
+            self._awake_depth -= 1
+            if self.sleep_between and self._awake_depth == 0:
                 self.engine.sleep()
 
     def _prepare(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> dict[str, Any]:
@@ -375,7 +385,8 @@ class ColocatedDriver(RolloutDriver):
                                "ranks serve it there (or use generate_collective on every rank)")
         request = self._prepare(prompts, n, sampling)
         self._bcast((_GENERATE, request))
-        out = self._run(request, to_all=False)
+        with self._awake():  # already awake inside on_rank0; a single process may call this directly
+            out = self._run(request, to_all=False)
         assert out is not None
         return out
 
@@ -395,7 +406,8 @@ class ColocatedDriver(RolloutDriver):
             raise error
         if isinstance(request, tuple):
             raise RolloutAbortedError(f"rank 0 rejected the generate request: {request[1]}")
-        return self._run(request, to_all=to_all)
+        with self._awake():
+            return self._run(request, to_all=to_all)
 
 
 def build_rollout_driver(

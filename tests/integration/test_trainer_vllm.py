@@ -1,4 +1,4 @@
-"""The whole trainer with colocated vLLM: ``torchrun --nproc_per_node 2 -m nemo_prorl.cli train`` in .venv-vllm.
+"""The whole trainer with colocated vLLM: ``torchrun ... -m nemo_prorl.cli train`` in .venv-vllm, 2 ranks.
 
 Both ranks host a Megatron TP=2 shard of the demo policy and a vLLM shard (``external_launcher``):
 rollout TP=1 (two vLLM data-parallel replicas, prompts sharded over them) and rollout TP=2 (one replica
@@ -30,8 +30,8 @@ OVERRIDES = [
     "trainer.max_steps=2", "trainer.prompts_per_step=4", "trainer.mini_batch_prompts=2", "rollout.n=4",
     "trainer.val_interval=2", "trainer.val_max_prompts=3", "trainer.val_n=2", "final_eval.enabled=false",
     "checkpoint.interval=0", "trainer.progress_bar=false", "logging.plots=false", "reset.at_steps=[]",
-    "reset.on_val_plateau=false", "rollout.backend=vllm", "rollout.enforce_eager=true", "rollout.dtype=float32",
-    "rollout.enable_sleep_mode=true", "policy.tensor_model_parallel_size=2",
+    "reset.on_val_plateau=false", "rollout.backend=vllm", "rollout.enforce_eager=true",
+    "rollout.dtype=float32", "rollout.enable_sleep_mode=true", "policy.tensor_model_parallel_size=2",
 ]
 
 
@@ -55,7 +55,9 @@ def test_trainer_with_colocated_vllm(tmp_path, rollout_tp):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     wall = time.perf_counter() - t0
-    assert proc.returncode == 0, f"rollout TP={rollout_tp} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"rollout TP={rollout_tp} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "event" not in r and "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
