@@ -330,6 +330,10 @@ class ColocatedDriver(RolloutDriver):
     def _awake(self) -> Iterator[None]:
         """Wake the engine for the outermost session and put it back to sleep after it."""
         if self.sleep_between and self._awake_depth == 0:
+            if torch.cuda.is_available():
+                # blocks the training step freed are still reserved by torch's caching allocator; hand them
+                # back so vLLM's own allocator can re-create the KV cache in them
+                torch.cuda.empty_cache()
             self.engine.wake()
         self._awake_depth += 1
         try:
