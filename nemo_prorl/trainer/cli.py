@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
             if "hf_export" in summary:
                 print(f"  final policy:  {summary['hf_export']} (HF format)")
             if "reward_first5" in summary:
-                print(f"  train reward:  {summary['reward_first5']:.3f} (mean of the first 5 steps) -> "
+                print(f"  train reward:  {summary['reward_first5']:.3f} (mean over all generated samples, first 5 steps) -> "
                       f"{summary['reward_last5']:.3f} (last 5)")
             if "passk" in summary:
                 curves = summary["passk"]["curves"]

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-CURVES = ("reward/mean", "val/reward/mean", "loss", "kl", "entropy", "response_length/mean",
-          "clip_frac/high", "clip_frac/low", "grad_norm", "dynamic_sampling/kept_frac",
+CURVES = ("reward/generated_mean", "reward/mean", "val/reward/mean", "loss", "kl", "entropy",
+          "response_length/mean", "clip_frac_high", "clip_frac_low", "grad_norm", "dynamic_sampling/rounds",
           "token_mult_prob_error", "time/step")
 
 

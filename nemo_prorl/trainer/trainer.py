@@ -329,8 +329,12 @@ class ProRLTrainer:
             round_idx += 1
         groups, stats = buf.pop_batch()
         bad = sum(r.status in ("error", "timeout") for r in all_results)
+        generated = [float(r.score) for r in all_results]
         metrics = {"time/generate": t_gen, "time/score": t_score,
-                   "reward/error_rate": bad / max(1, len(all_results))}
+                   "reward/error_rate": bad / max(1, len(all_results)),
+                   # mean over every generated sample, before dynamic sampling keeps the informative
+                   # groups (reward/mean is over the kept groups, which drifts toward 0.5 by design)
+                   "reward/generated_mean": sum(generated) / max(1, len(generated))}
         metrics.update(stats.as_metrics())
         if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
             failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results)
@@ -569,7 +573,7 @@ class ProRLTrainer:
                 record["time/step"] = time.time() - t_step
                 ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
                 record["tokens_per_s"] = ntok / max(record["time/step"], 1e-9)
-                self.reward_trace.append(record["reward/mean"])
+                self.reward_trace.append(record["reward/generated_mean"])
                 if self.logger:
                     self.logger.log(record)
                 if cause:
@@ -578,7 +582,7 @@ class ProRLTrainer:
                     self._log_samples(groups)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl']:.2e}",
+                    bar.set_postfix(reward=f"{record['reward/generated_mean']:.3f}", kl=f"{record['kl']:.2e}",
                                     loss=f"{record['loss']:.3f}")
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self._save("interval")
