@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
             if "hf_export" in summary:
                 print(f"  final policy:  {summary['hf_export']} (HF format)")
             if "reward_first5" in summary:
-                print(f"  train reward:  {summary['reward_first5']:.3f} (mean over all generated samples, first 5 steps) -> "
-                      f"{summary['reward_last5']:.3f} (last 5)")
+                first, last = summary["reward_first5"], summary["reward_last5"]
+                print(f"  train reward:  {first:.3f} (all generated samples, first 5 steps) -> {last:.3f} (last 5)")
             if "passk" in summary:
                 curves = summary["passk"]["curves"]
                 ks = sorted(int(k.split("@")[1]) for k in curves["final"]
