@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
                 print(f"  final policy:  {summary['hf_export']} (HF format)")
             if "reward_first5" in summary:
                 first, last = summary["reward_first5"], summary["reward_last5"]
-                print(f"  train reward:  {first:.3f} (all generated samples, first 5 steps) -> {last:.3f} (last 5)")
+                print(f"  train reward:  {first:.3f} (all samples, first 5 steps) -> {last:.3f} (last 5)")
             if "passk" in summary:
                 curves = summary["passk"]["curves"]
                 ks = sorted(int(k.split("@")[1]) for k in curves["final"]
