@@ -53,35 +53,8 @@ def to_json_value(value: Any, where: str = "metadata") -> Any:
 
 
 #: tasks whose scorer compares metadata grids as tuples of tuples; JSON turns them into lists.
-GRID_TASKS: dict[str, tuple[str, ...]] = {"arc_agi": ("input", "output"), "rearc": ("input", "output")}
-
-
-def _to_tuples(value: Any) -> Any:
-    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def restore_entry(task: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Undo the JSON conversion where a task's scorer depends on Python types.
-
-    ``arc_agi`` and ``rearc`` compare the parsed answer grid (a tuple of tuples) with
-    ``metadata["output"]``; after JSON that field is a list of lists and a correct answer would score
-    0.05. This turns those grids back into tuples. For every other task it returns a shallow copy.
-    Scorers of reasoning-gym rows read from JSON should call it before ``score_answer``.
-
-    Args:
-        task: the row's ``task``.
-        entry: the row's ``entry`` (``{"question", "answer", "metadata"}``).
-
-    """
-    out = dict(entry)
-    keys = GRID_TASKS.get(task)
-    if keys and isinstance(entry.get("metadata"), Mapping):
-        meta = dict(entry["metadata"])
-        for key in keys:
-            if isinstance(meta.get(key), list):
-                meta[key] = _to_tuples(meta[key])
-        out["metadata"] = meta
-    return out
+# restore_entry lives with the reward that needs it (reward workers must not import the data package)
+from nemo_prorl.rewards.rgym import GRID_TASKS, restore_entry  # noqa: E402,F401
 
 
 def _roundtrip(value: Any) -> Any:

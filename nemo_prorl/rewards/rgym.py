@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
@@ -68,6 +68,38 @@ OVERRIDES: dict[str, Callable[[str, dict], float]] = {
 GUARDS: dict[str, Callable[[str, dict], str | None]] = {
     "propositional_logic": _propositional_logic_guard,
 }
+
+
+
+GRID_TASKS: dict[str, tuple[str, ...]] = {"arc_agi": ("input", "output"), "rearc": ("input", "output")}
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def restore_entry(task: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Undo the JSON conversion where a task's scorer depends on Python types.
+
+    ``arc_agi`` and ``rearc`` compare the parsed answer grid (a tuple of tuples) with
+    ``metadata["output"]``; after JSON that field is a list of lists and a correct answer would score
+    0.05. This turns those grids back into tuples. For every other task it returns a shallow copy.
+    Scorers of reasoning-gym rows read from JSON should call it before ``score_answer``.
+
+    Args:
+        task: the row's ``task``.
+        entry: the row's ``entry`` (``{"question", "answer", "metadata"}``).
+
+    """
+    out = dict(entry)
+    keys = GRID_TASKS.get(task)
+    if keys and isinstance(entry.get("metadata"), Mapping):
+        meta = dict(entry["metadata"])
+        for key in keys:
+            if isinstance(meta.get(key), list):
+                meta[key] = _to_tuples(meta[key])
+        out["metadata"] = meta
+    return out
 
 
 @register_reward("reasoning_gym")
@@ -135,7 +167,7 @@ class ReasoningGymReward(Reward):
                 info["reason"] = reason
                 return RewardResult(0.0, "ok", info)
         try:
-            value = float(self._scorer(task)(answer, row["entry"]))
+            value = float(self._scorer(task)(answer, restore_entry(task, row["entry"])))
         except Exception as exc:
             info["reason"] = f"scorer of {task!r} raised {type(exc).__name__}: {exc}"[:500]
             return RewardResult(0.0, "error", info)

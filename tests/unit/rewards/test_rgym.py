@@ -93,3 +93,20 @@ def test_partial_credit_switch():
     assert 0.0 < partial.score < 1.0
     binary = ReasoningGymReward(partial_credit=False).score(f"<answer>{ans[:-1]}x</answer>", row)
     assert binary.score == 0.0 and binary.info["raw_score"] == partial.score
+
+
+def test_grid_tasks_score_correct_answers_after_json_roundtrip():
+    """arc_agi compares tuples of tuples; rows read from JSON carry lists, restored before scoring."""
+    import json
+
+    import reasoning_gym
+
+    from nemo_prorl.rewards.rgym import ReasoningGymReward
+
+    ds = reasoning_gym.create_dataset("arc_agi", size=2, seed=3)
+    reward = ReasoningGymReward()
+    for item in ds:
+        entry = json.loads(json.dumps(item, default=list))
+        row = {"domain": "reasoning_gym", "task": "arc_agi", "entry": entry}
+        res = reward.score(f"<answer>{item['answer']}</answer>", row)
+        assert res.status == "ok" and res.score == 1.0
