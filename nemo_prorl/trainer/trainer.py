@@ -208,7 +208,6 @@ class ProRLTrainer:
             "nonfinite_total": self.nonfinite_total,
             "val_history": self.val_history,
             "torch_rng": torch.get_rng_state().tolist(),
-            "python_rng": repr(random.getstate()),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
