@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from nemo_prorl.eval.passk import pass_at_k
+from nemo_prorl.eval.passk import pass_at_k_curve
 
 
 class InputError(ValueError):
@@ -85,16 +85,12 @@ def passk_main(argv: list[str]) -> int:
     except (InputError, OSError) as exc:
         print(f"nemo-prorl passk: {exc}", file=sys.stderr)
         return 2
-    result: dict[str, float] = {}
-    for k in args.k:
-        total = 0.0
-        for rid, n, c in rows:
-            if k > n:
-                print(f"nemo-prorl passk: {args.input}: row id={rid}: k={k} exceeds its n={n} samples",
-                      file=sys.stderr)
-                return 2
-            total += pass_at_k(n, c, k)
-        result[f"pass@{k}"] = total / len(rows)
+    for rid, n, _ in rows:
+        if max(args.k) > n:
+            print(f"nemo-prorl passk: {args.input}: row id={rid}: k={max(args.k)} exceeds its n={n} samples",
+                  file=sys.stderr)
+            return 2
+    result = pass_at_k_curve([(n, c) for _, n, c in rows], args.k)
     print(json.dumps(result))
     return 0
 
