@@ -391,6 +391,10 @@ def validate(cfg: ProRLConfig) -> None:
         raise ConfigError("model", f"{cfg.model_dir} is not an HF model directory (no config.json)")
     if not cfg.data.train_files:
         raise ConfigError("data.train_files", "no training files configured")
+    if cfg.reset.on_val_plateau and not (cfg.trainer.val_interval and cfg.data.val_files):
+        # the trigger reads validation results: without validation it would silently never fire
+        raise ConfigError("reset.on_val_plateau", "the validation trigger needs validation: set "
+                          "trainer.val_interval > 0 and data.val_files, or reset.on_val_plateau=false")
     if cfg.algorithm.advantage.estimator == "grpo":
         # the n in force in each phase (a phase without its own n uses rollout.n)
         used = [(f"phases[{i}].n", ph.n) if ph.n is not None else ("rollout.n", cfg.rollout.n)

@@ -179,3 +179,11 @@ def test_phase_mixture_temperature_and_phase_mixture_names_are_checked():
     cfg = load_config(None, [two, "phases=[{name: a, steps: 2, mixture: {reasoning_gym: 1}}]",
                              "data.phase_mixtures={a: {reasoning_gym: 1}}"])
     assert cfg.phases[0].mixture == {"reasoning_gym": 1}
+
+
+def test_val_plateau_trigger_needs_validation():
+    # the demo turns the plateau trigger on; with validation off it could never fire, so it is an error
+    assert _key_of(["trainer.val_interval=0"]) == "reset.on_val_plateau"
+    assert _key_of(["data.val_files=[]"]) == "reset.on_val_plateau"
+    cfg = load_config(None, ["trainer.val_interval=0", "reset.on_val_plateau=false"])
+    assert cfg.reset.on_val_plateau is False
