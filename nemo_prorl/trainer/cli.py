@@ -11,7 +11,12 @@ from nemo_prorl.algorithms.config import ConfigError
 
 
 def main(argv: list[str]) -> int:
-    """Run training; exit code 0 on success, 1 on a training abort, 2 on a bad config or data."""
+    """Run training; returns the exit code.
+
+    0: trained to ``trainer.max_steps``; 1: training aborted; 2: bad config or data; 3: stopped by a
+    preemption signal after a complete checkpoint (re-run the same command to resume; under Slurm rank 0
+    has asked for a requeue).
+    """
     ap = argparse.ArgumentParser(
         prog="nemo-prorl train",
         description="ProRL training. With no --config-name it runs the embedded default (tiny CPU demo).",
@@ -78,4 +83,7 @@ def main(argv: list[str]) -> int:
                         print(f"  pass@k {label:5s}: "
                               + "  ".join(f"@{k}={curves[label][f'pass@{k}']:.3f}" for k in ks))
                 print(f"  pass@k:        {run}/passk.json, {run}/plots/passk.png")
-    return 0
+            if summary.get("preempted"):
+                print(f"  preempted:     checkpoint saved; re-run the same command to resume"
+                      f"{' (Slurm requeue requested)' if summary.get('requeued') else ''}")
+    return 3 if summary.get("preempted") else 0

@@ -598,6 +598,8 @@ class ProRLTrainer:
             self._save("final")
         summary: dict[str, Any] = {"steps": self.step, "resets": self.resets.history, "preempted": preempted,
                                    "run_dir": str(self.run_dir)}
+        if preempted:
+            summary["requeued"] = self._requeue()
         if not preempted:
             summary["hf_export"] = str(self._export_hf())
         if len(self.reward_trace) >= 10:
@@ -608,6 +610,27 @@ class ProRLTrainer:
             final_pass = self._final_eval("final")
             summary["passk"] = self._write_passk(base_pass, final_pass)
         return summary
+
+    def _requeue(self) -> bool:
+        """After a signal's checkpoint: rank 0 asks Slurm to requeue the job (False outside Slurm).
+
+        The checkpoint is complete on every rank before this runs. Failure to requeue (no ``scontrol`` in
+        the container, job not requeueable) is logged, not raised: the checkpoint is safe, and the batch
+        scripts in ``examples/slurm`` requeue from the host in that case.
+        """
+        if _rank() != 0:
+            return False
+        from nemo_prorl.launch import RequeueError, request_slurm_requeue
+
+        try:
+            requeued = request_slurm_requeue()
+        except (RequeueError, OSError) as exc:
+            print(f"nemo-prorl train: could not requeue the Slurm job ({exc}); re-run the same command "
+                  f"with run_dir={self.run_dir} to resume", flush=True)
+            return False
+        if requeued:
+            self._event("requeue", job=os.environ.get("SLURM_JOB_ID", ""))
+        return requeued
 
     def _export_hf(self) -> Path:
         """Write the final policy as an HF checkpoint (safetensors + config + tokenizer) in ``run_dir/hf``."""
