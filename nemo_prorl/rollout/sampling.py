@@ -94,6 +94,41 @@ def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return idx
 
 
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose the next token of every row from given uniform numbers; return it and its log-prob.
+
+    The vectorised core of :func:`select_next_tokens`: a decoding loop that draws each row's uniform
+    numbers ahead of time (one per step, from the row's own generator) calls this once per step with a
+    single tensor instead of one generator call per row.
+
+    Args:
+        logits: raw next-token logits ``[B, V]``.
+        temperature: 0 for greedy, else > 0.
+        top_k: see :func:`process_logits`.
+        top_p: see :func:`process_logits`.
+        uniforms: ``[B]`` numbers in ``[0, 1)`` (ignored when greedy), on any device.
+
+    Returns:
+        ``(tokens [B] int64, logprobs [B] float32)``; the log-prob is taken from the distribution the
+        token was drawn from (see the module docstring).
+
+    """
+    if temperature == 0:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tokens = logits.argmax(dim=-1)
+    else:
+        processed = process_logits(logits, temperature, top_k, top_p)
+        logp = torch.log_softmax(processed, dim=-1)
+        tokens = draw_tokens(logp.exp(), uniforms.to(logits.device))
+    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
 def select_next_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -116,15 +151,7 @@ def select_next_tokens(
 
     """
     uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-    uniforms = uniforms.to(logits.device)  # generators live on CPU; logits may not
-    if temperature == 0:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tokens = logits.argmax(dim=-1)
-    else:
-        processed = process_logits(logits, temperature, top_k, top_p)
-        logp = torch.log_softmax(processed, dim=-1)
-        tokens = draw_tokens(logp.exp(), uniforms)
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return sample_tokens(logits, temperature, top_k, top_p, uniforms)
 
 
 def find_stop(text: str, stops: list[str], search_from: int = 0) -> int | None:
