@@ -16,9 +16,13 @@ defaults include gradient checkpointing and ``adamw_torch_fused``); a ``TrainerC
 optimizer step, and the generation phase is timed by wrapping the trainer's generate method.
 
 Ours (``--child ours``): the step loop the trainer runs, from the package's public pieces:
-``HFRolloutEngine.generate`` -> reward -> ``compute_advantages`` -> ``MegatronPolicy.logprobs`` (old
-log-probs) -> ``MegatronPolicy.train_step`` with ``prorl_loss`` (entropy computed, as the trainer does)
--> weight sync ``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
+``HFRolloutEngine.generate`` (the hand-written Llama-family decode step, ``decoder="auto"``) -> reward
+-> ``compute_advantages`` -> old log-probs by the trainer's rule ``skip_old_logprobs``: with one update
+per rollout batch (this benchmark) the separate ``MegatronPolicy.logprobs`` pass is skipped and the
+update's own log-probs, detached, are the old ones, as TRL does with ``num_iterations=1``
+(``--old-logprobs recompute`` forces the pass) -> ``MegatronPolicy.train_step`` with the trainer's
+``make_loss_fn`` (``prorl_loss``, entropy computed, rollout/trainer mismatch metric) -> weight sync
+``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
 
 The first ``--warmup`` steps are dropped; the rest give the per-process median s/step; the reported
 number is the median over ``--runs`` processes per side, interleaved.
@@ -170,12 +174,13 @@ def child_trl(args: argparse.Namespace) -> dict:
 def child_ours(args: argparse.Namespace) -> dict:
     import torch
 
-    from nemo_prorl.algorithms import AlgorithmConfig, compute_advantages, prorl_loss
+    from nemo_prorl.algorithms import AlgorithmConfig, compute_advantages
     from nemo_prorl.policy.interface import TokenBatch
     from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
     from nemo_prorl.policy.megatron.engine import MegatronPolicy
     from nemo_prorl.rollout.base import SamplingParams
     from nemo_prorl.rollout.hf_engine import HFRolloutEngine
+    from nemo_prorl.trainer.trainer import make_loss_fn, skip_old_logprobs
 
     torch.set_num_threads(args.threads)
     tok = build_tokenizer()
@@ -189,6 +194,7 @@ def child_ours(args: argparse.Namespace) -> dict:
     stages: dict[str, list[float]] = {k: [] for k in stage_names}
     steps: list[float] = []
     lengths: list[float] = []
+    mismatch: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
@@ -198,10 +204,8 @@ def child_ours(args: argparse.Namespace) -> dict:
         engine = HFRolloutEngine(model, tok, max_prompt_tokens=64, max_response_tokens=MAX_TOKENS,
                                  max_batch_size=PROMPTS_PER_STEP * N)
 
-        def loss_fn(lp, ent, micro, norm):  # noqa: ANN001
-            out = prorl_loss(lp, micro["old_logprobs"], micro["advantages"], micro["response_mask"], alg,
-                             entropy=ent, num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
-            return out.loss, {"entropy": out.metrics["entropy"]}
+        loss_fn = make_loss_fn(alg)
+        reuse = skip_old_logprobs(args.old_logprobs, 1, policy)  # one update per rollout batch
 
         for step in range(args.steps):
             t_start = time.perf_counter()
@@ -218,16 +222,23 @@ def child_ours(args: argparse.Namespace) -> dict:
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros(len(seqs), width)
+            rollout_lp = torch.zeros(len(seqs), width)
             for b, (seq, s) in enumerate(zip(seqs, out.samples)):
                 ids[b, : len(seq)] = torch.tensor(seq)
                 mask[b, len(s.prompt_token_ids) : len(seq)] = 1.0
+                rollout_lp[b, len(s.prompt_token_ids) : len(seq)] = s.logprobs
             batch = TokenBatch(ids, mask, {"advantages": adv})
             t2 = time.perf_counter()
-            old_lp, _ = policy.logprobs(batch)
-            batch.extras["old_logprobs"] = old_lp
+            if reuse:  # the train step's own log-probs are the old ones; mismatch measured there
+                batch.extras["rollout_logprobs"] = rollout_lp
+            else:
+                old_lp, _ = policy.logprobs(batch)
+                batch.extras["old_logprobs"] = old_lp
             t3 = time.perf_counter()
-            policy.train_step(batch, loss_fn, with_entropy=True)
+            metrics = policy.train_step(batch, loss_fn, with_entropy=True)
             t4 = time.perf_counter()
+            if reuse:
+                mismatch.append(metrics["token_mult_prob_error"])
             engine.update_weights(policy.export_hf_state_dict())
             t5 = time.perf_counter()
             steps.append(t5 - t_start)
@@ -237,7 +248,9 @@ def child_ours(args: argparse.Namespace) -> dict:
     keep = steps[args.warmup:]
     return {"variant": "ours", "torch": torch.__version__, "step_s": statistics.median(keep), "steps": keep,
             "stages": {k: statistics.median(v[args.warmup:]) for k, v in stages.items()},
-            "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average()}
+            "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average(),
+            "old_logprobs_reused": reuse,
+            "token_mult_prob_error": statistics.mean(mismatch) if mismatch else None}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -249,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="processes per side, interleaved")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--old-logprobs", choices=("auto", "recompute"), default="auto",
+                    help="ours: the trainer's trainer.old_logprobs rule (auto skips the redundant pass)")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -268,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in variants if v not in skipped]
     if skipped:
         print("bench_grpo_step: trl skipped: no .venv-bench (run benchmarks/setup_peers.sh)", file=sys.stderr)
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+              "--old-logprobs", args.old_logprobs]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
@@ -281,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
                      "prompts_per_step": PROMPTS_PER_STEP, "n": N, "max_tokens": MAX_TOKENS,
-                     "quick": args.quick},
+                     "quick": args.quick, "old_logprobs": args.old_logprobs},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():
@@ -292,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             "mean_completion_tokens": summary([x["mean_completion_tokens"] for x in rs
                                                if x.get("mean_completion_tokens") is not None]),
             "load_avg": summary([x["load_avg"] for x in rs]),
-            "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim") if k in rs[0]},
+            "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim",
+                                            "old_logprobs_reused", "token_mult_prob_error") if k in rs[0]},
         }
     if "ours" in runs and "trl" in runs:
         result["ratios"]["ours_speedup_vs_trl"] = (result["variants"]["trl"]["step_s"]["median"]

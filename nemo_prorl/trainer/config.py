@@ -26,6 +26,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PACKAGE_ROOT.parent / "conf"
 ASSETS = {"demo": PACKAGE_ROOT / "assets" / "demo"}
 DEFAULT_CONFIG = "demo"
+#: values of ``trainer.old_logprobs``
+OLD_LOGPROB_MODES = ("auto", "recompute")
 
 
 def _from_dict(cls, values: Any, where: str):
@@ -56,6 +58,13 @@ class TrainerConfig:
         mini_batch_prompts: prompts per optimizer update; ``prompts_per_step / mini_batch_prompts``
             updates per epoch (ProRL: 64, i.e. 4 updates per step).
         ppo_epochs: passes over the rollout batch per step (ProRL: 1).
+        old_logprobs: ``"auto"`` (default): when the rollout batch gets exactly one optimizer update
+            (``ppo_epochs == 1`` and ``mini_batch_prompts == prompts_per_step``) and the policy has no
+            dropout, skip the separate old-log-prob forward and use the update's own log-probs,
+            detached, as the old ones (they are the same numbers; the ratio is exactly 1).
+            ``token_mult_prob_error`` is then computed from the train step's log-probs, and the
+            step's ``old_logprobs_reused`` metric is 1. ``"recompute"``: always run the old-log-prob
+            forward before the updates.
         generation_prompts: prompts generated per dynamic-sampling round; ``None`` = prompts_per_step.
         val_interval: validate every this many steps (0 = never); also at step 0 when ``val_at_start``.
         val_at_start: validate the initial policy before training.
@@ -74,6 +83,7 @@ class TrainerConfig:
     prompts_per_step: int = 8
     mini_batch_prompts: int = 8
     ppo_epochs: int = 1
+    old_logprobs: str = "auto"
     generation_prompts: int | None = None
     val_interval: int = 0
     val_at_start: bool = True
@@ -96,6 +106,9 @@ class TrainerConfig:
             _pos_int(f"{p}.generation_prompts", self.generation_prompts)
         if self.val_max_prompts is not None:
             _pos_int(f"{p}.val_max_prompts", self.val_max_prompts)
+        if self.old_logprobs not in OLD_LOGPROB_MODES:
+            raise ConfigError(f"{p}.old_logprobs", f"expected one of {', '.join(OLD_LOGPROB_MODES)}, "
+                              f"got {self.old_logprobs!r}")
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ConfigError(f"{p}.mini_batch_prompts", f"{self.mini_batch_prompts} does not divide "
                               f"{p}.prompts_per_step={self.prompts_per_step}")

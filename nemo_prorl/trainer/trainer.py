@@ -3,7 +3,8 @@
 One step::
 
     prompts (data sampler) -> generate n each (rollout engine) -> score (reward pool) -> shape
-    -> dynamic sampling with refill -> group advantages -> old + reference log-probs (policy)
+    -> dynamic sampling with refill -> group advantages -> old + reference log-probs (policy; the
+    old ones are skipped when the batch gets one update, see skip_old_logprobs)
     -> ppo_epochs x mini-batch updates -> metrics -> validation every val_interval
     -> reset callback (reference + optimizer) -> checkpoint -> sync weights into the rollout engine
 
@@ -32,12 +33,77 @@ from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer, Dynami
 from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
-from nemo_prorl.trainer.config import ProRLConfig, config_to_dict
+from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
 from nemo_prorl.trainer.resets import ResetController
 
 #: metrics of the loss that are sums of globally normalised terms (already correct after the engine's sum)
-_NORMALISED = ("pg_loss", "kl_loss", "entropy")
+_NORMALISED = ("pg_loss", "kl_loss", "entropy", "token_mult_prob_error")
+
+
+def skip_old_logprobs(mode: str, updates_per_batch: int, policy: Any) -> bool:
+    """Whether the separate old-log-prob forward of a step is redundant and can be skipped.
+
+    The PPO ratio's "old" log-probs are those of the weights the rollout batch's first update starts
+    from. With exactly one optimizer update per rollout batch (``ppo_epochs == 1`` and a single
+    mini-batch) that is the weights the update's own forward runs with, so the old log-probs are the
+    train step's log-probs, detached (what TRL does with ``num_iterations=1``), provided the training
+    forward is the same function as the no-grad forward (``policy.train_forward_matches_logprobs``:
+    no dropout). The loss and its gradient are then those of the recompute path up to float rounding
+    (the ratio is exactly 1 instead of ``1 +- 1e-7``).
+
+    Args:
+        mode: ``trainer.old_logprobs``: ``"auto"`` (skip when redundant) or ``"recompute"`` (never skip).
+        updates_per_batch: optimizer updates this rollout batch gets (``ppo_epochs`` x mini-batches).
+        policy: the training engine; policies without ``train_forward_matches_logprobs`` never skip.
+
+    Returns:
+        True when the trainer should take the old log-probs from the train step.
+
+    """
+    if mode not in OLD_LOGPROB_MODES:
+        raise ValueError(f"trainer.old_logprobs must be one of {OLD_LOGPROB_MODES}, got {mode!r}")
+    return (mode == "auto" and updates_per_batch == 1
+            and bool(getattr(policy, "train_forward_matches_logprobs", False)))
+
+
+def make_loss_fn(alg: Any):
+    """The trainer's ``loss_fn`` for ``PolicyInterface.train_step``: :func:`prorl_loss` with metrics.
+
+    Micro-batch extras it reads: ``advantages``, ``old_logprobs`` (optional: when absent, the current
+    log-probs detached are used, see :func:`skip_old_logprobs`), ``ref_logprobs`` (optional) and
+    ``rollout_logprobs`` (optional: the rollout engine's per-token log-probs; when given, the metric
+    ``token_mult_prob_error`` -- mean over response tokens of ``exp(|rollout - current|)`` -- is
+    computed from the train step's log-probs).
+
+    Args:
+        alg: the :class:`~nemo_prorl.algorithms.config.AlgorithmConfig`.
+
+    """
+
+    def loss_fn(logprobs, entropy, micro, norm):
+        old = micro.get("old_logprobs")
+        if old is None:  # one update per rollout batch: the old policy is the current one
+            old = logprobs.detach()
+        out = prorl_loss(logprobs, old, micro["advantages"], micro["response_mask"],
+                         alg, ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
+                         num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
+        n_tokens = max(float(norm["num_tokens"]), 1.0)
+        share = micro["response_mask"].float().sum() / n_tokens
+        metrics = {}
+        for k, v in out.metrics.items():
+            if k in _NORMALISED or k.endswith("_max") or k.endswith("_min"):
+                metrics[k] = v
+            else:  # micro-batch means -> token-weighted share of the global mean
+                metrics[k] = v * share
+        if "rollout_logprobs" in micro:
+            with torch.no_grad():
+                mask = micro["response_mask"].float()
+                gap = (micro["rollout_logprobs"].float() - logprobs.detach()).abs() * mask
+                metrics["token_mult_prob_error"] = (torch.exp(gap) * mask).sum() / n_tokens
+        return out.loss, metrics
+
+    return loss_fn
 
 
 class TrainingError(RuntimeError):
@@ -381,22 +447,7 @@ class ProRLTrainer:
         return batch.slice(lo, lo + per)
 
     def _loss_fn(self):
-        alg = self.cfg.algorithm
-
-        def loss_fn(logprobs, entropy, micro, norm):
-            out = prorl_loss(logprobs, micro["old_logprobs"], micro["advantages"], micro["response_mask"],
-                             alg, ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
-                             num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
-            share = micro["response_mask"].float().sum() / max(float(norm["num_tokens"]), 1.0)
-            metrics = {}
-            for k, v in out.metrics.items():
-                if k in _NORMALISED or k.endswith("_max") or k.endswith("_min"):
-                    metrics[k] = v
-                else:  # micro-batch means -> token-weighted share of the global mean
-                    metrics[k] = v * share
-            return out.loss, metrics
-
-        return loss_fn
+        return make_loss_fn(self.cfg.algorithm)
 
     # -------------------------------------------------------------------------------------- step
     def _train_on(self, groups: list[Group]) -> dict[str, float]:
@@ -408,20 +459,28 @@ class ProRLTrainer:
         per_rank = full.batch_size // self.dp_size
         mine = (full.slice(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank) if self.dp_size > 1
                 else full)
-        old_lp, _ = self.policy.logprobs(mine)
+        seqs_per_mb = tc.mini_batch_prompts * self._n
+        n_updates = tc.ppo_epochs * -(-full.batch_size // seqs_per_mb)
+        reuse = skip_old_logprobs(tc.old_logprobs, n_updates, self.policy)
         # the reference pass runs even when kl.coef is 0: the KL to the reference is always reported
         ref_lp = self.policy.logprobs(mine, reference=True)[0]
         if self.dp_size > 1:
-            old_lp, ref_lp = self._gather_dp(old_lp), self._gather_dp(ref_lp)
-        full.extras["old_logprobs"] = old_lp.float()
+            ref_lp = self._gather_dp(ref_lp)
         full.extras["ref_logprobs"] = ref_lp.float()
+        token_mult = None
+        if reuse:  # old log-probs = the train step's own (see skip_old_logprobs); mismatch measured there
+            full.extras["rollout_logprobs"] = rollout_lp
+        else:
+            old_lp, _ = self.policy.logprobs(mine)
+            if self.dp_size > 1:
+                old_lp = self._gather_dp(old_lp)
+            full.extras["old_logprobs"] = old_lp.float()
+            mask = full.response_mask
+            mismatch = torch.exp((rollout_lp - old_lp).abs() * mask)
+            token_mult = float((mismatch * mask).sum() / mask.sum().clamp(min=1))
         t_lp = time.time() - t0
-        mask = full.response_mask
-        mismatch = torch.exp((rollout_lp - old_lp).abs() * mask)
-        token_mult = float((mismatch * mask).sum() / mask.sum().clamp(min=1))
 
         t0 = time.time()
-        seqs_per_mb = tc.mini_batch_prompts * self._n
         updates = []
         loss_fn = self._loss_fn()
         for _ in range(tc.ppo_epochs):
@@ -449,7 +508,9 @@ class ProRLTrainer:
             "kl": metrics.get("kl_loss", float("nan")),
             "entropy": metrics.get("entropy", float("nan")),
             "grad_norm": metrics.pop("grad_norm", float("nan")),
-            "token_mult_prob_error": token_mult,
+            "token_mult_prob_error": (metrics.pop("token_mult_prob_error", float("nan")) if token_mult is None
+                                      else token_mult),
+            "old_logprobs_reused": float(reuse),
             "time/logprobs": t_lp,
             "time/train": t_train,
             "num_updates": len(updates),

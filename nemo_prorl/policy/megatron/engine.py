@@ -217,6 +217,18 @@ class MegatronPolicy:
 
         finalize_model_grads(model, None, **kwargs)
 
+    @property
+    def train_forward_matches_logprobs(self) -> bool:
+        """Whether :meth:`train_step`'s forward computes the same log-probs as :meth:`logprobs`.
+
+        True when the model has no dropout (hidden and attention dropout 0), the only difference
+        between megatron's training and evaluation forward here. The trainer then may take the old
+        log-probs of a single-update step from the update itself
+        (:func:`nemo_prorl.trainer.trainer.skip_old_logprobs`).
+        """
+        cfg = self.model.config
+        return float(cfg.hidden_dropout) == 0.0 and float(cfg.attention_dropout) == 0.0
+
     # ------------------------------------------------------------------ parallel helpers
 
     @property
