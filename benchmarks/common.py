@@ -63,15 +63,19 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size in MB since the last :func:`reset_peak_rss` (``VmHWM``; else ``ru_maxrss``)."""
+    """Peak resident set size in MB since the last :func:`reset_peak_rss` (``VmHWM``; else ``ru_maxrss``).
+
+    Both are reported by Linux in KiB; converted to MB (1e6 bytes) like :func:`rss_mb`, so the two can
+    be subtracted.
+    """
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1e3
+                    return int(line.split()[1]) * 1024 / 1e6
     except (OSError, ValueError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def summary(values: list[float]) -> dict[str, float]:
