@@ -58,10 +58,11 @@ class HFRolloutEngine:
         eos_token_ids: tokens that end a sample; default: the tokenizer's EOS plus the model's
             ``generation_config.eos_token_id``.
         decoder: how decode steps run after the HF prefill. ``"llama"``: the hand-written step of
-            :class:`_LlamaDecoder` (Llama / Qwen2 / Qwen3 with full attention; about 2x fewer
-            operations per step than the HF forward on small models). ``"hf"``: the model's own
-            forward with a growing HF cache (any causal LM). ``"auto"`` (default): ``"llama"`` where
-            :func:`llama_decoder_unsupported` finds nothing against it, else ``"hf"``. Both give the
+            :class:`_LlamaDecoder` (Llama / Qwen2 / Qwen3 with full attention; on the GRPO-step
+            benchmark's 2-layer Qwen2, 32 x 32 tokens take 0.031 s instead of 0.048 s, 1 CPU thread).
+            ``"hf"``: the model's own forward with a growing HF cache (any causal LM). ``"auto"``
+            (default): ``"llama"`` where :func:`llama_decoder_unsupported` finds nothing against it,
+            else ``"hf"``. Both give the
             same log-probs up to float rounding (tested against a full teacher-forced forward).
 
     Raises:
