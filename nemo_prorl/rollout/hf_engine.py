@@ -62,8 +62,8 @@ class HFRolloutEngine:
             benchmark's 2-layer Qwen2, 32 x 32 tokens take 0.031 s instead of 0.048 s, 1 CPU thread).
             ``"hf"``: the model's own forward with a growing HF cache (any causal LM). ``"auto"``
             (default): ``"llama"`` where :func:`llama_decoder_unsupported` finds nothing against it,
-            else ``"hf"``. Both give the
-            same log-probs up to float rounding (tested against a full teacher-forced forward).
+            else ``"hf"``. Both give the same log-probs up to float rounding (tested against a full
+            teacher-forced forward).
 
     Raises:
         ValueError: the limits exceed the model's context (``max_position_embeddings``); an unknown
