@@ -132,3 +132,15 @@ def test_auto_falls_back_and_llama_refuses_unsupported(tok):
     with pytest.raises(ValueError, match="decoder must be 'auto', 'llama' or 'hf', got 'fast'"):
         HFRolloutEngine(build_tiny_model(tok), tok, max_prompt_tokens=8, max_response_tokens=8,
                         decoder="fast")
+
+
+def test_bf16_llama_decoder_matches_hf_decoder(tok, prompts):
+    """16-bit models attend through SDPA (fp32 softmax and P.V), like the HF forward's sdpa path."""
+    model = build_tiny_model(tok, seed=0).to(torch.bfloat16)
+    fast, ref = _pair(tok, model)
+    for sp in (SamplingParams(temperature=0.0, max_tokens=12), SamplingParams(temperature=1.0, max_tokens=12,
+                                                                              seed=1)):
+        a, b = fast.generate(prompts, 2, sp), ref.generate(prompts, 2, sp)
+        assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
+        for x, y in zip(a.samples, b.samples):
+            assert torch.allclose(x.logprobs, y.logprobs, atol=1e-2, rtol=0)
