@@ -316,6 +316,7 @@ def save_checkpoint(policy: MegatronPolicy, directory: str | Path, extra_state: 
             "use_distributed_optimizer": cfg.use_distributed_optimizer,
             "params_dtype": str(cfg.params_dtype),
             "steps_taken": int(policy.steps_taken),
+            "steps_since_optimizer_reset": int(policy.steps_since_optimizer_reset),
             "optimizer_sharding": _OPTIM_SHARDING,
         }
         _write_json(tmp / "metadata.json", metadata)
@@ -409,6 +410,9 @@ def load_checkpoint(
         # The optimizer's master copies must follow the loaded weights.
         policy.optimizer.reload_model_params()
     policy.steps_taken = int(metadata.get("steps_taken", 0))
+    # (older checkpoints lack the field: their optimizer was never reset after step 0)
+    policy.steps_since_optimizer_reset = (
+        int(metadata.get("steps_since_optimizer_reset", policy.steps_taken)) if load_optimizer else 0)
 
     rank, _ = _world()
     if _layout(policy) == {k: metadata.get(k) for k in _layout(policy)}:

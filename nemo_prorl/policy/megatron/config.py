@@ -37,7 +37,11 @@ class MegatronPolicyConfig:
             fixed-shape activations).
         params_dtype: ``"fp32"`` or ``"bf16"``. fp32 on CPU (CPU bf16 matmuls are slow and inexact);
             bf16 on GPU, where gradients are accumulated and the optimizer keeps master weights in fp32.
-        lr: learning rate (constant; ProRL uses 2e-6 for a 1.5B model).
+        lr: learning rate (constant after the warm-up; ProRL uses 2e-6 for a 1.5B model).
+        lr_warmup_steps: linear warm-up over this many optimizer steps (step ``i`` uses
+            ``lr * i / lr_warmup_steps``), restarted by every :meth:`reset_optimizer` (ProRL's hard reset):
+            Adam's first steps on zeroed moments move every weight by about ``lr`` in a direction set by
+            one noisy batch, which a small policy does not survive at a large ``lr``. 0 = off (the paper).
         weight_decay: AdamW decoupled weight decay (ProRL/verl default 0.01).
         adam_beta1: Adam first-moment decay.
         adam_beta2: Adam second-moment decay.
@@ -64,6 +68,7 @@ class MegatronPolicyConfig:
     micro_batch_size: int = 4
     params_dtype: str = "fp32"
     lr: float = 1e-6
+    lr_warmup_steps: int = 0
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -90,6 +95,10 @@ class MegatronPolicyConfig:
             "logprob_chunk_size",
         ):
             positive_int(name)
+        if isinstance(self.lr_warmup_steps, bool) or not isinstance(self.lr_warmup_steps, int) \
+                or self.lr_warmup_steps < 0:
+            raise ValueError(f"MegatronPolicyConfig.lr_warmup_steps must be an integer >= 0, "
+                             f"got {self.lr_warmup_steps!r}")
         if self.logprob_micro_batch_size is not None:
             positive_int("logprob_micro_batch_size")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

@@ -155,6 +155,8 @@ class MegatronPolicy:
         self.ref_model = self._build_reference(build_gpt_model, dtype)
         self.reset_reference()
         self.steps_taken = 0
+        #: optimizer steps since the optimizer was built or last reset (drives the lr warm-up)
+        self.steps_since_optimizer_reset = 0
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -544,12 +546,15 @@ class MegatronPolicy:
             self.optimizer.zero_grad()
             metrics.update(grad_norm=float("nan"), skipped_nonfinite=1.0)
             return metrics
+        self._set_lr(self.current_lr(self.steps_since_optimizer_reset + 1))
         update_ok, grad_norm, _ = self.optimizer.step()
         if not update_ok:
             raise FloatingPointError(
                 f"MegatronPolicy.train_step: optimizer step {self.steps_taken + 1} skipped"
             )
         self.steps_taken += 1
+        self.steps_since_optimizer_reset += 1
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["skipped_nonfinite"] = 0.0
         return metrics
@@ -612,6 +617,17 @@ class MegatronPolicy:
         for name, param in policy_params.items():
             ref_params[name].copy_(param.detach())
 
+    def current_lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (1-based, counted from the last optimizer reset)."""
+        warm = self.config.lr_warmup_steps
+        if warm and step < warm:
+            return self.config.lr * max(step, 1) / warm
+        return self.config.lr
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def reset_optimizer(self) -> None:
         """Zero Adam's moments and step counters in place (ProRL's hard optimizer reset).
 
@@ -628,6 +644,7 @@ class MegatronPolicy:
                         value.zero_()
                     elif isinstance(value, (int, float)):
                         state[key] = type(value)(0)
+        self.steps_since_optimizer_reset = 0  # the lr warm-up starts again
 
     # ------------------------------------------------------------------ weights and checkpoints
 

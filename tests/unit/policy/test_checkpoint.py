@@ -96,6 +96,7 @@ def test_round_trip_restores_everything(policy, tmp_path):
     policy.reset_reference()
     policy.train_step(_batch(2), _loss)
     saved_params, saved_opt = _params(policy), _opt_state(policy)
+    saved_since_reset = policy.steps_since_optimizer_reset  # the lr warm-up position
     saved_ref, _ = policy.logprobs(_batch(3), reference=True)
     extra = {"step": 3, "sampler": {"epoch": 0, "offset": 12}, "history": [1.5, 2.0]}
     ckpt = policy.save_checkpoint(C.checkpoint_path(tmp_path, 3), extra)
@@ -113,6 +114,7 @@ def test_round_trip_restores_everything(policy, tmp_path):
 
     assert policy.load_checkpoint(ckpt) == extra
     assert policy.steps_taken == 3
+    assert policy.steps_since_optimizer_reset == saved_since_reset > 0
     loaded = _params(policy)
     assert all(torch.equal(loaded[k], saved_params[k]) for k in saved_params)
     assert _same_opt_state(_opt_state(policy), saved_opt)

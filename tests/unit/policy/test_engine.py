@@ -280,6 +280,39 @@ def test_reset_reference_and_optimizer(policy):
     policy.reset_optimizer()
 
 
+def test_lr_warmup_ramps_and_restarts_after_an_optimizer_reset(policy):
+    """Step i of a warm-up over 4 uses lr * i / 4; a reset starts the ramp again."""
+    batch = _batch(9, rows=4)
+    start = _params(policy)
+    policy.config.lr_warmup_steps = 4
+    try:
+        policy.reset_optimizer()
+        lrs, first_move = [], None
+        for i in range(6):
+            before = _params(policy)
+            lrs.append(policy.train_step(batch, _pg)["lr"])
+            if i == 0:
+                first_move = _max_diff(_params(policy), before)
+        assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=1e-6)
+        # Adam's first step on zero moments moves a weight by ~lr (+ the tiny decoupled weight decay)
+        assert first_move == pytest.approx(2.5e-4, rel=0.02)
+        assert policy.steps_since_optimizer_reset == 6
+        policy.reset_optimizer()
+        assert policy.steps_since_optimizer_reset == 0
+        assert policy.train_step(batch, _pg)["lr"] == pytest.approx(2.5e-4, rel=1e-6)
+    finally:
+        policy.config.lr_warmup_steps = 0
+        _set_params(policy, start)
+        policy.reset_reference()
+        policy.reset_optimizer()
+    assert policy.current_lr(1) == policy.config.lr  # off: constant from the first step
+
+
+def test_config_rejects_a_negative_warmup():
+    with pytest.raises(ValueError, match="lr_warmup_steps"):
+        MegatronPolicyConfig(lr_warmup_steps=-1)
+
+
 def test_non_finite_loss_skips_the_update(policy):
     batch = _batch(6)
     start = _params(policy)
