@@ -203,6 +203,9 @@ class DynamicSamplingConfig:
     oversample: float = 1.0
     #: a group is "zero variance" when max(reward) - min(reward) <= tol.
     tol: float = 0.0
+    #: after max_rounds without a full batch: "error" stops the run (verl / NeMo-RL behaviour); "partial"
+    #: trains this step on the informative groups found (metric dynamic_sampling/partial = 1).
+    on_exhausted: str = "error"
 
     def validate(self, prefix: str = "algorithm.dynamic_sampling") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -211,6 +214,8 @@ class DynamicSamplingConfig:
         if _finite(f"{prefix}.oversample", self.oversample) < 1:
             raise ConfigError(f"{prefix}.oversample", f"must be >= 1 (got {self.oversample!r})")
         _nonneg(f"{prefix}.tol", self.tol)
+        if self.on_exhausted not in ("error", "partial"):
+            raise ConfigError(f"{prefix}.on_exhausted", f"must be 'error' or 'partial' (got {self.on_exhausted!r})")
 
 
 @dataclass

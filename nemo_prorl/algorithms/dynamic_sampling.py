@@ -80,6 +80,7 @@ class DynamicSamplingStats:
         groups_kept: groups that passed the filter (including extra ones cut later).
         groups_dropped: groups dropped for zero reward variance.
         groups_discarded: kept groups cut because the batch was already full.
+        partial: 1 when the step trains on a short batch (``max_rounds`` reached with ``partial_ok``).
 
     """
 
@@ -88,6 +89,7 @@ class DynamicSamplingStats:
     groups_kept: int = 0
     groups_dropped: int = 0
     groups_discarded: int = 0
+    partial: int = 0
 
     def as_metrics(self, prefix: str = "dynamic_sampling/") -> dict[str, float]:
         """Flat metric dict, e.g. ``{"dynamic_sampling/rounds": 2.0, ...}``."""
@@ -100,7 +102,7 @@ class DynamicSamplingBuffer(Generic[T]):
     Usage per training step::
 
         buf = DynamicSamplingBuffer(target_groups=256, max_rounds=10)
-        while not buf.full:
+        while not buf.ready:
             groups, rewards = generate_and_score(...)
             buf.add(groups, rewards)          # raises DynamicSamplingExhausted after max_rounds
         batch, stats = buf.pop_batch()
@@ -111,6 +113,9 @@ class DynamicSamplingBuffer(Generic[T]):
         enable: when False every group is kept (filtering off, same code path).
         tol: zero-variance tolerance, see :func:`has_reward_variance`.
         config_key: config key named in the exhaustion error.
+        partial_ok: after ``max_rounds`` rounds with at least one informative group, stop and let
+            :meth:`pop_batch` return the short batch instead of raising (no informative group still
+            raises).
 
     """
 
@@ -122,6 +127,7 @@ class DynamicSamplingBuffer(Generic[T]):
         enable: bool = True,
         tol: float = 0.0,
         config_key: str = MAX_ROUNDS_KEY,
+        partial_ok: bool = False,
     ) -> None:
         if isinstance(target_groups, bool) or not isinstance(target_groups, int) or target_groups < 1:
             raise ValueError(f"target_groups must be a positive integer (got {target_groups!r})")
@@ -132,6 +138,8 @@ class DynamicSamplingBuffer(Generic[T]):
         self.enable = enable
         self.tol = tol
         self.config_key = config_key
+        self.partial_ok = partial_ok
+        self.exhausted = False
         self._groups: list[T] = []
         self.stats = DynamicSamplingStats()
 
@@ -139,6 +147,11 @@ class DynamicSamplingBuffer(Generic[T]):
     def full(self) -> bool:
         """Whether the buffer holds at least ``target_groups`` groups."""
         return len(self._groups) >= self.target_groups
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`pop_batch` can be called: full, or exhausted with ``partial_ok``."""
+        return self.full or self.exhausted
 
     @property
     def num_groups(self) -> int:
@@ -161,7 +174,8 @@ class DynamicSamplingBuffer(Generic[T]):
             Number of groups kept from this round.
 
         Raises:
-            DynamicSamplingExhausted: when this was round ``max_rounds`` and the batch is still not full.
+            DynamicSamplingExhausted: when this was round ``max_rounds`` and the batch is still not full
+                (with ``partial_ok``: only when no informative group was found at all).
             ValueError: when the lengths disagree or a group has no rewards.
 
         """
@@ -177,6 +191,9 @@ class DynamicSamplingBuffer(Generic[T]):
         self.stats.groups_dropped += len(groups) - len(kept)
         self._groups.extend(kept)
         if not self.full and self.stats.rounds >= self.max_rounds:
+            if self.partial_ok and self._groups:
+                self.exhausted = True
+                return len(kept)
             s = self.stats
             raise DynamicSamplingExhausted(
                 f"dynamic sampling: only {len(self._groups)} of {self.target_groups} groups have non-zero "
@@ -194,17 +211,19 @@ class DynamicSamplingBuffer(Generic[T]):
             ``(groups, stats)`` for this step.
 
         Raises:
-            RuntimeError: when the buffer is not full yet.
+            RuntimeError: when the buffer is not :attr:`ready` yet.
 
         """
-        if not self.full:
+        if not self.ready:
             raise RuntimeError(
                 f"dynamic sampling buffer holds {len(self._groups)} of {self.target_groups} groups; "
                 "add more first"
             )
         batch = self._groups[: self.target_groups]
-        self.stats.groups_discarded = len(self._groups) - self.target_groups
+        self.stats.groups_discarded = len(self._groups) - len(batch)
+        self.stats.partial = int(len(batch) < self.target_groups)
         stats = self.stats
+        self.exhausted = False
         self._groups = []
         self.stats = DynamicSamplingStats()
         return batch, stats

@@ -340,13 +340,14 @@ class ProRLTrainer:
     def _collect(self) -> tuple[list[Group], dict[str, float]]:
         """Rank 0: generate + score rounds until dynamic sampling has a full batch."""
         cfg, tc = self.cfg, self.cfg.trainer
-        buf = DynamicSamplingBuffer(tc.prompts_per_step, cfg.algorithm.dynamic_sampling.max_rounds,
-                                    enable=cfg.algorithm.dynamic_sampling.enable)
+        ds = cfg.algorithm.dynamic_sampling
+        buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable,
+                                    partial_ok=ds.on_exhausted == "partial")
         t_gen = t_score = 0.0
         all_results = []
         all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
-        while not buf.full:
+        while not buf.ready:
             per_round = tc.generation_prompts or tc.prompts_per_step
             rows = [dict(r) for r in self.data.sampler.next_batch(per_round)]
             prompts = [self._tokenize(r) for r in rows]
@@ -393,6 +394,8 @@ class ProRLTrainer:
                 raise
             round_idx += 1
         groups, stats = buf.pop_batch()
+        if stats.partial:
+            groups = self._dp_divisible(groups)
         bad = sum(r.status in ("error", "timeout") for r in all_results)
         generated = [float(r.score) for r in all_results]
         metrics = {"time/generate": t_gen, "time/score": t_score,
@@ -434,6 +437,13 @@ class ProRLTrainer:
         adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
                                  self.cfg.algorithm.advantage)
         return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
+
+    def _dp_divisible(self, groups: list[Group]) -> list[Group]:
+        """A short (partial) batch trimmed so its last mini-batch still splits over the DP ranks."""
+        seqs_per_mb = self.cfg.trainer.mini_batch_prompts * self._n
+        while len(groups) > 1 and (len(groups) * self._n % seqs_per_mb) % self.dp_size:
+            groups = groups[:-1]
+        return groups
 
     def _dp_slice(self, batch, start: int, stop: int):
         """The share of sequences ``start:stop`` that this data-parallel rank trains on."""

@@ -113,6 +113,22 @@ def test_dynamic_sampling_exhaustion_aborts_with_exit_1(tmp_path, capsys):
     assert "aborted: dynamic sampling" in err and "algorithm.dynamic_sampling.max_rounds" in err
 
 
+def test_dynamic_sampling_on_exhausted_partial_trains_on_the_groups_found(tmp_path):
+    # 2 rollouts per prompt of a ~15%-accurate base: few groups vary, so one round never fills 8 groups
+    run = tmp_path / "run"
+    rc = cli_main(["train", *TINY, f"run_dir={run}", "rollout.n=2", "trainer.prompts_per_step=8",
+                   "trainer.mini_batch_prompts=8", "algorithm.dynamic_sampling.max_rounds=2",
+                   "algorithm.dynamic_sampling.on_exhausted=partial", "trainer.max_steps=2"])
+    assert rc == 0
+    steps = [r for r in _lines(run) if "event" not in r and "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    short = [r for r in steps if r["dynamic_sampling/partial"] == 1.0]
+    assert short, "expected at least one short batch"
+    for r in short:
+        kept = r["dynamic_sampling/groups_kept"]
+        assert 1 <= kept < 8 and r["num_seqs"] == 2 * kept and r["dynamic_sampling/rounds"] == 2
+
+
 def _demo_rows(n: int) -> list[dict]:
     from nemo_prorl.trainer.config import ASSETS
 

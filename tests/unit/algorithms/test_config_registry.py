@@ -61,6 +61,8 @@ def test_defaults_are_prorl_and_valid():
         ("algorithm.advantage.eps", lambda c: setattr(c.advantage, "eps", 0.0)),
         ("algorithm.dynamic_sampling.max_rounds", lambda c: setattr(c.dynamic_sampling, "max_rounds", 0)),
         ("algorithm.dynamic_sampling.oversample", lambda c: setattr(c.dynamic_sampling, "oversample", 0.5)),
+        ("algorithm.dynamic_sampling.on_exhausted",
+         lambda c: setattr(c.dynamic_sampling, "on_exhausted", "skip")),
         (
             "algorithm.reward_shaping.stop_properly_penalty_coef",
             lambda c: setattr(c.reward_shaping, "stop_properly_penalty_coef", -1.0),

@@ -68,6 +68,29 @@ def test_exhaustion_raises_with_counts_and_key():
     assert "4 groups generated, 3 dropped" in msg and "algorithm.dynamic_sampling.max_rounds" in msg
 
 
+def test_partial_ok_hands_over_a_short_batch_after_max_rounds():
+    buf = DynamicSamplingBuffer(target_groups=4, max_rounds=2, partial_ok=True)
+    assert buf.add(["a", "b"], [[1, 1], [0, 1]]) == 1 and not buf.ready
+    assert buf.add(["c", "d"], [[0, 1], [0, 0]]) == 1
+    assert buf.ready and not buf.full and buf.exhausted
+    batch, stats = buf.pop_batch()
+    assert batch == ["b", "c"]
+    assert stats.partial == 1 and stats.rounds == 2 and stats.groups_dropped == 2 and stats.groups_discarded == 0
+    assert stats.as_metrics()["dynamic_sampling/partial"] == 1.0
+    # the buffer starts the next step clean, and a full batch reports partial 0
+    assert not buf.exhausted and not buf.ready
+    buf.add(["e", "f", "g", "h", "i"], [[0, 1]] * 5)
+    batch, stats = buf.pop_batch()
+    assert batch == ["e", "f", "g", "h"] and stats.partial == 0 and stats.groups_discarded == 1
+
+
+def test_partial_ok_still_raises_when_no_group_is_informative():
+    buf = DynamicSamplingBuffer(target_groups=2, max_rounds=2, partial_ok=True)
+    buf.add(["a"], [[1, 1]])
+    with pytest.raises(DynamicSamplingExhausted, match="only 0 of 2 groups"):
+        buf.add(["b"], [[0, 0]])
+
+
 def test_disabled_keeps_everything():
     buf = DynamicSamplingBuffer(target_groups=2, max_rounds=1, enable=False)
     buf.add(["a", "b"], [[1, 1], [0, 0]])
