@@ -215,7 +215,8 @@ class DynamicSamplingConfig:
             raise ConfigError(f"{prefix}.oversample", f"must be >= 1 (got {self.oversample!r})")
         _nonneg(f"{prefix}.tol", self.tol)
         if self.on_exhausted not in ("error", "partial"):
-            raise ConfigError(f"{prefix}.on_exhausted", f"must be 'error' or 'partial' (got {self.on_exhausted!r})")
+            raise ConfigError(f"{prefix}.on_exhausted",
+                              f"must be 'error' or 'partial' (got {self.on_exhausted!r})")
 
 
 @dataclass
