@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--check-every", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=1500)
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size (4 heads, 2 KV heads, MLP 4x)")
+    ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -150,8 +152,9 @@ def main() -> None:
             fh.write(json.dumps(to_row(it, f"chain_sum-val-{i}")) + "\n")
 
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0,
+        vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=128, rope_theta=10000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, torch_dtype="float32",
     )
