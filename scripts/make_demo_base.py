@@ -6,14 +6,16 @@ competence, so this script supervised-fine-tunes a tiny random Qwen2 model on go
 early, as soon as its sampled accuracy on held-out problems reaches ``--target-acc``: enough signal for
 GRPO, lots of room to improve.
 
-Two choices make the warm start a good RL starting point (measured, see docs/demo.md):
+Three choices make the warm start a good RL starting point (measured, see docs/demo.md):
 
 * the prompt is the bare expression (``42 - 25 =``); reasoning-gym's constant preamble ("State the final
   answer to the following arithmetic problem:") stays in the row's ``entry`` for the scorer. With the
-  preamble the 4-layer model learns the task slowly and evenly; without it, supervised training shows a
+  preamble the tiny model learns the task slowly and evenly; without it, supervised training shows a
   sharp rise (sampled accuracy about 0.1 -> 0.8 within a few hundred steps);
 * SFT stops at the start of that rise, so RL continues a learning process that is under way instead of
-  pushing a model stuck on a plateau.
+  pushing a model stuck on a plateau;
+* the model is wide and shallow (2 layers, hidden 256): a 4-layer, hidden-128 model sharpened its guesses
+  under RL (pass@16 fell below the base's), the wider one learns the task and stays fast on CPU.
 
 Everything is generated here, offline and deterministically (seeded):
 
@@ -120,8 +122,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--check-every", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=1500)
-    ap.add_argument("--hidden", type=int, default=128, help="hidden size (4 heads, 2 KV heads, MLP 4x)")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256, help="hidden size (4 heads, 2 KV heads, MLP 4x)")
+    ap.add_argument("--layers", type=int, default=2)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -189,7 +191,8 @@ def main() -> None:
     model.save_pretrained(out, safe_serialization=True)
     meta = {"task": TASK, "task_config": TASK_CONFIG, "prompt_template": PROMPT_TEMPLATE, "sft_steps": step,
             "sft_sampled_acc_heldout": acc, "sft_check_prompts": len(check), "sft_lr": args.lr,
-            "sft_warmup": args.warmup, "seed": args.seed, "rl_rows": len(rl), "val_rows": len(val),
+            "sft_warmup": args.warmup, "hidden": args.hidden, "layers": args.layers,
+            "seed": args.seed, "rl_rows": len(rl), "val_rows": len(val),
             "made_by": "scripts/make_demo_base.py"}
     (out / "demo_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta), f"{time.time() - t0:.0f}s")

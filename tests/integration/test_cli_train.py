@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from nemo_prorl.cli import main as cli_main
@@ -162,5 +163,7 @@ def test_reward_errors_abort_with_the_failing_rows(tmp_path, capsys):
                    "trainer.max_steps=1"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "reward error/timeout rate 100.0% above rewards.max_error_rate=0.05" in err
+    # every scored sample errors; a response without an <answer> tag scores 0 without the scorer
+    rate = re.search(r"reward error/timeout rate ([0-9.]+)% above rewards.max_error_rate=0.05", err)
+    assert rate and float(rate.group(1)) >= 90.0
     assert "no group had reward variance" in err and '"broken-chain_sum-train-' in err
