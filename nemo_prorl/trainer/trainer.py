@@ -67,6 +67,19 @@ def skip_old_logprobs(mode: str, updates_per_batch: int, policy: Any) -> bool:
             and bool(getattr(policy, "train_forward_matches_logprobs", False)))
 
 
+def dp_divisible_groups(num_groups: int, n: int, mini_batch_prompts: int, dp_size: int) -> int:
+    """Groups a short batch keeps so that its last, partial mini-batch splits over the DP ranks.
+
+    ``num_groups`` groups of ``n`` samples, mini-batches of ``mini_batch_prompts`` groups. Drops groups
+    from the end, never below one (a single group that cannot split is left for the trainer's DP check
+    to name). Full mini-batches split by the config's own divisibility rule.
+    """
+    seqs_per_mb = mini_batch_prompts * n
+    while num_groups > 1 and (num_groups * n % seqs_per_mb) % dp_size:
+        num_groups -= 1
+    return num_groups
+
+
 def make_loss_fn(alg: Any):
     """The trainer's ``loss_fn`` for ``PolicyInterface.train_step``: :func:`prorl_loss` with metrics.
 
@@ -394,8 +407,8 @@ class ProRLTrainer:
                 raise
             round_idx += 1
         groups, stats = buf.pop_batch()
-        if stats.partial:
-            groups = self._dp_divisible(groups)
+        if stats.partial:  # a short batch: its last mini-batch must still split over the DP ranks
+            groups = groups[:dp_divisible_groups(len(groups), self._n, tc.mini_batch_prompts, self.dp_size)]
         bad = sum(r.status in ("error", "timeout") for r in all_results)
         generated = [float(r.score) for r in all_results]
         metrics = {"time/generate": t_gen, "time/score": t_score,
@@ -437,13 +450,6 @@ class ProRLTrainer:
         adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
                                  self.cfg.algorithm.advantage)
         return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
-
-    def _dp_divisible(self, groups: list[Group]) -> list[Group]:
-        """A short (partial) batch trimmed so its last mini-batch still splits over the DP ranks."""
-        seqs_per_mb = self.cfg.trainer.mini_batch_prompts * self._n
-        while len(groups) > 1 and (len(groups) * self._n % seqs_per_mb) % self.dp_size:
-            groups = groups[:-1]
-        return groups
 
     def _dp_slice(self, batch, start: int, stop: int):
         """The share of sequences ``start:stop`` that this data-parallel rank trains on."""
