@@ -161,7 +161,9 @@ class KLConfig:
     coef: float = 1e-4
     #: estimator of KL(pi || pi_ref) per token: k1 (log-ratio), k2 (half squared log-ratio), k3 (ProRL).
     estimator: str = "k3"
-    #: where the penalty goes: ``loss`` (ProRL, verl use_kl_loss) or ``reward`` (subtracted from rewards).
+    #: where the penalty goes: ``loss`` (ProRL, verl use_kl_loss) or ``reward`` (subtracted from rewards by
+    #: :func:`~nemo_prorl.algorithms.kl.kl_reward_penalty`, a library function: the trainer applies the KL
+    #: in the loss only and refuses ``reward`` with a non-zero ``coef``).
     where: str = "loss"
     #: clamp of the log-ratio ``logp - ref_logp`` to [-v, v] before the estimator (NeMo-RL 20); null = off.
     input_clamp: float | None = 20.0
@@ -199,9 +201,11 @@ class DynamicSamplingConfig:
     enable: bool = True
     #: generation rounds per step before giving up with DynamicSamplingExhausted (verl/NeMo-RL 10).
     max_rounds: int = 10
-    #: prompts generated per round as a multiple of the prompts per step (NeMo-RL batch_multiplier); >= 1.
+    #: prompts generated per round: ceil(oversample * trainer.prompts_per_step) (NeMo-RL batch_multiplier;
+    #: the same number in every round of a step); >= 1. Exclusive with ``trainer.generation_prompts``.
     oversample: float = 1.0
-    #: a group is "zero variance" when max(reward) - min(reward) <= tol.
+    #: a group is "zero variance" when max(reward) - min(reward) <= tol, on the shaped rewards the
+    #: advantages are computed from (a kept group never has all-zero advantages).
     tol: float = 0.0
     #: after max_rounds without a full batch: "error" stops the run (verl / NeMo-RL behaviour); "partial"
     #: trains this step on the informative groups found (metric dynamic_sampling/partial = 1).
@@ -232,7 +236,8 @@ class RewardShapingConfig:
     overlong_buffer_len: int = 4096
     #: penalty at the length limit (DAPO 1.0).
     overlong_penalty_factor: float = 1.0
-    #: the maximum response length the ramp ends at; must be set when ``overlong_enable`` is true.
+    #: the maximum response length the ramp ends at; null (recommended) = the ``max_response_tokens`` in
+    #: force, i.e. each phase's; when set, the trainer refuses a phase whose limit differs.
     max_response_len: int | None = None
 
     def validate(self, prefix: str = "algorithm.reward_shaping") -> None:
@@ -248,9 +253,7 @@ class RewardShapingConfig:
             raise ConfigError(
                 f"{prefix}.overlong_buffer_len", f"must be >= 1 (got {self.overlong_buffer_len!r})"
             )
-        if self.overlong_enable:
-            if self.max_response_len is None:
-                raise ConfigError(f"{prefix}.max_response_len", "must be set when overlong_enable is true")
+        if self.overlong_enable and self.max_response_len is not None:
             if _int(f"{prefix}.max_response_len", self.max_response_len) <= self.overlong_buffer_len:
                 raise ConfigError(
                     f"{prefix}.max_response_len",

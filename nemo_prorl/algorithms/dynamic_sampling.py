@@ -5,13 +5,17 @@ policy-gradient signal. :class:`DynamicSamplingBuffer` keeps the other groups ac
 rounds until it holds ``target_groups`` of them, cuts the extra, and gives up with
 :class:`DynamicSamplingExhausted` after ``max_rounds`` rounds without a full batch.
 
-Groups are opaque payloads (the trainer stores its samples in them); only their rewards are read.
+Groups are opaque payloads (the trainer stores its samples in them); only their rewards are read. The
+trainer passes the *shaped* rewards, the ones its advantages are computed from: a group whose task
+rewards differ but whose shaped rewards are equal (e.g. every response truncated under a stop-properly
+coefficient of 0) has all-zero advantages and is dropped, and a kept group always has some signal.
 Single-response groups are dropped too (their variance is zero; GRPO gives them advantage 0), unlike
 verl, which keeps them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -38,6 +42,19 @@ def _as_list(rewards: Sequence[float] | torch.Tensor, index: int) -> list[float]
     if not values:
         raise ValueError(f"group {index} has no rewards")
     return values
+
+
+def prompts_per_round(prompts_per_step: int, oversample: float) -> int:
+    """Prompts generated in each round of a step: ``ceil(oversample * prompts_per_step)``.
+
+    NeMo-RL's ``batch_multiplier`` (ProRL v2 uses 1.5): every round generates the same number, so a round
+    that keeps the usual share of informative groups fills the batch in one go.
+    """
+    if isinstance(prompts_per_step, bool) or not isinstance(prompts_per_step, int) or prompts_per_step < 1:
+        raise ValueError(f"prompts_per_step must be a positive integer (got {prompts_per_step!r})")
+    if not oversample >= 1:
+        raise ValueError(f"algorithm.dynamic_sampling.oversample must be >= 1 (got {oversample!r})")
+    return math.ceil(oversample * prompts_per_step - 1e-9)
 
 
 def has_reward_variance(rewards: Sequence[float] | torch.Tensor, tol: float = 0.0) -> bool:
@@ -168,7 +185,7 @@ class DynamicSamplingBuffer(Generic[T]):
 
         Args:
             groups: one payload per group.
-            rewards_per_group: ``[G][n_g]`` rewards of each group (the unshaped task reward is usual).
+            rewards_per_group: ``[G][n_g]`` rewards of each group (the trainer passes the shaped ones).
 
         Returns:
             Number of groups kept from this round.

@@ -89,7 +89,8 @@ def shape_rewards(
             raise ValueError("response lengths are required when overlong_enable is true")
         if cfg.max_response_len is None:
             raise ValueError(
-                "algorithm.reward_shaping.max_response_len must be set when overlong_enable is true"
+                "reward_shaping.max_response_len must be set when overlong_enable is true (the trainer "
+                "sets it to the phase's max_response_tokens: trainer.preflight.shaping_for_phase)"
             )
         if lengths.shape != rewards.shape:
             raise ValueError(

@@ -312,8 +312,11 @@ def _resolve_paths(values: list[str]) -> list[str]:
     return [str(ASSETS["demo"] / v.split(":", 1)[1]) if v.startswith("demo:") else v for v in values]
 
 
-def build_config(raw: dict[str, Any]) -> ProRLConfig:
+def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLConfig:
     """Validate a plain dict (composed YAML + overrides) into a :class:`ProRLConfig`.
+
+    ``require_model=False`` (the dry run) accepts a model directory without ``config.json`` when its
+    name is in :data:`nemo_prorl.trainer.preflight.KNOWN_ARCHS`.
 
     Raises:
         ConfigError / ValueError: naming the offending key, before anything is built.
@@ -358,12 +361,17 @@ def build_config(raw: dict[str, Any]) -> ProRLConfig:
     if fe.get("files"):
         fe["files"] = _resolve_paths(list(fe["files"]))
     cfg.final_eval = _from_dict(FinalEvalConfig, fe, "final_eval")
-    validate(cfg)
+    validate(cfg, require_model=require_model)
     return cfg
 
 
-def validate(cfg: ProRLConfig) -> None:
-    """Cross-section checks (each section validated itself already)."""
+def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | None = None) -> None:
+    """Cross-section checks (each section validated itself already), then the phases.
+
+    Every phase is checked against the rollout engine, the model's positions, reward shaping and the
+    batch layout (:mod:`nemo_prorl.trainer.preflight`); the data-parallel split for ``world_size``, by
+    default the launch's ``WORLD_SIZE``.
+    """
     cfg.trainer.validate()
     cfg.reset.validate()
     cfg.checkpoint.validate()
@@ -400,8 +408,18 @@ def validate(cfg: ProRLConfig) -> None:
     if cfg.phases and total < cfg.trainer.max_steps:
         raise ConfigError("phases", f"phases add up to {total} steps, fewer than "
                           f"trainer.max_steps={cfg.trainer.max_steps}")
-    if not cfg.model_dir.joinpath("config.json").is_file():
+    from nemo_prorl.trainer import preflight
+
+    if require_model and not cfg.model_dir.joinpath("config.json").is_file():
         raise ConfigError("model", f"{cfg.model_dir} is not an HF model directory (no config.json)")
+    try:
+        arch = preflight.load_model_arch(cfg.model_dir)
+    except (ValueError, OSError) as exc:
+        raise ConfigError("model", str(exc)) from None
+    if arch is None:
+        raise ConfigError("model", f"{cfg.model_dir} has no config.json and is not a known model name "
+                          f"({', '.join(sorted(preflight.KNOWN_ARCHS))}); pass model=PATH to a HF model "
+                          "directory (only its config.json is read by a dry run)")
     if not cfg.data.train_files:
         raise ConfigError("data.train_files", "no training files configured")
     if cfg.reset.on_val_plateau and not (cfg.trainer.val_interval and cfg.data.val_files):
@@ -415,6 +433,8 @@ def validate(cfg: ProRLConfig) -> None:
         for key, n in used:
             if n < 2:
                 raise ConfigError(key, f"GRPO needs at least 2 rollouts per prompt, got {n}")
+    world = world_size if world_size is not None else preflight.world_size_from_env()
+    preflight.check_recipe(cfg, arch, world)
 
 
 def compose(config_name: str | None, overrides: list[str], config_dir: str | None = None) -> dict[str, Any]:

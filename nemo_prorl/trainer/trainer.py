@@ -29,12 +29,22 @@ from typing import Any
 import torch
 
 from nemo_prorl.algorithms.advantages import compute_advantages
-from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer, DynamicSamplingExhausted
+from nemo_prorl.algorithms.dynamic_sampling import (
+    DynamicSamplingBuffer,
+    DynamicSamplingExhausted,
+    prompts_per_round,
+)
 from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
+from nemo_prorl.trainer.preflight import (
+    check_phase_batches,
+    engine_rollout_config,
+    phase_plans,
+    shaping_for_phase,
+)
 from nemo_prorl.trainer.resets import ResetController
 
 #: metrics of the loss that are sums of globally normalised terms (already correct after the engine's sum)
@@ -184,7 +194,7 @@ class ProRLTrainer:
         self._n = cfg.rollout.n
         self._temperature = cfg.rollout.temperature
         self._max_response = cfg.rollout.max_response_tokens
-        self._shaping = cfg.algorithm.reward_shaping
+        self._shaping = shaping_for_phase(cfg.algorithm.reward_shaping, {}, cfg.rollout.max_response_tokens)
         self.engine = None
         self.pool = None
         self.logger: MetricsLogger | None = None
@@ -235,11 +245,14 @@ class ProRLTrainer:
                                          seed=cfg.policy.seed)
         self.policy = MegatronPolicy(cfg.model_dir, policy_cfg)
         self.dp_rank, self.dp_size = self._dp()
+        for plan in phase_plans(cfg):  # every phase's mini-batches split over the actual DP ranks
+            check_phase_batches(plan, cfg, self.dp_size)
         # The rollout driver (a RolloutEngine on every rank): hf = one engine on rank 0; vllm = an engine on
         # every rank (colocated), driven from rank-0 code through self.engine.on_rank0 (rollout_driver.py).
         from nemo_prorl.trainer.rollout_driver import build_rollout_driver
 
-        self.engine = build_rollout_driver(cfg.rollout, str(cfg.model_dir), self.tokenizer)
+        # sized once for the longest response of any phase (vLLM fixes max_model_len at start-up)
+        self.engine = build_rollout_driver(engine_rollout_config(cfg), str(cfg.model_dir), self.tokenizer)
         self.pool = RewardPool(cfg.rewards) if _rank() == 0 else None
         resume_step = self._maybe_resume()
         if resume_step is None:
@@ -326,7 +339,8 @@ class ProRLTrainer:
         self._n = phase.n or r.n
         self._temperature = r.temperature if phase.temperature is None else phase.temperature
         self._max_response = phase.max_response_tokens or r.max_response_tokens
-        self._shaping = dataclasses.replace(self.cfg.algorithm.reward_shaping, **phase.reward_shaping)
+        self._shaping = shaping_for_phase(self.cfg.algorithm.reward_shaping, phase.reward_shaping,
+                                          self._max_response)
         self.policy.config.temperature = float(self._temperature or 1.0)
         weights = phase.mixture if phase.mixture is not None else self.cfg.data.weights_for_phase(phase.name)
         self.data.sampler.set_weights(weights)
@@ -354,14 +368,14 @@ class ProRLTrainer:
         """Rank 0: generate + score rounds until dynamic sampling has a full batch."""
         cfg, tc = self.cfg, self.cfg.trainer
         ds = cfg.algorithm.dynamic_sampling
-        buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable,
+        buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable, tol=ds.tol,
                                     partial_ok=ds.on_exhausted == "partial")
         t_gen = t_score = 0.0
         all_results = []
         all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
         while not buf.ready:
-            per_round = tc.generation_prompts or tc.prompts_per_step
+            per_round = tc.generation_prompts or prompts_per_round(tc.prompts_per_step, ds.oversample)
             rows = [dict(r) for r in self.data.sampler.next_batch(per_round)]
             prompts = [self._tokenize(r) for r in rows]
             t0 = time.time()
@@ -391,7 +405,7 @@ class ProRLTrainer:
                 )
                 groups.append(Group(row, prompts[i], samples, raw.tolist(), shaped.tolist(),
                                     [r.status for r in res]))
-                rewards.append(raw.tolist())
+                rewards.append(shaped.tolist())  # filter on what the advantages are computed from
             try:
                 buf.add(groups, rewards)
             except DynamicSamplingExhausted as exc:

@@ -69,7 +69,8 @@ def test_defaults_are_prorl_and_valid():
         ),
         (
             "algorithm.reward_shaping.max_response_len",
-            lambda c: setattr(c.reward_shaping, "overlong_enable", True),
+            lambda c: (setattr(c.reward_shaping, "overlong_enable", True),
+                       setattr(c.reward_shaping, "max_response_len", 4096)),
         ),
         ("algorithm.loss.clip_high", lambda c: setattr(c.loss, "clip_high", float("nan"))),
     ],

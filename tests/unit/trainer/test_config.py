@@ -37,8 +37,17 @@ def test_paper_recipe_composes_and_validates():
     with pytest.raises(ConfigError) as ei:
         build_config(raw)
     assert ei.value.key == "model"
+    # the demo model has 128 positions: the recipe's first phase (1024 + 8192 tokens) cannot run on it
     raw["model"] = "demo"
-    cfg = build_config(raw)
+    with pytest.raises(ConfigError) as ei:
+        build_config(raw)
+    assert ei.value.key == "rollout.max_response_tokens"
+    assert "max_position_embeddings 128" in str(ei.value)
+    # the dry run reads the 1.5B architecture from the built-in table (no weights on this machine)
+    raw["model"] = "checkpoints/DeepSeek-R1-Distill-Qwen-1.5B"
+    cfg = build_config(raw, require_model=False)
+    assert cfg.algorithm.loss.dual_clip == pytest.approx(3.0)
+    assert cfg.algorithm.dynamic_sampling.oversample == pytest.approx(1.5)
     assert cfg.algorithm.loss.clip_low == pytest.approx(0.2)
     assert cfg.algorithm.loss.clip_high == pytest.approx(0.4)
     assert cfg.rollout.temperature == pytest.approx(1.2)
