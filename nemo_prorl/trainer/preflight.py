@@ -294,19 +294,18 @@ def check_phase_shaping(plan: PhasePlan) -> None:
         return (f"{plan.prefix}.reward_shaping.{name}" if name in plan.shaping_keys
                 else f"algorithm.reward_shaping.{name}")
 
+    if s.overlong_enable:
+        where = plan.key("max_response_tokens")
+        if s.overlong_buffer_len >= plan.max_response_tokens:
+            raise ConfigError(key("overlong_buffer_len"),
+                              f"{s.overlong_buffer_len} must be below {where}={plan.max_response_tokens} "
+                              f"(phase {plan.name!r})")
+        if s.max_response_len != plan.max_response_tokens:
+            raise ConfigError(key("max_response_len"),
+                              f"{s.max_response_len} differs from {where}={plan.max_response_tokens} in "
+                              f"phase {plan.name!r}: the overlong ramp would not end at the response limit; "
+                              "set it to null (it then follows each phase's max_response_tokens)")
     s.validate(f"{plan.prefix}.reward_shaping" if plan.shaping_keys else "algorithm.reward_shaping")
-    if not s.overlong_enable:
-        return
-    where = plan.key("max_response_tokens")
-    if s.max_response_len != plan.max_response_tokens:
-        raise ConfigError(key("max_response_len"),
-                          f"{s.max_response_len} differs from {where}={plan.max_response_tokens} in phase "
-                          f"{plan.name!r}: the overlong ramp would not end at the response limit; set it "
-                          "to null (it then follows each phase's max_response_tokens)")
-    if s.overlong_buffer_len >= plan.max_response_tokens:
-        raise ConfigError(key("overlong_buffer_len"),
-                          f"{s.overlong_buffer_len} must be below {where}={plan.max_response_tokens} "
-                          f"(phase {plan.name!r})")
 
 
 def check_phase_batches(plan: PhasePlan, cfg: ProRLConfig, dp_size: int) -> None:
