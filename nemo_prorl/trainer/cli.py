@@ -25,12 +25,22 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--config-name", "-cn", default=None, help="config in conf/ (default: demo)")
     ap.add_argument("--config-path", "-cp", default=None, help="directory of configs (default: conf/)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate the recipe (every phase), print its schedule and a per-rank memory plan, "
+                         "and exit without building a model, training or writing anything; reads only the "
+                         "model's config.json (or a built-in table for known model names)")
+    ap.add_argument("--world-size", type=int, default=None,
+                    help="--dry-run: ranks of the job (default: WORLD_SIZE / SLURM_NTASKS, else 1)")
+    ap.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: GPU memory (default 80)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_args(argv)
 
-    from nemo_prorl.trainer.config import load_config
+    from nemo_prorl.trainer.config import build_config, compose, load_config
 
     try:
+        if args.dry_run:
+            return _dry_run(build_config(compose(args.config_name, args.overrides, args.config_path),
+                                         require_model=False), args)
         cfg = load_config(args.config_name, args.overrides, args.config_path)
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"nemo-prorl train: invalid config: {exc}", file=sys.stderr)
@@ -87,3 +97,22 @@ def main(argv: list[str]) -> int:
                 print(f"  preempted:     checkpoint saved; re-run the same command to resume"
                       f"{' (Slurm requeue requested)' if summary.get('requeued') else ''}")
     return 3 if summary.get("preempted") else 0
+
+
+def _dry_run(cfg, args) -> int:
+    """Print the dry-run report (exit 0), or the first impossible setting (exit 2)."""
+    from nemo_prorl.trainer.dry_run import dry_run_report
+    from nemo_prorl.trainer.preflight import world_size_from_env
+
+    world = args.world_size if args.world_size is not None else (world_size_from_env() or 1)
+    if world < 1 or args.gpu_memory_gb <= 0:
+        print("nemo-prorl train: --world-size must be >= 1 and --gpu-memory-gb > 0", file=sys.stderr)
+        return 2
+    try:
+        report = dry_run_report(cfg, world_size=world, gpu_memory_gb=args.gpu_memory_gb,
+                                config_name=args.config_name)
+    except ConfigError as exc:
+        print(f"nemo-prorl train: invalid config: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
