@@ -268,7 +268,8 @@ def check_phase_lengths(plan: PhasePlan, cfg: ProRLConfig, arch: ModelArch | Non
     r = cfg.rollout
     key = plan.key("max_response_tokens")
     total = r.max_prompt_tokens + plan.max_response_tokens
-    what = f"{plan.max_response_tokens} + rollout.max_prompt_tokens {r.max_prompt_tokens} = {total} tokens"
+    what = (f"{plan.max_response_tokens} + rollout.max_prompt_tokens {r.max_prompt_tokens} = {total} tokens "
+            f"(phase {plan.name!r})")
     context = engine_context(engine_rollout_config(cfg))
     if total > context:
         raise ConfigError(key, f"{what} exceed rollout.max_model_len={r.max_model_len} (the rollout "

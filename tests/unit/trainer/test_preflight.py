@@ -83,7 +83,8 @@ def test_a_phase_past_the_model_positions_is_refused_naming_the_phase(tmp_path):
     err = _error(_model_dir(tmp_path, max_position_embeddings=16384))
     assert err.key == "phases[7].max_response_tokens"
     assert str(err).startswith("phases[7].max_response_tokens: 16384 + rollout.max_prompt_tokens 1024 = "
-                               "17408 tokens exceed the model's max_position_embeddings 16384")
+                               "17408 tokens (phase 'run8_16k') exceed the model's max_position_embeddings "
+                               "16384")
     assert "lower phases[7].max_response_tokens" in str(err)
 
 
