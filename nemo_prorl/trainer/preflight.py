@@ -365,8 +365,9 @@ def check_algorithm(cfg: ProRLConfig) -> None:
     """Algorithm settings the trainer would otherwise accept and ignore.
 
     Raises:
-        ConfigError: ``algorithm.kl.where: reward`` (the trainer applies the KL in the loss only), or both
-            ``trainer.generation_prompts`` and ``algorithm.dynamic_sampling.oversample`` set.
+        ConfigError: ``algorithm.kl.where: reward`` (the trainer applies the KL in the loss only), a data
+            prompt limit above the engine's, or both ``trainer.generation_prompts`` and
+            ``algorithm.dynamic_sampling.oversample`` set.
 
     """
     kl = cfg.algorithm.kl
@@ -374,6 +375,11 @@ def check_algorithm(cfg: ProRLConfig) -> None:
         raise ConfigError("algorithm.kl.where", f"{kl.where!r} is not applied by the trainer (the KL "
                           "penalty would silently disappear); use algorithm.kl.where=loss (ProRL puts "
                           "beta * KL in the loss), or algorithm.kl.coef=0")
+    d, r = cfg.data.max_prompt_tokens, cfg.rollout.max_prompt_tokens
+    if d is not None and d > r:  # data preflight would pass prompts the engine then refuses mid-run
+        raise ConfigError("data.max_prompt_tokens", f"{d} exceeds rollout.max_prompt_tokens={r}; prompts "
+                          "between the two would pass data validation and stop the run at generation; lower "
+                          "it or leave it null (= rollout.max_prompt_tokens)")
     ds = cfg.algorithm.dynamic_sampling
     if cfg.trainer.generation_prompts is not None and ds.oversample != 1:
         raise ConfigError("algorithm.dynamic_sampling.oversample",

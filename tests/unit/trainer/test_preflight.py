@@ -148,6 +148,13 @@ def test_kl_in_reward_is_refused_and_loss_is_accepted(tmp_path):
     assert _recipe(model, "algorithm.kl.where=reward", "algorithm.kl.coef=0").algorithm.kl.coef == 0
 
 
+def test_data_prompt_limit_above_the_engine_is_refused(tmp_path):
+    model = _model_dir(tmp_path)
+    err = _error(model, "data.max_prompt_tokens=2048")
+    assert err.key == "data.max_prompt_tokens" and "exceeds rollout.max_prompt_tokens=1024" in str(err)
+    assert _recipe(model, "data.max_prompt_tokens=512").data.max_prompt_tokens == 512
+
+
 def test_oversample_sets_the_prompts_per_round_and_excludes_generation_prompts(tmp_path):
     assert prompts_per_round(256, 1.5) == 384
     assert prompts_per_round(10, 1.1) == 11        # 1.1 * 10 = 11.000000000000002 in floats
