@@ -84,7 +84,8 @@ def _prorl_loss_fn(agg: str = "token-mean"):
     from nemo_prorl.trainer.trainer import make_loss_fn
 
     alg = algorithm_config_from_dict(
-        {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1}, "entropy": {"coef": 0.01}}
+        {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
+         "entropy": {"coef": 0.01}}
     )
     return make_loss_fn(alg)
 
