@@ -1,4 +1,5 @@
-"""Token-budget micro-batches at PP=2 (variable pipeline shapes) and DP=2 (unequal micro-batch counts).
+"""Token-budget micro-batches at PP=2 (variable pipeline shapes, full recompute) and DP=2 (unequal
+micro-batch counts, selective recompute).
 
 Both must equal the single-process engine with fixed 2-row micro-batches: log-probs, loss, grad norm and
 the updated weights. The worker is tests/distributed/scripts/token_budget_parallel.py.

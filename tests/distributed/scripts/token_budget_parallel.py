@@ -3,15 +3,17 @@
 Usage (pytest drives it, see tests/distributed/test_token_budget_parallel.py)::
 
     python token_budget_parallel.py --mode ref --hf HF_DIR --work WORK    # 1 process, 2 rows per micro-batch
-    torchrun --nproc_per_node 2 token_budget_parallel.py --mode pp ...     # PP=2, micro_batch_tokens=40
-    torchrun --nproc_per_node 2 token_budget_parallel.py --mode dp ...     # DP=2, micro_batch_tokens=20
+    torchrun --nproc_per_node 2 token_budget_parallel.py --mode pp ...  # PP=2, budget 40, full recompute
+    torchrun --nproc_per_node 2 token_budget_parallel.py --mode dp ...  # DP=2, 20-token budget, selective
 
 ``pp``: the micro-batches have varying rows and lengths, so megatron's 1F1B schedule exchanges each
 activation's shape before it (``config.variable_seq_lengths``; ``p2p_communication.P2PCommunicator.
 _communicate_shapes``). ``dp``: the two ranks' halves bin into different numbers of micro-batches (3 and
 4), which megatron's no-pipelining schedule allows (the DP all-reduce runs once, in
-``finalize_model_grads``). Each run: log-probs, one train step, exported weights; asserted against
-``ref`` with the tolerances of tests/distributed/scripts/engine_parallel.py; prints ``BUDGET_OK <mode>``.
+``finalize_model_grads``). ``pp`` also turns on full recompute and ``dp`` selective recompute (``mlp``),
+which must not change the result either. Each run: log-probs, one train step, exported weights;
+asserted against ``ref`` with the tolerances of tests/distributed/scripts/engine_parallel.py; prints
+``BUDGET_OK <mode>``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ROWS, LENGTH, VOCAB = 8, 24, 320
 ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
 TOL = {"lp": 2e-5, "loss": 2e-5, "grad_norm": 1e-4, "params": 2e-5}
 BUDGET = {"ref": None, "pp": 40, "dp": 20}
+RECOMPUTE = {"ref": "none", "pp": "full", "dp": "selective"}
 
 
 def _batch():
@@ -65,6 +68,7 @@ def main() -> None:
         pipeline_model_parallel_size=2 if mode == "pp" else 1,
         micro_batch_size=2,
         micro_batch_tokens=BUDGET[mode],
+        recompute=RECOMPUTE[mode],
         lr=1e-3,
         adam_eps=1e-4,
         clip_grad=1.0,
