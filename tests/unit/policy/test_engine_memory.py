@@ -257,3 +257,20 @@ def test_a_row_longer_than_the_budget_runs_alone(build, caplog):
     assert "exceed the micro-batch token budget 20" in caplog.text
     assert m1["loss"] == pytest.approx(m0["loss"], abs=BUDGET_ATOL, rel=BUDGET_RTOL)
     _assert_grads_close(g1, g0, BUDGET_ATOL, BUDGET_RTOL)
+
+
+def test_paper_recipe_budget_holds_its_longest_row():
+    """conf/prorl_1p5b.yaml sizes micro_batch_tokens for the 16k phase's longest row (its comment)."""
+    from nemo_prorl.trainer.config import build_config, compose
+
+    raw = compose("prorl_1p5b", [])
+    raw["model"] = "demo"
+    cfg = build_config(raw)
+    longest = cfg.rollout.max_prompt_tokens + max(
+        [cfg.rollout.max_response_tokens] + [p.max_response_tokens or 0 for p in cfg.phases]
+    )
+    assert longest == 17408
+    assert cfg.policy.micro_batch_tokens >= longest
+    assert cfg.policy.recompute in ("selective", "full")
+    # the comment's activation figure: budget x 28 layers x 19,456 B (selective MLP recompute, 1.5B)
+    assert cfg.policy.micro_batch_tokens * 28 * 19456 / 1e9 == pytest.approx(10.04, abs=0.01)
