@@ -28,8 +28,11 @@ VOCAB = 320
 ROWS, LENGTH = 8, 24
 # response ends per row: lengths 24, 7, 15, 10, 24, 6, 19, 12 (one row = the batch's longest twice)
 ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
-RECOMPUTE_ATOL = 1e-7
-BUDGET_ATOL, BUDGET_RTOL = 1e-6, 1e-5
+# On a CUDA machine the same tests run on the GPU (Transformer Engine's spec when installed), where the
+# attention backward may accumulate in a nondeterministic order: looser there, unmeasured.
+_CUDA = torch.cuda.is_available()
+RECOMPUTE_ATOL = 1e-5 if _CUDA else 1e-7
+BUDGET_ATOL, BUDGET_RTOL = (1e-5, 1e-4) if _CUDA else (1e-6, 1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
         assert cfg.recompute_modules == want["recompute_modules"]
     m1, g1 = _step(policy, batch, loss_fn)
     assert m1["loss"] == pytest.approx(m0["loss"], abs=RECOMPUTE_ATOL)
-    assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-6)
+    assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4 if _CUDA else 1e-6)
     _assert_grads_close(g1, g0, RECOMPUTE_ATOL)
 
 
