@@ -547,14 +547,18 @@ class MegatronPolicy:
     ) -> dict[str, float]:
         """One optimizer step over ``batch`` (this DP rank's shard).
 
-        Splits ``batch`` into micro-batches of ``micro_batch_size`` sequences, runs them through
-        megatron's forward/backward schedule (1F1B under PP), reduces grads over DP, clips, and steps
-        the optimizer. See :mod:`nemo_prorl.policy.interface` for the ``loss_fn`` contract.
+        Splits ``batch`` into micro-batches of ``micro_batch_size`` sequences (or, with
+        ``micro_batch_tokens``, rows binned by length under that token budget, each run only up to its
+        longest row), runs them through megatron's forward/backward schedule (1F1B under PP), reduces
+        grads over DP, clips, and steps the optimizer. See :mod:`nemo_prorl.policy.interface` for the
+        ``loss_fn`` contract; the cut does not change the loss or the gradient.
 
         Returns:
             ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; ``*_max`` /
             ``*_min`` reduced with max / min), ``grad_norm`` (before clipping), ``lr``, ``num_tokens``,
-            ``num_seqs``; identical on every rank.
+            ``num_seqs``, ``perf/padding_fraction`` (share of the positions the forward computed, over
+            all micro-batches and DP ranks, that lie past their row's last response token); identical
+            on every rank.
 
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
