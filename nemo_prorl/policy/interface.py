@@ -22,10 +22,12 @@ Loss function contract
   ``None`` when the step was called with ``with_entropy=False``.
 * ``micro``: the micro-batch's slice of the batch: ``"input_ids" [b, L]``, ``"response_mask" [b, L]``
   and every tensor of :attr:`TokenBatch.extras` (``advantages [b]``, ``old_logprobs [b, L]``,
-  ``ref_logprobs [b, L]``, ...), sliced along dimension 0.
-  With pipeline parallelism the last micro-batch is padded to ``micro_batch_size`` with all-zero
-  rows (``response_mask`` 0, extras 0): their contribution must be 0 (clamp per-sequence
-  denominators, e.g. ``mask.sum(1).clamp(min=1)``).
+  ``ref_logprobs [b, L]``, ...), sliced along dimension 0. The rows of one micro-batch need not be
+  consecutive rows of the batch (token-budget micro-batches group rows by length), and ``L`` is always
+  the batch's full length, whatever length the engine's forward ran.
+  With pipeline parallelism and fixed-count micro-batches the last micro-batch is padded to
+  ``micro_batch_size`` with all-zero rows (``response_mask`` 0, extras 0): their contribution must be
+  0 (clamp per-sequence denominators, e.g. ``mask.sum(1).clamp(min=1)``).
 * ``norm``: the global normalisers of the **whole step batch**, identical on every rank:
   ``num_tokens`` (float; response tokens summed over all micro-batches and all data-parallel ranks)
   and ``num_seqs`` (float; sequences, same sum). The engine computes them with an all-reduce over

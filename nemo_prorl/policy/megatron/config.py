@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MegatronPolicyConfig", "DTYPES"]
+__all__ = ["MegatronPolicyConfig", "DTYPES", "RECOMPUTE", "RECOMPUTE_MODULES"]
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -20,6 +20,12 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
+
+#: ``policy.recompute`` choices (``"none"`` = megatron's ``recompute_granularity=None``).
+RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
+#: ``policy.recompute_modules`` choices for a dense model (megatron's MoE / MLA modules do not apply).
+RECOMPUTE_MODULES: tuple[str, ...] = ("mlp", "core_attn")
+DEFAULT_RECOMPUTE_MODULES: tuple[str, ...] = ("mlp",)
 
 
 @dataclass
@@ -60,6 +66,32 @@ class MegatronPolicyConfig:
             means ``micro_batch_size``.
         temperature: log-probs are of ``softmax(logits / temperature)``; set it to the rollout sampling
             temperature (ProRL samples at 1.2) so importance ratios compare like with like.
+        micro_batch_tokens: token budget of a training micro-batch, padding included
+            (``rows x padded_len <= micro_batch_tokens``); ``None`` = fixed ``micro_batch_size`` rows
+            padded to the batch's longest sequence. When set, ``micro_batch_size`` is not used: rows are
+            sorted by length and binned (:func:`nemo_prorl.policy.micro_batching.token_budget_bins`), each
+            micro-batch padded only to its own longest row. The loss and gradient do not change (the
+            ``loss_fn`` still sees ``[b, L]`` rows and the global normalisers). A row longer than the
+            budget runs alone; size it ``>= max_prompt_tokens + max_response_tokens``. Under PP the
+            micro-batch shapes vary, which megatron's schedule supports with
+            ``variable_seq_lengths`` (one extra shape exchange per send).
+        logprob_micro_batch_tokens: token budget of a forward-only micro-batch in :meth:`logprobs`
+            (no activations are kept there, so it can be larger); ``None`` = ``micro_batch_tokens``.
+        recompute: activation recomputation in training (megatron's ``recompute_granularity``):
+            ``"none"`` keeps every activation (1.5B: ~2.55 MB per token, docs/scaling.md);
+            ``"selective"`` recomputes the submodules in ``recompute_modules`` in backward;
+            ``"full"`` keeps only each chunk of ``recompute_num_layers`` layers' input and reruns the
+            chunk in backward (``recompute_method="uniform"``), about one extra forward.
+        recompute_num_layers: ``recompute="full"`` only: layers per recomputed chunk; must divide the
+            layers per pipeline stage. ``None`` = 1 (least memory).
+        recompute_modules: ``recompute="selective"`` only: any of ``"mlp"`` (the SwiGLU MLP, ~80% of a
+            Qwen2 layer's stored activations: ``4 x ffn`` of ``6 x hidden + 2 x kv + 4 x ffn`` elements
+            per token) and ``"core_attn"`` (the attention's softmax core; worth it only on the local,
+            non-Transformer-Engine spec, which stores the ``s x s`` scores: TE's fused attention stores
+            none and recomputing it costs a flash-attention forward). ``None`` = ``["mlp"]``.
+            ``"layernorm"`` is refused: megatron-core 0.16 runs it through Transformer Engine's FP8
+            state even without FP8 (``tensor_parallel.random.CheckpointWithoutOutput``), and with
+            TE's spec the norms are fused into the linear layers, where there is nothing to recompute.
 
     """
 
@@ -81,6 +113,11 @@ class MegatronPolicyConfig:
     grad_reduce_in_fp32: bool = True
     logprob_micro_batch_size: int | None = None
     temperature: float = 1.0
+    micro_batch_tokens: int | None = None
+    logprob_micro_batch_tokens: int | None = None
+    recompute: str = "none"
+    recompute_num_layers: int | None = None
+    recompute_modules: list[str] | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -129,6 +166,69 @@ class MegatronPolicyConfig:
         for name in ("use_distributed_optimizer", "reference_offload_to_cpu", "grad_reduce_in_fp32"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MegatronPolicyConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("micro_batch_tokens", "logprob_micro_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+                raise ValueError(
+                    f"policy.{name} must be null (fixed micro_batch_size rows) or a token count >= 2, "
+                    f"got {value!r}; size it >= max_prompt_tokens + max_response_tokens"
+                )
+        self._check_recompute()
+
+    def _check_recompute(self) -> None:
+        """Validate ``recompute*`` (megatron's own checks, made before the model exists)."""
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(
+                f"policy.recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}"
+            )
+        if self.recompute_num_layers is not None:
+            value = self.recompute_num_layers
+            if self.recompute != "full":
+                raise ValueError(
+                    f"policy.recompute_num_layers={value!r} applies to policy.recompute=full only "
+                    f"(recompute is {self.recompute!r}); remove it or set policy.recompute=full"
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"policy.recompute_num_layers must be a positive integer, got {value!r}")
+        if self.recompute_modules is not None:
+            if self.recompute != "selective":
+                raise ValueError(
+                    f"policy.recompute_modules applies to policy.recompute=selective only "
+                    f"(recompute is {self.recompute!r}); remove it or set policy.recompute=selective"
+                )
+            modules = self.recompute_modules
+            if isinstance(modules, str) or not all(isinstance(m, str) for m in modules) or not modules:
+                raise ValueError(
+                    f"policy.recompute_modules must be a non-empty list of names, got {modules!r}"
+                )
+            self.recompute_modules = list(modules)
+            for name in self.recompute_modules:
+                if name == "layernorm":
+                    raise ValueError(
+                        "policy.recompute_modules: 'layernorm' is not supported (megatron-core 0.16 runs it "
+                        "through Transformer Engine's FP8 state, and TE fuses the norms into the linear "
+                        f"layers); use {list(RECOMPUTE_MODULES)}"
+                    )
+                if name not in RECOMPUTE_MODULES:
+                    raise ValueError(
+                        f"policy.recompute_modules: {name!r} is not a dense-model module; "
+                        f"choose from {list(RECOMPUTE_MODULES)}"
+                    )
+
+    def transformer_overrides(self) -> dict[str, Any]:
+        """The megatron ``TransformerConfig`` fields that ``recompute*`` sets (empty for ``"none"``)."""
+        if self.recompute == "full":
+            return {
+                "recompute_granularity": "full",
+                "recompute_method": "uniform",
+                "recompute_num_layers": self.recompute_num_layers or 1,
+            }
+        if self.recompute == "selective":
+            return {
+                "recompute_granularity": "selective",
+                "recompute_modules": list(self.recompute_modules or DEFAULT_RECOMPUTE_MODULES),
+            }
+        return {}
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -30,17 +30,48 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from nemo_prorl.policy.interface import LossFn, TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
 
 __all__ = ["MegatronPolicy"]
 
 _log = logging.getLogger(__name__)
+
+
+class _Micro(NamedTuple):
+    """One micro-batch of a step.
+
+    Attributes:
+        data: the rows' tensors, ``[b, L]`` / ``[b]`` on the device, at the batch's full length ``L``
+            (the ``micro`` the ``loss_fn`` sees; PP fixed-count padding rows included).
+        rows: ``[b_real]`` indices of the rows in the batch (padding rows excluded), CPU int64.
+        length: positions the forward runs (``<= L``): the longest row of a token-budget micro-batch,
+            ``L`` for fixed-count micro-batches.
+
+    """
+
+    data: dict[str, torch.Tensor]
+    rows: torch.Tensor
+    length: int
+
+
+def _forward_view(micro: _Micro) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``response_mask`` cut to the positions the forward ran."""
+    keep = micro.length
+    return {k: micro.data[k][:, :keep] for k in ("input_ids", "response_mask")}
+
+
+def _pad_positions(values: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """Right-pad ``[b, l]`` per-token values with zeros to ``[b, length]`` (no copy when ``l == length``)."""
+    if values is None or values.shape[1] == length:
+        return values
+    return torch.nn.functional.pad(values, (0, length - values.shape[1]))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -112,7 +143,7 @@ class MegatronPolicy:
         self.device = parallel.device()
         dtype = config.torch_dtype
 
-        gpt = build_gpt_model(hf_config, params_dtype=dtype)
+        gpt = build_gpt_model(hf_config, params_dtype=dtype, **config.transformer_overrides())
         convert.load_hf_weights(gpt, str(self.hf_model_dir), hf_config)
         gpt.to(self.device)
         if getattr(gpt.config, "mtp_num_layers", None):
@@ -181,6 +212,13 @@ class MegatronPolicy:
                     f"MegatronPolicyConfig.{which}={div} does not divide the model's {name}={value} "
                     f"({self.hf_model_dir / 'config.json'})"
                 )
+        chunk = cfg.recompute_num_layers
+        if layers is not None and chunk is not None and (layers // pp) % chunk != 0:
+            raise ValueError(
+                f"policy.recompute_num_layers={chunk} must divide the {layers // pp} layers per pipeline "
+                f"stage (num_hidden_layers={layers} / pipeline_model_parallel_size={pp}): megatron's "
+                "uniform recompute runs chunks of that many layers"
+            )
 
     def _build_optimizer(self) -> Any:
         optimizer = self._get_megatron_optimizer(self._optimizer_config, [self.ddp])
@@ -270,11 +308,34 @@ class MegatronPolicy:
     # ------------------------------------------------------------------ forward pieces
 
     def _micro_batches(
-        self, batch: TokenBatch, mbs: int, *, pad: bool
-    ) -> tuple[list[dict[str, torch.Tensor]], int]:
-        """Split into micro-batches on the device; with ``pad`` the last one is filled with empty rows."""
+        self, batch: TokenBatch, mbs: int, *, pad: bool, tokens: int | None = None
+    ) -> tuple[list[_Micro], int]:
+        """Split into micro-batches on the device.
+
+        ``tokens`` None: ``mbs`` consecutive rows each, run at the batch's length; with ``pad`` the last
+        one is filled with empty rows (PP's fixed shapes). ``tokens`` set: rows binned by length under
+        that budget (:func:`~nemo_prorl.policy.micro_batching.token_budget_bins`), each run at its own
+        longest row; never padded with rows (PP then exchanges shapes, see :meth:`_variable_shapes`).
+        """
         data = batch.as_dict()
         size = batch.batch_size
+        if tokens is not None and size > 0:
+            lengths = sequence_lengths(batch.response_mask)
+            bins = token_budget_bins(lengths, tokens)
+            over = [lengths[b[0]] for b in bins if lengths[b[0]] > tokens]
+            if over and not getattr(self, "_warned_over_budget", False):
+                self._warned_over_budget = True
+                _log.warning(
+                    "%d sequence(s) of up to %d tokens exceed the micro-batch token budget %d and run alone; "
+                    "raise policy.micro_batch_tokens to at least max_prompt_tokens + max_response_tokens "
+                    "(warned once)", len(over), max(over), tokens,
+                )
+            micros = []
+            for b in bins:
+                rows = torch.tensor(b, dtype=torch.long)
+                micro = {k: v[rows].to(self.device, non_blocking=True) for k, v in data.items()}
+                micros.append(_Micro(micro, rows, lengths[b[0]]))
+            return micros, len(micros)
         n = max(1, math.ceil(size / mbs))
         micros = []
         for i in range(n):
@@ -286,8 +347,22 @@ class MegatronPolicy:
                     k: torch.cat([v, v.new_zeros((mbs - rows, *v.shape[1:]))], dim=0)
                     for k, v in micro.items()
                 }
-            micros.append(micro)
+            micros.append(_Micro(micro, torch.arange(start, stop), batch.seq_len))
         return micros, n
+
+    def _variable_shapes(self, model: torch.nn.Module, micros: list[_Micro]) -> tuple[int, int]:
+        """``(seq_length, micro_batch_size)`` for megatron's schedule; turns on shape exchange if they vary.
+
+        Megatron's pipeline schedules receive activations into buffers of one fixed
+        ``[seq_length, micro_batch_size, hidden]`` shape unless ``config.variable_seq_lengths`` is set,
+        in which case each send is preceded by its shape (``p2p_communication.P2PCommunicator.
+        _communicate_shapes``); token-budget micro-batches need that under PP.
+        """
+        lengths = {m.length for m in micros} or {0}
+        rows = {int(m.data["input_ids"].shape[0]) for m in micros} or {0}
+        varying = len(lengths) > 1 or len(rows) > 1
+        _unwrap(model).config.variable_seq_lengths = varying and self._parallel.pp_size() > 1
+        return max(lengths), max(rows)
 
     def _hidden_states(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Run this pipeline stage's part of the decoder (with the final norm on the last stage).
@@ -409,33 +484,35 @@ class MegatronPolicy:
             )
         self._check_token_ids(batch)
         mbs = self.config.logprob_micro_batch_size or self.config.micro_batch_size
+        tokens = self.config.logprob_micro_batch_tokens or self.config.micro_batch_tokens
         pipelined = self._parallel.pp_size() > 1
-        micros, n = self._micro_batches(batch, mbs, pad=pipelined)
+        micros, n = self._micro_batches(batch, mbs, pad=pipelined, tokens=tokens)
 
-        def loss_func(gpt: torch.nn.Module, micro: dict[str, torch.Tensor], hidden: torch.Tensor) -> Any:
-            lp, ent = self._token_logprobs(gpt, hidden, micro, with_entropy)
+        def loss_func(gpt: torch.nn.Module, micro: _Micro, hidden: torch.Tensor) -> Any:
+            lp, ent = self._token_logprobs(gpt, hidden, _forward_view(micro), with_entropy)
             out = {"logprobs": lp}
             if ent is not None:
                 out["entropy"] = ent
             return hidden.new_zeros((), dtype=torch.float32), torch.tensor(1, dtype=torch.int), out
 
-        def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module) -> Any:
+        def forward_step(data_iterator: Iterator[_Micro], model: torch.nn.Module) -> Any:
             micro = next(data_iterator)
-            hidden = self._hidden_states(model, micro["input_ids"])
+            hidden = self._hidden_states(model, micro.data["input_ids"][:, : micro.length])
             return hidden, functools.partial(loss_func, _unwrap(model), micro)
 
         ctx = self._reference_on_device() if reference else contextlib.nullcontext(self.ddp)
         with ctx as model:
             was_training = _unwrap(model).training
             _unwrap(model).eval()
+            seq_length, rows = self._variable_shapes(model, micros)
             try:
                 outputs = get_forward_backward_func()(
                     forward_step_func=forward_step,
                     data_iterator=iter(micros),
                     model=[model],
                     num_microbatches=n,
-                    seq_length=batch.seq_len,
-                    micro_batch_size=mbs,
+                    seq_length=seq_length,
+                    micro_batch_size=rows,
                     forward_only=True,
                 )
             finally:
@@ -444,11 +521,12 @@ class MegatronPolicy:
         size, seq = batch.batch_size, batch.seq_len
         lp = torch.zeros(size, seq, dtype=torch.float32, device=self.device)
         ent = torch.zeros(size, seq, dtype=torch.float32, device=self.device) if with_entropy else None
-        if self.is_last_stage:
-            lp_all = torch.cat([o["logprobs"] for o in outputs], 0)[:size]
-            lp.copy_(lp_all)
-            if ent is not None:
-                ent.copy_(torch.cat([o["entropy"] for o in outputs], 0)[:size])
+        if self.is_last_stage:  # back into the batch's row order (token-budget micro-batches are sorted)
+            for micro, out in zip(micros, outputs):
+                rows = micro.rows.to(self.device)
+                lp[rows, : micro.length] = out["logprobs"][: rows.numel()]
+                if ent is not None:
+                    ent[rows, : micro.length] = out["entropy"][: rows.numel()]
         self._broadcast_from_last_stage(lp)
         if ent is not None:
             self._broadcast_from_last_stage(ent)
@@ -469,14 +547,18 @@ class MegatronPolicy:
     ) -> dict[str, float]:
         """One optimizer step over ``batch`` (this DP rank's shard).
 
-        Splits ``batch`` into micro-batches of ``micro_batch_size`` sequences, runs them through
-        megatron's forward/backward schedule (1F1B under PP), reduces grads over DP, clips, and steps
-        the optimizer. See :mod:`nemo_prorl.policy.interface` for the ``loss_fn`` contract.
+        Splits ``batch`` into micro-batches of ``micro_batch_size`` sequences (or, with
+        ``micro_batch_tokens``, rows binned by length under that token budget, each run only up to its
+        longest row), runs them through megatron's forward/backward schedule (1F1B under PP), reduces
+        grads over DP, clips, and steps the optimizer. See :mod:`nemo_prorl.policy.interface` for the
+        ``loss_fn`` contract; the cut does not change the loss or the gradient.
 
         Returns:
             ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; ``*_max`` /
             ``*_min`` reduced with max / min), ``grad_norm`` (before clipping), ``lr``, ``num_tokens``,
-            ``num_seqs``; identical on every rank.
+            ``num_seqs``, ``perf/padding_fraction`` (share of the positions the forward computed, over
+            all micro-batches and DP ranks, that lie past their row's last response token); identical
+            on every rank.
 
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -490,9 +572,11 @@ class MegatronPolicy:
         self._check_token_ids(batch)
         mbs = self.config.micro_batch_size
         pipelined = self._parallel.pp_size() > 1
-        micros, n = self._micro_batches(batch, mbs, pad=pipelined)
-        num_tokens, num_seqs = self._dp_sum(
-            [float(batch.response_mask.bool().sum()), float(batch.batch_size)]
+        micros, n = self._micro_batches(batch, mbs, pad=pipelined, tokens=self.config.micro_batch_tokens)
+        real = float(sum(sequence_lengths(batch.response_mask)))
+        computed = float(sum(int(m.data["input_ids"].shape[0]) * m.length for m in micros))
+        num_tokens, num_seqs, real, computed = self._dp_sum(
+            [float(batch.response_mask.bool().sum()), float(batch.batch_size), real, computed]
         )
         if num_tokens <= 0:
             raise ValueError(
@@ -500,9 +584,11 @@ class MegatronPolicy:
             )
         norm = {"num_tokens": num_tokens, "num_seqs": num_seqs}
 
-        def loss_func(gpt: torch.nn.Module, micro: dict[str, torch.Tensor], hidden: torch.Tensor) -> Any:
-            lp, ent = self._token_logprobs(gpt, hidden, micro, with_entropy)
-            loss, metrics = loss_fn(lp, ent, micro, norm)
+        def loss_func(gpt: torch.nn.Module, micro: _Micro, hidden: torch.Tensor) -> Any:
+            lp, ent = self._token_logprobs(gpt, hidden, _forward_view(micro), with_entropy)
+            length = batch.seq_len  # the loss_fn sees [b, L] rows whatever length the forward ran
+            lp, ent = _pad_positions(lp, length), _pad_positions(ent, length)
+            loss, metrics = loss_fn(lp, ent, micro.data, norm)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise TypeError(
                     f"loss_fn must return a scalar tensor as its first value, got {type(loss).__name__}"
@@ -515,21 +601,22 @@ class MegatronPolicy:
                 reduced[key] = torch.as_tensor(value).detach().float().reshape(())
             return loss, torch.tensor(1, dtype=torch.int), reduced
 
-        def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module) -> Any:
+        def forward_step(data_iterator: Iterator[_Micro], model: torch.nn.Module) -> Any:
             micro = next(data_iterator)
-            hidden = self._hidden_states(model, micro["input_ids"])
+            hidden = self._hidden_states(model, micro.data["input_ids"][:, : micro.length])
             return hidden, functools.partial(loss_func, _unwrap(model), micro)
 
         self.model.train()
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
+        seq_length, rows = self._variable_shapes(self.ddp, micros)
         outputs = get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=iter(micros),
             model=[self.ddp],
             num_microbatches=n,
-            seq_length=batch.seq_len,
-            micro_batch_size=mbs,
+            seq_length=seq_length,
+            micro_batch_size=rows,
             forward_only=False,
         )
         metrics: dict[str, float] = {}
@@ -539,6 +626,7 @@ class MegatronPolicy:
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["num_tokens"] = num_tokens
         metrics["num_seqs"] = num_seqs
+        metrics["perf/padding_fraction"] = padding_fraction(real, computed)
         # A non-finite loss or gradient on any rank skips the update everywhere: the weights and the
         # optimizer state stay as they were, so no NaN ever reaches a checkpoint.
         if not self._all_finite(metrics["loss"]):

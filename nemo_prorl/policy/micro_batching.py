@@ -1,0 +1,114 @@
+"""Micro-batches cut by a token budget: rows binned by length, each bin padded only to its own longest.
+
+The cost of a micro-batch is what the model actually computes on it: ``rows x padded_len`` tokens,
+padding included (a right-padded ``[b, L]`` block runs every position through every layer). Cutting a
+step's batch into a fixed number of rows padded to the step's longest sequence wastes
+``1 - sum(len) / (B x L_max)`` of that compute and sizes activation memory by the worst row; with
+RL response lengths spread from a few hundred tokens to the 8k/16k cap most of it is padding.
+
+:func:`token_budget_bins` sorts rows by length (longest first) and fills micro-batches greedily: a
+micro-batch opened by a row of length ``l`` (its longest, since rows arrive in decreasing order)
+takes the following rows while ``rows x l <= budget``. This gives the fewest micro-batches any
+partition can have under the budget (exchange argument: the micro-batch holding the longest row
+``l_1`` has at most ``floor(budget / l_1)`` rows, and taking the longest ones for it never makes
+another micro-batch longer or fuller), and the shortest rows end up together, padded among themselves.
+
+A row longer than the budget cannot be split (a sequence is one forward), so it gets a micro-batch of
+its own, padded to nothing. That micro-batch exceeds the budget; size the budget at least
+``max_prompt_tokens + max_response_tokens`` so it never happens (the engine logs a warning when it
+does rather than failing a step of a long run).
+
+A row's length is the number of positions its forward needs: up to and including its last response
+token. Positions after it (right padding, or tokens that are not trained) cannot influence any
+earlier position under causal attention, so dropping them changes no log-prob.
+
+Pure functions of plain lists / tensors; the engine that uses them is
+:class:`nemo_prorl.policy.megatron.engine.MegatronPolicy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["sequence_lengths", "token_budget_bins", "padded_tokens", "padding_fraction"]
+
+
+def sequence_lengths(response_mask: torch.Tensor) -> list[int]:
+    """Positions each row's forward needs: index of its last response token + 1, at least 2.
+
+    Args:
+        response_mask: ``[B, L]`` (bool/int/float), 1 on response tokens.
+
+    Returns:
+        ``B`` lengths in ``[2, L]`` (``min(2, L)`` for a row without response tokens: its loss
+        contribution is 0, it still needs a well-formed forward).
+
+    """
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be [B, L], got shape {tuple(response_mask.shape)}")
+    size, length = response_mask.shape
+    if size == 0:
+        return []
+    present = response_mask.bool()
+    positions = torch.arange(1, length + 1, device=present.device).expand(size, length)
+    last = torch.where(present, positions, torch.zeros_like(positions)).amax(dim=1)
+    return [int(v) for v in last.clamp(min=min(2, length)).tolist()]
+
+
+def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Partition rows into micro-batches of at most ``budget`` padded tokens each.
+
+    Args:
+        lengths: per-row lengths (positive integers), e.g. from :func:`sequence_lengths`.
+        budget: the most ``rows x padded_len`` tokens a micro-batch may compute (``>= 1``).
+
+    Returns:
+        Lists of row indices; every row appears in exactly one. Micro-batches come longest first;
+        inside one, rows are in decreasing length, ties in increasing index. A micro-batch's padded
+        length is ``lengths[bin[0]]``. A row longer than ``budget`` is alone in its micro-batch.
+
+    Example:
+        ``token_budget_bins([3, 9, 4, 2, 8], 16)`` -> ``[[1], [4, 2], [0, 3]]``: 9 and 8 cannot share
+        (2 x 9 > 16); 8 takes 4 (2 x 8 = 16) but not 3 as well (3 x 8 > 16); 3 and 2 are padded to 3.
+
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"token budget must be a positive integer, got {budget!r}")
+    for i, n in enumerate(lengths):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"lengths[{i}] must be a positive integer, got {n!r}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    for i in order:
+        if bins and (len(bins[-1]) + 1) * lengths[bins[-1][0]] <= budget:
+            bins[-1].append(i)
+        else:
+            bins.append([i])
+    return bins
+
+
+def padded_tokens(bins: Sequence[Sequence[int]], lengths: Sequence[int], rows: int | None = None) -> int:
+    """Tokens computed for ``bins``: ``sum(len(bin) x max(lengths[bin]))``.
+
+    Args:
+        bins: row indices per micro-batch.
+        lengths: per-row lengths.
+        rows: pad every micro-batch to this many rows (pipeline-parallel fixed shapes); ``None``: no.
+
+    """
+    total = 0
+    for b in bins:
+        if b:
+            total += max(len(b), rows or 0) * max(lengths[i] for i in b)
+    return total
+
+
+def padding_fraction(real_tokens: float, computed_tokens: float) -> float:
+    """``1 - real / computed``: the share of computed positions that were padding (0 when nothing ran)."""
+    if computed_tokens <= 0:
+        return 0.0
+    if real_tokens < 0 or real_tokens > computed_tokens:
+        raise ValueError(f"real tokens {real_tokens} must be in [0, computed tokens {computed_tokens}]")
+    return 1.0 - real_tokens / computed_tokens

@@ -1,0 +1,50 @@
+"""Token-budget micro-batches at PP=2 (variable pipeline shapes, full recompute) and DP=2 (unequal
+micro-batch counts, selective recompute).
+
+Both must equal the single-process engine with fixed 2-row micro-batches: log-probs, loss, grad norm and
+the updated weights. The worker is tests/distributed/scripts/token_budget_parallel.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~35 s per layout on 2 cores
+
+SCRIPT = Path(__file__).parent / "scripts" / "token_budget_parallel.py"
+
+
+def _run(mode: str, hf: Path, work: Path, nproc: int, timeout: int = 300) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if nproc == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
+               str(SCRIPT)]
+    cmd += ["--mode", mode, "--hf", str(hf), "--work", str(work)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{mode} failed (rc={proc.returncode}):\n{out[-6000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from nemo_prorl.policy.megatron.testing import make_tiny_hf_model
+
+    root = tmp_path_factory.mktemp("token_budget")
+    hf = make_tiny_hf_model(root / "hf", "qwen2", seed=4)
+    assert "BUDGET_REF_WRITTEN" in _run("ref", hf, root, 1)
+    return hf, root
+
+
+@pytest.mark.parametrize("mode", ["pp", "dp"])
+def test_token_budget_under_pp_and_dp_matches_the_fixed_count_engine(work, mode):
+    hf, root = work
+    out = _run(mode, hf, root, 2)
+    assert out.count(f"BUDGET_OK {mode} ") == 2, out

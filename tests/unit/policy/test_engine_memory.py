@@ -1,0 +1,279 @@
+"""Memory settings of MegatronPolicy that must not change the maths: recompute and token-budget micro-batches.
+
+Every comparison runs the real :class:`MegatronPolicy` (megatron-core's local layer spec, CPU, fp32,
+gloo, one process) on the same weights and the same batch, and compares the step's loss and the raw
+gradients (megatron's ``main_grad`` buffers after the step, ``clip_grad=0`` so nothing rescales them).
+
+Recompute: megatron reruns the very same kernels on the same inputs in backward
+(``transformer_block.TransformerBlock._checkpointed_forward`` for ``full``,
+``transformer_layer.TransformerLayer._forward_mlp`` / ``attention.Attention._checkpointed_attention_forward``
+for ``selective``, both through ``tensor_parallel.random.checkpoint``), so on CPU the results are
+bitwise equal (measured max |diff| 0.0); asserted with ``atol=1e-7``.
+
+Token budget: the micro-batches have other shapes than the fixed-count path's (rows regrouped, forward
+cut at each micro-batch's longest row), so matmul round-off differs; measured max |diff| <= 6e-8 on a
+loss of ~0.5 and <= 4e-8 on gradients of up to ~0.09; asserted with ``atol=1e-6`` (``rtol=1e-5``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_prorl.policy.interface import TokenBatch
+from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
+
+VOCAB = 320
+ROWS, LENGTH = 8, 24
+# response ends per row: lengths 24, 7, 15, 10, 24, 6, 19, 12 (one row = the batch's longest twice)
+ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
+# On a CUDA machine the same tests run on the GPU (Transformer Engine's spec when installed), where the
+# attention backward may accumulate in a nondeterministic order: looser there, unmeasured.
+_CUDA = torch.cuda.is_available()
+RECOMPUTE_ATOL = 1e-5 if _CUDA else 1e-7
+BUDGET_ATOL, BUDGET_RTOL = (1e-5, 1e-4) if _CUDA else (1e-6, 1e-5)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from nemo_prorl.policy.megatron.testing import make_tiny_hf_model
+
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2", seed=0, num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def build(hf_dir):
+    """``build(**config)`` -> a MegatronPolicy (cached per config); parallel state torn down at the end."""
+    from nemo_prorl.policy.megatron import parallel
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
+
+    cache: dict[tuple, MegatronPolicy] = {}
+
+    def make(**kw):
+        key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
+        if key not in cache:
+            cfg = MegatronPolicyConfig(**{"micro_batch_size": 2, "lr": 1e-3, "clip_grad": 0.0, **kw})
+            cache[key] = MegatronPolicy(hf_dir, cfg)
+        return cache[key]
+
+    yield make
+    parallel.destroy_parallel()
+
+
+def _batch(seed: int = 0) -> TokenBatch:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=g)
+    mask = torch.zeros(ROWS, LENGTH)
+    for r, end in enumerate(ENDS):
+        mask[r, 3 + r % 3 : end] = 1
+    extras = {"advantages": torch.randn(ROWS, generator=g)}
+    return TokenBatch(ids, mask, extras=extras)
+
+
+def _with_old_and_ref(policy, batch: TokenBatch) -> TokenBatch:
+    """Add old / reference log-probs as the trainer does (policy log-probs, perturbed so ratios != 1)."""
+    g = torch.Generator().manual_seed(7)
+    lp, _ = policy.logprobs(batch)
+    mask = batch.response_mask
+    extras = dict(batch.extras)
+    extras["old_logprobs"] = (lp + 0.05 * torch.randn(lp.shape, generator=g)) * mask
+    extras["ref_logprobs"] = (lp + 0.1 * torch.randn(lp.shape, generator=g)) * mask
+    return TokenBatch(batch.input_ids, batch.response_mask, extras=extras)
+
+
+def _prorl_loss_fn(agg: str = "token-mean"):
+    from nemo_prorl.algorithms.config import algorithm_config_from_dict
+    from nemo_prorl.trainer.trainer import make_loss_fn
+
+    alg = algorithm_config_from_dict(
+        {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
+         "entropy": {"coef": 0.01}}
+    )
+    return make_loss_fn(alg)
+
+
+def _step(policy, batch: TokenBatch, loss_fn) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One train step; returns its metrics and the raw gradients, then restores weights and optimizer."""
+    start = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    metrics = policy.train_step(batch, loss_fn, with_entropy=True)
+    grads = {n: p.main_grad.detach().clone() for n, p in policy.model.named_parameters()}
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            p.copy_(start[n])
+    policy.optimizer.reload_model_params()
+    policy.reset_optimizer()
+    return metrics, grads
+
+
+def _assert_grads_close(got, want, atol, rtol=0.0):
+    assert got.keys() == want.keys()
+    assert max(float(g.abs().max()) for g in want.values()) > 0
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=name)
+
+
+# ------------------------------------------------------------------------------------------- recompute
+
+
+@pytest.mark.parametrize(
+    "recompute",
+    [
+        {"recompute": "full"},
+        {"recompute": "full", "recompute_num_layers": 2},
+        {"recompute": "selective"},  # ["mlp"]
+        {"recompute": "selective", "recompute_modules": ["core_attn", "mlp"]},
+    ],
+    ids=["full", "full-2-layers", "selective-mlp", "selective-attn-mlp"],
+)
+def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
+    base = build()
+    batch = _with_old_and_ref(base, _batch(1))
+    loss_fn = _prorl_loss_fn()
+    m0, g0 = _step(base, batch, loss_fn)
+    policy = build(**recompute)
+    cfg = policy.model.config
+    want = policy.config.transformer_overrides()
+    assert cfg.recompute_granularity == want["recompute_granularity"]
+    if recompute["recompute"] == "full":
+        assert cfg.recompute_method == "uniform" and cfg.recompute_num_layers == want["recompute_num_layers"]
+    else:
+        assert cfg.recompute_modules == want["recompute_modules"]
+    m1, g1 = _step(policy, batch, loss_fn)
+    assert m1["loss"] == pytest.approx(m0["loss"], abs=RECOMPUTE_ATOL)
+    assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4 if _CUDA else 1e-6)
+    _assert_grads_close(g1, g0, RECOMPUTE_ATOL)
+
+
+def test_recompute_config_errors_name_the_key_and_the_fix():
+    with pytest.raises(ValueError, match=r"policy\.recompute must be one of none, selective, full"):
+        MegatronPolicyConfig(recompute="partial")
+    with pytest.raises(ValueError, match=r"policy\.recompute_num_layers.*set policy\.recompute=full"):
+        MegatronPolicyConfig(recompute="selective", recompute_num_layers=2)
+    with pytest.raises(ValueError, match=r"policy\.recompute_num_layers must be a positive integer"):
+        MegatronPolicyConfig(recompute="full", recompute_num_layers=0)
+    with pytest.raises(ValueError, match=r"policy\.recompute_modules.*set policy\.recompute=selective"):
+        MegatronPolicyConfig(recompute="full", recompute_modules=["mlp"])
+    with pytest.raises(ValueError, match=r"'layernorm' is not supported"):
+        MegatronPolicyConfig(recompute="selective", recompute_modules=["layernorm"])
+    with pytest.raises(ValueError, match=r"'moe' is not a dense-model module"):
+        MegatronPolicyConfig(recompute="selective", recompute_modules=["moe"])
+    with pytest.raises(ValueError, match=r"non-empty list"):
+        MegatronPolicyConfig(recompute="selective", recompute_modules="mlp")
+    assert MegatronPolicyConfig().transformer_overrides() == {}
+    assert MegatronPolicyConfig(recompute="full").transformer_overrides() == {
+        "recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1,
+    }
+    assert MegatronPolicyConfig(recompute="selective").transformer_overrides() == {
+        "recompute_granularity": "selective", "recompute_modules": ["mlp"],
+    }
+
+
+def test_recompute_num_layers_must_divide_the_layers_per_stage(hf_dir):
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
+
+    with pytest.raises(ValueError, match=r"policy\.recompute_num_layers=3 must divide the 4 layers"):
+        MegatronPolicy(hf_dir, MegatronPolicyConfig(recompute="full", recompute_num_layers=3))
+
+
+def test_trainer_config_reports_the_dotted_policy_key():
+    from nemo_prorl.algorithms.config import ConfigError
+    from nemo_prorl.trainer.config import build_config
+
+    with pytest.raises(ConfigError, match=r"policy\.recompute must be one of"):
+        build_config({"model": "m", "policy": {"recompute": "everything"}})
+    with pytest.raises(ConfigError, match=r"policy\.micro_batch_tokens must be null"):
+        build_config({"model": "m", "policy": {"micro_batch_tokens": 1}})
+
+
+# ------------------------------------------------------------------------------- token-budget batches
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("budget", [24, 50, 200])
+def test_token_budget_step_equals_the_fixed_count_step(build, budget, agg):
+    """Same mini-batch cut by a token budget or into fixed pairs: same loss, metrics and gradients.
+
+    ``seq-mean-token-sum-norm`` with ``norm_len`` null divides by the padded length ``L``: it stays
+    invariant because the ``loss_fn`` always sees ``[b, L]`` rows, whatever length the forward ran.
+    """
+    base = build()
+    batch = _with_old_and_ref(base, _batch(2))
+    loss_fn = _prorl_loss_fn(agg)
+    m0, g0 = _step(base, batch, loss_fn)
+    policy = build(micro_batch_tokens=budget)
+    m1, g1 = _step(policy, batch, loss_fn)
+    for key in ("loss", "pg_loss", "kl_loss", "entropy", "clip_fraction"):
+        if key in m0:
+            assert m1[key] == pytest.approx(m0[key], abs=BUDGET_ATOL, rel=BUDGET_RTOL), key
+    assert m1["num_tokens"] == m0["num_tokens"] and m1["num_seqs"] == m0["num_seqs"]
+    _assert_grads_close(g1, g0, BUDGET_ATOL, BUDGET_RTOL)
+
+
+def test_padding_fraction_hand_computed(build):
+    batch = _with_old_and_ref(build(), _batch(3))
+    lengths = sequence_lengths(batch.response_mask)
+    assert lengths == ENDS
+    real = sum(ENDS)  # 117
+    # fixed count: 8 rows, every one run at L = 24 -> 192 computed positions
+    m_fixed, _ = _step(build(), batch, _prorl_loss_fn())
+    assert m_fixed["perf/padding_fraction"] == pytest.approx(1 - real / (ROWS * LENGTH))
+    # budget 50: sorted 24, 24 | 19, 15 | 12, 10, 7, 6 -> 48 + 38 + 48 = 134
+    assert token_budget_bins(lengths, 50) == [[0, 4], [6, 2], [7, 3, 1, 5]]
+    m_budget, _ = _step(build(micro_batch_tokens=50), batch, _prorl_loss_fn())
+    assert m_budget["perf/padding_fraction"] == pytest.approx(padding_fraction(real, 134))
+    assert m_budget["perf/padding_fraction"] == pytest.approx(17 / 134)
+
+
+def test_token_budget_logprobs_in_the_original_row_order(build):
+    base = build()
+    batch = _batch(4)
+    lp0, ent0 = base.logprobs(batch, with_entropy=True)
+    policy = build(micro_batch_tokens=40)  # bins reorder rows: [0, 4] | [6] | [2, 7] | [3, 1, 5]
+    lp1, ent1 = policy.logprobs(batch, with_entropy=True)
+    torch.testing.assert_close(lp1, lp0, atol=BUDGET_ATOL, rtol=0)
+    torch.testing.assert_close(ent1, ent0, atol=BUDGET_ATOL, rtol=0)
+    assert lp1.shape == (ROWS, LENGTH)
+    assert bool((lp1[batch.response_mask == 0] == 0).all())
+    # a permuted batch gives the permuted log-probs
+    perm = torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
+    shuffled = TokenBatch(batch.input_ids[perm], batch.response_mask[perm], extras={})
+    lp2, _ = policy.logprobs(shuffled)
+    torch.testing.assert_close(lp2, lp0[perm], atol=BUDGET_ATOL, rtol=0)
+
+
+def test_logprob_token_budget_overrides_the_training_one(build):
+    batch = _batch(5)
+    lp0, _ = build().logprobs(batch)
+    policy = build(micro_batch_tokens=200, logprob_micro_batch_tokens=24)  # one row per micro-batch
+    lp1, _ = policy.logprobs(batch)
+    torch.testing.assert_close(lp1, lp0, atol=BUDGET_ATOL, rtol=0)
+
+
+def test_a_row_longer_than_the_budget_runs_alone(build, caplog):
+    base = build()
+    batch = _with_old_and_ref(base, _batch(6))
+    m0, g0 = _step(base, batch, _prorl_loss_fn())
+    policy = build(micro_batch_tokens=20)  # the two 24-token rows exceed it
+    with caplog.at_level("WARNING", logger="nemo_prorl.policy.megatron.engine"):
+        m1, g1 = _step(policy, batch, _prorl_loss_fn())
+    assert "exceed the micro-batch token budget 20" in caplog.text
+    assert m1["loss"] == pytest.approx(m0["loss"], abs=BUDGET_ATOL, rel=BUDGET_RTOL)
+    _assert_grads_close(g1, g0, BUDGET_ATOL, BUDGET_RTOL)
+
+
+def test_paper_recipe_budget_holds_its_longest_row():
+    """conf/prorl_1p5b.yaml sizes micro_batch_tokens for the 16k phase's longest row (its comment)."""
+    from nemo_prorl.trainer.config import build_config, compose
+
+    raw = compose("prorl_1p5b", [])
+    raw["model"] = "demo"
+    cfg = build_config(raw)
+    longest = cfg.rollout.max_prompt_tokens + max(
+        [cfg.rollout.max_response_tokens] + [p.max_response_tokens or 0 for p in cfg.phases]
+    )
+    assert longest == 17408
+    assert cfg.policy.micro_batch_tokens >= longest
+    assert cfg.policy.recompute in ("selective", "full")
+    # the comment's activation figure: budget x 28 layers x 19,456 B (selective MLP recompute, 1.5B)
+    assert cfg.policy.micro_batch_tokens * 28 * 19456 / 1e9 == pytest.approx(10.04, abs=0.01)
