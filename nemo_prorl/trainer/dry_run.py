@@ -34,7 +34,8 @@ def layout_of(cfg: ProRLConfig, world_size: int) -> mp.Layout:
         tp=tp, pp=pp, dp=max(1, world_size // (tp * pp)), param_bytes=param_bytes,
         grad_bytes=4 if (p.grad_reduce_in_fp32 or param_bytes == 4) else param_bytes,
         distributed_optimizer=p.use_distributed_optimizer, reference_on_gpu=not p.reference_offload_to_cpu,
-        micro_batch=p.micro_batch_size, logprob_chunk=p.logprob_chunk_size,
+        micro_batch=p.micro_batch_size, micro_batch_tokens=p.micro_batch_tokens,
+        recompute_modules=tuple(p.recompute_modules or ("mlp",)), logprob_chunk=p.logprob_chunk_size,
         rollout_tp=r.tensor_parallel_size, rollout_bytes=_DTYPE_BYTES.get(r.dtype, param_bytes),
         gpu_memory_utilization=r.gpu_memory_utilization)
 
@@ -79,12 +80,13 @@ def format_memory(cfg: ProRLConfig, arch: ModelArch, plans: list[PhasePlan], lay
              f"  static: weights {_gb(st.weights)} + gradients {_gb(st.gradients)} + optimizer "
              f"{_gb(st.optimizer)} ({opt}) + reference {_gb(st.reference)}"
              f"{' (offloaded)' if not layout.reference_on_gpu else ''} = {_gb(st.total)}",
-             "  activations at the largest micro-batch (padded to prompt + the phase's response limit), "
-             "per recompute mode:",
-             "    none = unfused attention stores the s x s scores; selective = core attention recomputed "
-             "(what flash/fused attention stores anyway); full = layer inputs + one layer",
-             f"    configured: policy.recompute = {configured}" if configured is not None else
-             "    (policy.recompute is not in this build: all three modes are planned)"]
+             "  activations at the largest micro-batch (padded to prompt + the phase's response limit; "
+             + (f"policy.micro_batch_tokens {layout.micro_batch_tokens} -> max(1, budget // seq) rows"
+                if layout.micro_batch_tokens else f"policy.micro_batch_size {layout.micro_batch} rows")
+             + "), per policy.recompute mode, with fused attention (Transformer Engine):",
+             f"    none = everything; selective = recompute_modules {list(layout.recompute_modules)} "
+             "recomputed; full = layer inputs + one layer",
+             f"    configured: policy.recompute = {configured}"]
     vllm = cfg.rollout.backend == "vllm"
     replicas = max(1, world_size // layout.rollout_tp)
     per_round = cfg.trainer.generation_prompts or prompts_per_round(
@@ -95,6 +97,12 @@ def format_memory(cfg: ProRLConfig, arch: ModelArch, plans: list[PhasePlan], lay
         head += f"  {'vLLM w':>6} {'KV need':>8} {'KV avail':>8} {'gen peak':>8}"
     lines.append(head)
     seen: set[tuple[int, int]] = set()
+    over = sorted({cfg.rollout.max_prompt_tokens + p.max_response_tokens for p in plans
+                   if layout.micro_batch_tokens and cfg.rollout.max_prompt_tokens + p.max_response_tokens
+                   > layout.micro_batch_tokens})
+    if over:
+        lines.append(f"  warning: sequences of up to {over[-1]} tokens exceed policy.micro_batch_tokens "
+                     f"{layout.micro_batch_tokens}: such a row trains alone in an over-budget micro-batch")
     for p in plans:
         seq = cfg.rollout.max_prompt_tokens + p.max_response_tokens
         if (seq, p.n) in seen:

@@ -27,14 +27,19 @@ reproduces the formula above for a GPT layer and gives docs/scaling.md's SwiGLU/
     MLP, gated (SwiGLU)               2sbh + 8 s b I  (input; gate, up, silu(gate), silu(gate)*up)
     MLP, plain                        2sbh + 4 s b I  (input; activation input, fc2 input) (+ sbh mask)
 
-Recompute modes: ``none`` keeps everything (unfused attention stores the ``s x s`` scores);
-``selective`` recomputes the core attention and drops the ``5as/h`` term (with flash / fused attention,
-Transformer Engine's default on GPU, nothing else is stored there either, so ``none`` costs what
-``selective`` does); ``full`` keeps each layer's input ``2sbh`` and recomputes one layer at a time in
-backward, holding that layer's (selective) activations. Tensor parallelism without sequence parallelism
-(how nemo_prorl builds the model) splits everything but the norm inputs, the QKV/MLP inputs and the
-dropout masks (``10 sbh`` of Korthikanti's 34) over ``t``. A 1F1B pipeline keeps ``min(p, micro-batches)``
-micro-batches in flight on its first stage, each of ``l / p`` layers.
+Recompute modes are the engine's ``policy.recompute``: ``none`` keeps everything; ``selective``
+recomputes the submodules named in ``policy.recompute_modules`` in backward (``mlp`` drops the MLP's
+``8 s b I`` internals, ``core_attn`` drops the ``s x s`` scores); ``full`` keeps each layer's input ``2sbh``
+and recomputes one layer at a time in backward, holding that layer's activations. The ``s x s`` scores
+exist only with unfused attention (megatron's local layer spec, ``unfused_attention=True``); Transformer
+Engine's fused attention, the engine's spec on GPU, stores none (the default here). Korthikanti's own
+"selective" is ``recompute_modules=("core_attn",)`` on unfused attention. Tensor parallelism without
+sequence parallelism (how nemo_prorl builds the model) splits everything but the norm inputs, the QKV/MLP
+inputs and the dropout masks (``10 sbh`` of Korthikanti's 34) over ``t``. A 1F1B pipeline keeps
+``min(p, micro-batches)`` micro-batches in flight on its first stage, each of ``l / p`` layers.
+
+**Micro-batch rows**: with a token budget ``T`` (``policy.micro_batch_tokens``) a micro-batch of sequences
+padded to ``s`` holds ``max(1, T // s)`` rows; without one, ``policy.micro_batch_size`` rows.
 
 **Log-prob head**: chunked over tokens, ``chunk * V / t`` fp32 logits and their gradient (8 bytes each).
 
@@ -76,7 +81,9 @@ def optimizer_bytes(num_params: int, tp: int = 1, pp: int = 1, dp: int = 1, *, m
 
 # ---------------------------------------------------------------------------------- activations
 def activation_bytes_per_layer(arch: ModelArch, seq: int, micro_batch: int, *, recompute: str = "none",
-                               tp: int = 1, dropout: bool = False, act_bytes: int = 2) -> float:
+                               tp: int = 1, dropout: bool = False, act_bytes: int = 2,
+                               unfused_attention: bool = False,
+                               recompute_modules: tuple[str, ...] = ("mlp",)) -> float:
     """Activation memory one transformer layer keeps for backward, for ``micro_batch`` sequences of ``seq``.
 
     See the module docstring for the terms. ``act_bytes`` scales the 16-bit formula (2) to other widths.
@@ -85,10 +92,12 @@ def activation_bytes_per_layer(arch: ModelArch, seq: int, micro_batch: int, *, r
         arch: the model.
         seq: tokens per sequence ``s`` (padded length of the micro-batch).
         micro_batch: sequences ``b``.
-        recompute: ``none``, ``selective`` or ``full``.
+        recompute: ``none``, ``selective`` or ``full`` (``policy.recompute``).
         tp: tensor-parallel size (no sequence parallelism).
         dropout: count dropout masks (Korthikanti's GPT; Qwen2 fine-tuning has none).
         act_bytes: bytes per activation element (2 for bf16).
+        unfused_attention: the attention stores its ``s x s`` scores (megatron's local spec).
+        recompute_modules: what ``selective`` recomputes (``policy.recompute_modules``).
 
     """
     if recompute not in RECOMPUTE_MODES:
@@ -98,15 +107,14 @@ def activation_bytes_per_layer(arch: ModelArch, seq: int, micro_batch: int, *, r
     scale = act_bytes / 2
     if recompute == "full":
         return 2 * s * b * h * scale  # the layer's input only (sequence parallelism would split it)
+    selective = set(recompute_modules) if recompute == "selective" else set()
     replicated = 4 * s * b * h + 2 * s * b * h + 2 * s * b * h  # norm inputs, QKV input, MLP input
     split = 2 * s * b * h + 4 * s * b * kvd + 2 * s * b * h  # Q, K and V, output-projection input
-    if arch.gated_mlp:
-        split += 8 * s * b * ffn
-    else:
-        split += 4 * s * b * ffn
+    if "mlp" not in selective:
+        split += (8 if arch.gated_mlp else 4) * s * b * ffn
     if dropout:
         replicated += 2 * s * b * h  # attention and MLP output dropout masks
-    if recompute == "none":
+    if unfused_attention and "core_attn" not in selective:
         split += (5 if dropout else 2) * a * s * s * b
     return (replicated + split / tp) * scale
 
@@ -119,20 +127,20 @@ def layers_in_flight(num_layers: int, pp: int, num_micro_batches: int) -> float:
 
 
 def activation_bytes(arch: ModelArch, seq: int, micro_batch: int, *, recompute: str = "none", tp: int = 1,
-                     pp: int = 1, num_micro_batches: int = 1, dropout: bool = False) -> float:
+                     pp: int = 1, num_micro_batches: int = 1, dropout: bool = False,
+                     unfused_attention: bool = False, recompute_modules: tuple[str, ...] = ("mlp",)) -> float:
     """Activations of a rank's backward: layers in flight x per layer; ``full`` adds one layer's working set.
 
     Returns:
         Bytes.
 
     """
+    kw = dict(tp=tp, dropout=dropout, unfused_attention=unfused_attention,
+              recompute_modules=recompute_modules)
     layers = layers_in_flight(arch.num_layers, pp, num_micro_batches)
-    per_layer = activation_bytes_per_layer(arch, seq, micro_batch, recompute=recompute, tp=tp,
-                                           dropout=dropout)
-    total = layers * per_layer
-    if recompute == "full":  # the layer being recomputed holds its activations during its backward
-        total += activation_bytes_per_layer(arch, seq, micro_batch, recompute="selective", tp=tp,
-                                            dropout=dropout)
+    total = layers * activation_bytes_per_layer(arch, seq, micro_batch, recompute=recompute, **kw)
+    if recompute == "full":  # the layer being recomputed holds all its activations during its backward
+        total += activation_bytes_per_layer(arch, seq, micro_batch, recompute="none", **kw)
     return total
 
 
@@ -164,7 +172,10 @@ class Layout:
         grad_bytes: bytes per gradient element (4 with grad_reduce_in_fp32).
         distributed_optimizer: optimizer state sharded over ``dp``.
         reference_on_gpu: the reference policy stays on the GPU.
-        micro_batch: sequences per training micro-batch.
+        micro_batch: sequences per training micro-batch (``policy.micro_batch_size``).
+        micro_batch_tokens: the token budget of a micro-batch (``policy.micro_batch_tokens``) or None.
+        unfused_attention: attention stores its ``s x s`` scores (local spec; False with TE).
+        recompute_modules: what selective recompute recomputes.
         logprob_chunk: tokens per chunk of the log-prob head.
         rollout_tp: vLLM tensor-parallel size.
         rollout_bytes: bytes per vLLM weight / KV element.
@@ -180,6 +191,9 @@ class Layout:
     distributed_optimizer: bool = True
     reference_on_gpu: bool = True
     micro_batch: int = 1
+    micro_batch_tokens: int | None = None
+    unfused_attention: bool = False
+    recompute_modules: tuple[str, ...] = ("mlp",)
     logprob_chunk: int = 1024
     rollout_tp: int = 1
     rollout_bytes: int = 2
@@ -257,10 +271,12 @@ def phase_memory(arch: ModelArch, layout: Layout, static: StaticMemory, *, seq: 
         gpu_bytes: the GPU's memory.
 
     """
-    mb = max(1, min(layout.micro_batch, seqs_per_update))
+    rows = max(1, layout.micro_batch_tokens // seq) if layout.micro_batch_tokens else layout.micro_batch
+    mb = max(1, min(rows, seqs_per_update))
     n_micro = math.ceil(seqs_per_update / mb)
     acts = {mode: activation_bytes(arch, seq, mb, recompute=mode, tp=layout.tp, pp=layout.pp,
-                                   num_micro_batches=n_micro)
+                                   num_micro_batches=n_micro, unfused_attention=layout.unfused_attention,
+                                   recompute_modules=layout.recompute_modules)
             for mode in RECOMPUTE_MODES}
     head = logprob_head_bytes(arch.vocab_size, min(layout.logprob_chunk, seq * mb), layout.tp)
     vllm_w = weight_bytes(arch.num_params, layout.rollout_tp, 1, layout.rollout_bytes)

@@ -35,11 +35,13 @@ def test_dry_run_plans_the_paper_recipe_and_writes_nothing(tmp_path, monkeypatch
             "32) + reference 3.55 = 14.88") in out
     plan = {line.split()[0]: line.split() for line in lines if line.startswith("  run")}
     assert set(plan) == {"run1", "run6_n32", "run8_16k"}
-    assert plan["run1"][1:4] == ["9216", "4", "322.37"]      # seq, micro-batch, no recompute
-    assert plan["run1"][4:6] == ["94.07", "6.53"]            # selective, full
-    assert plan["run8_16k"][1] == "17408"
-    # train peaks none/selective/full: 94 GB of activations do not fit 80 GB; full recompute does
-    assert " ".join(plan["run1"][7:10]) == "337.88 OVER/109.58 OVER/22.04"
+    # 18,432-token micro-batches: 2 rows of 9,216 (28 x 91,136 x 18,432 B = 47.03 GB without recompute)
+    assert plan["run1"][1:4] == ["9216", "2", "47.03"]       # seq, micro-batch rows, no recompute
+    assert plan["run1"][4:6] == ["10.04", "3.27"]            # selective (mlp), full
+    assert plan["run8_16k"][1:3] == ["17408", "1"]
+    assert "configured: policy.recompute = selective" in out
+    # train peaks none/selective/full: the shipped selective recompute fits 80 GB with room
+    assert plan["run1"][7] == "62.54/25.55/18.77"
     assert "28 KiB/token" in out
 
 

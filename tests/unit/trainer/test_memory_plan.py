@@ -36,28 +36,36 @@ def test_korthikanti_gpt_layer_sbh_34_plus_5as_over_h():
     """Without recompute (with dropout, unfused attention): s b h (34 + 5 a s / h) bytes per layer."""
     arch, s, b = _gpt(), 2048, 2
     h, a = arch.hidden_size, arch.num_heads
-    none = mp.activation_bytes_per_layer(arch, s, b, recompute="none", dropout=True)
+    kw = dict(dropout=True, unfused_attention=True)
+    none = mp.activation_bytes_per_layer(arch, s, b, recompute="none", **kw)
     assert none == s * b * h * (34 + 5 * a * s / h)
-    # selective recompute drops the 5as/h term; full keeps the layer input 2sbh
-    assert mp.activation_bytes_per_layer(arch, s, b, recompute="selective", dropout=True) == 34 * s * b * h
-    assert mp.activation_bytes_per_layer(arch, s, b, recompute="full", dropout=True) == 2 * s * b * h
+    # Korthikanti's selective recompute (the core attention) drops the 5as/h term; full keeps 2sbh
+    assert mp.activation_bytes_per_layer(arch, s, b, recompute="selective", recompute_modules=("core_attn",),
+                                         **kw) == 34 * s * b * h
+    assert mp.activation_bytes_per_layer(arch, s, b, recompute="full", **kw) == 2 * s * b * h
+    # fused attention (TE) stores no scores: none costs 34 sbh
+    assert mp.activation_bytes_per_layer(arch, s, b, recompute="none", dropout=True) == 34 * s * b * h
     # tensor parallelism without sequence parallelism: s b h (10 + 24 / t + 5 a s / (h t))
     t = 4
-    assert mp.activation_bytes_per_layer(arch, s, b, recompute="none", tp=t, dropout=True) == pytest.approx(
+    assert mp.activation_bytes_per_layer(arch, s, b, recompute="none", tp=t, **kw) == pytest.approx(
         s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
 
 
 def test_qwen2_15b_per_token_matches_docs_scaling():
     """docs/scaling.md section 3: (6h + 2 kv_dim + 4I) elements x 2 B = 91,136 B per token per layer."""
-    per_token = mp.activation_bytes_per_layer(R15, 1, 1, recompute="selective")
+    per_token = mp.activation_bytes_per_layer(R15, 1, 1, recompute="none")
     assert per_token == 2 * (6 * 1536 + 2 * 256 + 4 * 8960) == 91_136
+    # selective recompute of the MLP keeps 6h + 2 kv_dim elements: docs/scaling.md's 19,456 B
+    sel = mp.activation_bytes_per_layer(R15, 1, 1, recompute="selective")
+    assert sel == 2 * (6 * 1536 + 2 * 256) == 19_456
     # unfused attention adds the softmax output 2 a s^2 b (no dropout in RL fine-tuning)
     s = 8192
-    assert mp.activation_bytes_per_layer(R15, s, 1, recompute="none") == 91_136 * s + 2 * 12 * s * s
-    # the recipe's micro-batch: 4 sequences of 1024 + 8192 tokens, 28 layers -> 94.07 GB (research: ~94 GB)
-    sel = mp.activation_bytes(R15, 9216, 4, recompute="selective")
-    assert sel == 28 * 91_136 * 9216 * 4
-    assert round(sel / mp.GB, 2) == 94.07
+    assert mp.activation_bytes_per_layer(R15, s, 1, recompute="none", unfused_attention=True) == (
+        91_136 * s + 2 * 12 * s * s)
+    # the old micro-batch: 4 sequences of 1024 + 8192 tokens, 28 layers -> 94.07 GB (research: ~94 GB)
+    none = mp.activation_bytes(R15, 9216, 4, recompute="none")
+    assert none == 28 * 91_136 * 9216 * 4
+    assert round(none / mp.GB, 2) == 94.07
     # full recompute: 28 layer inputs (2 s b h) + one layer's working set
     full = mp.activation_bytes(R15, 9216, 4, recompute="full")
     assert full == 28 * 2 * 9216 * 4 * 1536 + 91_136 * 9216 * 4
@@ -95,3 +103,9 @@ def test_phase_memory_peaks():
     # a rank with fewer sequences than the micro-batch trains them in one smaller micro-batch
     small = mp.phase_memory(R15, layout, st, seq=100, seqs_per_update=2, seqs_per_round=1, gpu_bytes=80e9)
     assert small.micro_batch == 2
+    # a token budget sets the rows: 18,432 // 9,216 = 2; a sequence over the budget trains alone
+    budget = mp.Layout(dp=32, micro_batch=4, micro_batch_tokens=18_432)
+    assert mp.phase_memory(R15, budget, st, seq=9216, seqs_per_update=32, seqs_per_round=1,
+                           gpu_bytes=80e9).micro_batch == 2
+    assert mp.phase_memory(R15, budget, st, seq=20_000, seqs_per_update=32, seqs_per_round=1,
+                           gpu_bytes=80e9).micro_batch == 1
