@@ -127,13 +127,19 @@ def test_installed_wheel_composes_the_paper_recipe(installed, tmp_path):
     cwd = tmp_path / "elsewhere"
     (cwd / "models" / "r1-1.5b").mkdir(parents=True)
     (cwd / "models" / "r1-1.5b" / "config.json").write_text(json.dumps(QWEN2_1P5B_CONFIG))
+    # a user's own recipe directory (``--config-path``), relative to the working directory
+    (cwd / "my_conf").mkdir()
+    shipped = (installed / "nemo_prorl" / "conf" / "demo.yaml").read_text()
+    (cwd / "my_conf" / "mine.yaml").write_text(shipped.replace("max_steps: 1000", "max_steps: 7"))
     code = (
         "import json, nemo_prorl\n"
         "from nemo_prorl.trainer.config import load_config\n"
         "cfg = load_config('prorl_1p5b', ['model=models/r1-1.5b', 'run_dir=runs/p'])\n"
+        "mine = load_config('mine', [], 'my_conf')\n"
         "print(json.dumps({'module': nemo_prorl.__file__, 'model_dir': str(cfg.model_dir.resolve()),\n"
         "                  'phases': [p.name for p in cfg.phases], 'backend': cfg.rollout.backend,\n"
-        "                  'train_files': cfg.data.train_files, 'dtype': cfg.policy.params_dtype}))\n"
+        "                  'train_files': cfg.data.train_files, 'dtype': cfg.policy.params_dtype,\n"
+        "                  'mine_steps': mine.trainer.max_steps, 'mine_model': str(mine.model_dir)}))\n"
     )
     out = json.loads(_run([sys.executable, "-c", code], cwd=cwd, env=_env(installed), timeout=120)
                      .stdout.strip().splitlines()[-1])
@@ -143,6 +149,8 @@ def test_installed_wheel_composes_the_paper_recipe(installed, tmp_path):
     assert out["train_files"][0] == "data/prorl/math.jsonl"
     assert out["backend"] == "vllm" and out["dtype"] == "bf16"
     assert len(out["phases"]) == 8 and out["phases"][-1] == "run8_16k"
+    assert out["mine_steps"] == 7  # the user's copy, not the shipped demo.yaml
+    assert Path(out["mine_model"]).resolve().is_relative_to(installed.resolve())
 
 
 def test_installed_wheel_dry_run_when_the_cli_has_it(installed, tmp_path):
