@@ -127,11 +127,13 @@ def test_cpu_smoke_run_writes_a_complete_report(gc_mod, tmp_path):
     for name in ("environment", "process_group", "optimizer_reset", "checkpoint_round_trip"):
         assert by[name]["status"] == "pass", by[name]
     assert by["process_group"]["figures"]["backend"] == "gloo"
-    reset = by["optimizer_reset"]["figures"]
-    assert reset["counters_before_reset"]["per_param"] == [3.0]
-    assert set(reset["counters_after_reset"]["per_param"]) == {0.0}
-    assert reset["bit_identical"] is True and reset["update_max_abs"] > 0
-    assert reset["lr_reset"] == reset["lr_fresh"]  # the warm-up restarted with the reset
+    for variant in ("plain", "distributed"):
+        reset = by["optimizer_reset"]["figures"][variant]
+        assert reset["counters_before_reset"]["per_param"] == [3.0]
+        assert set(reset["counters_after_reset"]["per_param"]) == {0.0}
+        assert reset["bit_identical"] is True and reset["update_max_abs"] > 0
+        assert reset["lr_reset"] == reset["lr_fresh"]  # the warm-up restarted with the reset
+    assert "DistributedOptimizer" in str(by["optimizer_reset"]["figures"]["distributed"]["optimizer"])
     ck = by["checkpoint_round_trip"]["figures"]
     assert ck["loss_resumed"] == pytest.approx(ck["loss_continued"], rel=1e-6)
     assert ck["counters_loaded"] == ck["counters_saved"]
