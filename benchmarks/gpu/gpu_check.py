@@ -182,8 +182,7 @@ def _random_qwen2_dir(out: Path, arch: dict[str, Any], max_positions: int) -> tu
 
     from nemo_prorl.policy.megatron.testing import make_tiny_tokenizer
 
-    cfg = Qwen2Config(max_position_embeddings=max_positions, rope_theta=1e6, rms_norm_eps=1e-6,
-                      torch_dtype="bfloat16", **arch)
+    cfg = Qwen2Config(max_position_embeddings=max_positions, rope_theta=1e6, rms_norm_eps=1e-6, **arch)
     if not (out / "config.json").is_file():
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
@@ -222,12 +221,21 @@ def check_environment(ctx, fig):
 
     fig.update(python=platform.python_version(), torch=torch.__version__, torch_cuda=torch.version.cuda,
                megatron_core=megatron.core.__version__, cuda_available=_cuda())
-    for mod in ("transformers", "transformer_engine", "apex", "vllm"):
-        try:
-            m = __import__(mod)
-            fig[mod] = getattr(m, "__version__", "present")
-        except Exception as exc:  # noqa: BLE001 - absent or broken: record which
-            fig[mod] = f"absent ({type(exc).__name__})"
+    import importlib.metadata as md
+    import importlib.util
+
+    # versions from the installed metadata, without importing (a vLLM import alone takes many seconds)
+    for mod, dists in (("transformers", ("transformers",)), ("vllm", ("vllm",)), ("apex", ("apex",)),
+                       ("transformer_engine", ("transformer_engine", "transformer-engine"))):
+        if importlib.util.find_spec(mod) is None:
+            fig[mod] = "absent"
+            continue
+        for dist_name in dists:
+            try:
+                fig[mod] = md.version(dist_name)
+                break
+            except md.PackageNotFoundError:
+                fig[mod] = "present (no metadata)"
     import nemo_prorl
 
     fig["nemo_prorl"] = str(Path(nemo_prorl.__file__).parent)
