@@ -19,8 +19,9 @@ optimizer_reset          plain and distributed optimizer: after reset_optimizer(
                          parameter and per param group) is 0, the lr warm-up restarts, and the next update
                          equals a freshly built optimizer's (fp32: bit for bit on CPU, within 1e-6 of the
                          update on CUDA)
-checkpoint_round_trip    save, step, load, step again: same loss (rel 1e-6), grad norm (rel 1e-5), weights
-                         (bit for bit on CPU, within 1% of the update on CUDA), step counters
+checkpoint_round_trip    save, step, load, step again (fp32 plain optimizer; on CUDA also bf16 + distributed
+                         optimizer, the recipe's settings): same loss (rel 1e-6), grad norm (rel 1e-5),
+                         weights (bit for bit on CPU, within 1% of the update on CUDA), step counters
 collective_placement     nemo_prorl.collectives moves a CPU tensor to the backend's device and back (skipped
                          when the module is not present in this build)
 arch_1p5b_train          Qwen2-1.5B shapes (hidden 1536, 28 layers, 12 heads, 2 KV heads, FFN 8960, vocab
@@ -355,15 +356,17 @@ def check_optimizer_reset(ctx, fig):
     assert not errors, "; ".join(errors)
 
 
-def check_checkpoint_round_trip(ctx, fig):
-    dtype = "bf16" if _cuda() else "fp32"
-    pol = _policy(_tiny_model(ctx), params_dtype=dtype, use_distributed_optimizer=_cuda())
+def _round_trip(ctx: dict[str, Any], dtype: str, distributed: bool) -> dict[str, Any]:
+    """Step, save, step, load, step again; the two last steps must agree."""
+    fig: dict[str, Any] = {"params_dtype": dtype, "distributed_optimizer": distributed}
+    pol = _policy(_tiny_model(ctx), params_dtype=dtype, use_distributed_optimizer=distributed)
     try:
-        fig.update(params_dtype=dtype, optimizer=_optimizer_names(pol.optimizer))
+        fig["optimizer"] = _optimizer_names(pol.optimizer)
         batch = _batch(2)
         pol.train_step(batch, _nll)
         t0 = time.perf_counter()
-        ckpt = pol.save_checkpoint(Path(ctx["tmp"]) / "ckpt" / "step_00000001", {"step": 1})
+        where = Path(ctx["tmp"]) / f"ckpt_{dtype}_{int(distributed)}" / "step_00000001"
+        ckpt = pol.save_checkpoint(where, {"step": 1})
         fig["save_s"] = time.perf_counter() - t0
         fig["checkpoint_mib"] = sum(f.stat().st_size for f in Path(ckpt).rglob("*") if f.is_file()) / 2**20
         counters = adam_step_counters(pol.optimizer)
@@ -385,9 +388,26 @@ def check_checkpoint_round_trip(ctx, fig):
         # bit for bit on CPU; on CUDA within 1% of the step's update (bf16 rounding of a reordered sum)
         tol = 0.0 if not _cuda() else 1e-2 * fig["update_max_abs"]
         assert fig["weights_max_abs_diff"] <= tol, fig["weights_max_abs_diff"]
+        return fig
     finally:
         del pol
         _free()
+
+
+def check_checkpoint_round_trip(ctx, fig):
+    # On CUDA also the recipe's settings (prorl_1p5b: bf16 + distributed optimizer). On CPU with
+    # megatron-core 0.16.1 those two fail at save time today (see docs/gpu-validation.md, "Found on CPU").
+    variants = [("fp32_plain", "fp32", False)]
+    if _cuda():
+        variants.insert(0, ("bf16_distributed", "bf16", True))
+    errors = []
+    for name, dtype, distributed in variants:
+        try:
+            fig[name] = _round_trip(ctx, dtype, distributed)
+        except Exception as exc:  # noqa: BLE001 - run the other variant, then fail
+            fig[name] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert not errors, "; ".join(errors)
 
 
 def check_collective_placement(ctx, fig):

@@ -134,7 +134,7 @@ def test_cpu_smoke_run_writes_a_complete_report(gc_mod, tmp_path):
         assert reset["bit_identical"] is True and reset["update_max_abs"] > 0
         assert reset["lr_reset"] == reset["lr_fresh"]  # the warm-up restarted with the reset
     assert "DistributedOptimizer" in str(by["optimizer_reset"]["figures"]["distributed"]["optimizer"])
-    ck = by["checkpoint_round_trip"]["figures"]
+    ck = by["checkpoint_round_trip"]["figures"]["fp32_plain"]
     assert ck["loss_resumed"] == pytest.approx(ck["loss_continued"], rel=1e-6)
     assert ck["counters_loaded"] == ck["counters_saved"]
     coll = by["collective_placement"]
