@@ -56,7 +56,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nemo_prorl", "nemo_prorl.*"]),
     include_package_data=True,
-    package_data={"nemo_prorl": ["conf/*.yaml", "data/fixtures/*", "data/fixtures/**/*"]},
+    # Recipes and the demo's base model/tokenizer/data ship inside the package: a wheel install finds them
+    # from any working directory (tests/integration/test_wheel_install.py builds and runs one).
+    package_data={"nemo_prorl": ["conf/*.yaml", "assets/demo/*", "data/fixtures/*", "data/fixtures/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

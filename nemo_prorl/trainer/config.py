@@ -1,4 +1,4 @@
-"""The whole-run config: Hydra YAML in ``conf/`` + ``key=value`` overrides, validated before any model.
+"""The whole-run config: Hydra YAML in ``nemo_prorl/conf/`` + ``key=value`` overrides, checked before a model.
 
 Each package owns and validates its own section (``policy``, ``rollout``, ``data``, ``rewards``,
 ``algorithm``); this module owns the run-level sections (``trainer``, ``reset``, ``phases``,
@@ -23,7 +23,9 @@ from nemo_prorl.rewards.config import RewardsConfig
 from nemo_prorl.rollout.config import RolloutConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PACKAGE_ROOT.parent / "conf"
+#: the shipped recipes and the demo's base model + data: package data, so a wheel install finds them from
+#: any working directory (``setup.py`` ``package_data``). Paths a user gives stay relative to the cwd.
+CONF_DIR = PACKAGE_ROOT / "conf"
 ASSETS = {"demo": PACKAGE_ROOT / "assets" / "demo"}
 DEFAULT_CONFIG = "demo"
 #: values of ``trainer.old_logprobs``
@@ -438,7 +440,7 @@ def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | 
 
 
 def compose(config_name: str | None, overrides: list[str], config_dir: str | None = None) -> dict[str, Any]:
-    """Compose ``conf/<config_name>.yaml`` with Hydra-style ``key=value`` overrides into a plain dict."""
+    """Compose ``<config_dir or CONF_DIR>/<name>.yaml`` with ``key=value`` overrides into a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
