@@ -23,8 +23,10 @@ def main(argv: list[str]) -> int:
         epilog="Overrides are Hydra-style key=value, e.g. trainer.max_steps=20 "
                "policy.tensor_model_parallel_size=2 reset.at_steps=[10]",
     )
-    ap.add_argument("--config-name", "-cn", default=None, help="config in conf/ (default: demo)")
-    ap.add_argument("--config-path", "-cp", default=None, help="directory of configs (default: conf/)")
+    ap.add_argument("--config-name", "-cn", default=None,
+                    help="recipe name in the package's nemo_prorl/conf/ or in --config-path (default: demo)")
+    ap.add_argument("--config-path", "-cp", default=None,
+                    help="directory of your own configs (default: the package's nemo_prorl/conf/)")
     ap.add_argument("--dry-run", action="store_true",
                     help="validate the recipe (every phase), print its schedule and a per-rank memory plan, "
                          "and exit without building a model, training or writing anything; reads only the "
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> int:
                     help="--dry-run: ranks of the job (default: WORLD_SIZE / SLURM_NTASKS, else 1)")
     ap.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: GPU memory (default 80)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
     from nemo_prorl.trainer.config import build_config, compose, load_config
 

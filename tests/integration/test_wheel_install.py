@@ -153,13 +153,10 @@ def test_installed_wheel_composes_the_paper_recipe(installed, tmp_path):
     assert Path(out["mine_model"]).resolve().is_relative_to(installed.resolve())
 
 
-def test_installed_wheel_dry_run_when_the_cli_has_it(installed, tmp_path):
-    """``train --dry-run`` (issue 15): composes and validates, trains nothing, writes no checkpoint."""
+def test_installed_wheel_dry_run_plans_the_paper_recipe(installed, tmp_path):
+    """``train --dry-run`` from the wheel: validates every phase of prorl_1p5b, trains and writes nothing."""
     env = _env(installed)
-    helptext = _run([sys.executable, "-m", "nemo_prorl.cli", "train", "--help"], cwd=tmp_path, env=env,
-                    timeout=120).stdout
-    if "--dry-run" not in helptext:
-        pytest.skip("this build's CLI has no `train --dry-run`")
-    _run([sys.executable, "-m", "nemo_prorl.cli", "train", "--dry-run", "run_dir=run"], cwd=tmp_path, env=env,
-         timeout=300)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    out = _run([sys.executable, "-m", "nemo_prorl.cli", "train", "--dry-run", "--config-name", "prorl_1p5b",
+                "run_dir=run", "--world-size", "32"], cwd=tmp_path, env=env, timeout=300).stdout
+    assert "checks: passed for 8 phase(s)" in out and "configured: policy.recompute = selective" in out
+    assert not (tmp_path / "run").exists()
