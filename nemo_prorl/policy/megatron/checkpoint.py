@@ -17,11 +17,15 @@ asked, deletes) both.
 
 Resharding: weights are saved as megatron ``ShardedTensor`` s, so a checkpoint saved at one TP/PP/DP
 loads at another. Optimizer state: the non-distributed optimizer's moments are sharded like the
-parameters and reshard the same way; the distributed optimizer uses the ``fully_sharded_model_space``
-format, which is also fully reshardable. Loading the optimizer between the two optimizer kinds is not
-supported: it raises unless ``load_optimizer=False`` (weights only, with a warning). RNG states are
-restored only when the rank layout is unchanged (else a warning: the RNG streams restart from the
-seed).
+parameters and reshard the same way; the distributed optimizer uses the ``fully_reshardable`` format
+(its DP shards are gathered over the gloo DP group into parameter-shaped tensors on DP rank 0 at save),
+which is also fully reshardable (megatron-core 0.16's ``dist_checkpointing`` refuses the
+``fully_sharded_model_space`` format: ``ShardedTensor.flattened_range is not supported``). Loading the
+optimizer between the two optimizer kinds is not supported: it raises unless ``load_optimizer=False``
+(weights only, with a warning). Adam's step counter is kept where the optimizer keeps it (per
+parameter for torch Adam, per param group for Transformer Engine's ``FusedAdam``) and converted on
+load when the checkpoint was written by the other one. RNG states are restored only when the rank
+layout is unchanged (else a warning: the RNG streams restart from the seed).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ _log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 COMPLETE = "COMPLETE"
 _STEP_RE = re.compile(r"^step_(\d+)$")
-_OPTIM_SHARDING = "fully_sharded_model_space"
+_OPTIM_SHARDING = "fully_reshardable"
 _REF_PREFIX = "reference."
 
 
@@ -232,6 +236,47 @@ def _align_loaded_steps(obj: Any, layout: str) -> None:
             _align_loaded_steps(value, layout)
 
 
+def _load_optimizer_state(policy: MegatronPolicy, state: dict[str, Any]) -> None:
+    """``policy.optimizer.load_state_dict(state)``, working around megatron-core 0.16 for torch Adam.
+
+    ``DistributedOptimizer.load_state_dict`` first puts the saved step into every torch Adam state
+    (``state["step"]``), then ``load_parameter_state_from_fully_reshardable`` copies the loaded tensors
+    into each state by the *state's* keys while the loaded tensors never carry ``step``: ``KeyError``.
+    For that case the two halves run here with the steps set aside around the second one.
+    It also puts one and the same step tensor into every state, which torch's Adam then advances once
+    per parameter at each step (so the bias corrections run ahead): every state gets its own copy.
+    (TE's ``FusedAdam`` keeps no per-parameter step, so its load needs neither.)
+    """
+    from nemo_prorl.policy.megatron.optim_reset import PER_PARAMETER
+
+    chain = getattr(policy.optimizer, "chained_optimizers", None) or [policy.optimizer]
+    split = (
+        len(chain) == 1
+        and _step_layout(policy) == PER_PARAMETER
+        and isinstance(state, dict)
+        and state.get("param_state_sharding_type") == "fully_reshardable"
+    )
+    if not split:
+        policy.optimizer.load_state_dict(state)
+    else:
+        dist_opt = chain[0]
+        rest = {k: v for k, v in state.items() if k not in ("param_state", "param_state_sharding_type")}
+        dist_opt.load_state_dict(rest)  # param groups, the step into every state, grad scaler
+        inner = dist_opt.optimizer.state
+        steps = {param: st.pop("step") for param, st in inner.items() if "step" in st}
+        try:
+            dist_opt.load_parameter_state_from_fully_reshardable(state["param_state"])
+        finally:
+            for param, step in steps.items():
+                inner[param]["step"] = step
+    from nemo_prorl.policy.megatron.engine import _torch_optimizers
+
+    for torch_opt in _torch_optimizers(policy.optimizer):
+        for st in torch_opt.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].clone()
+
+
 def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: bool) -> dict[str, Any]:
     model_sd = policy.model.sharded_state_dict()
     state: dict[str, Any] = {
@@ -239,7 +284,12 @@ def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: 
         "reference": policy.ref_model.sharded_state_dict(prefix=_REF_PREFIX),
     }
     if with_optimizer:
-        metadata = {"distrib_optim_sharding_type": _OPTIM_SHARDING}
+        # The distributed optimizer gathers its DP shards over megatron's gloo DP group onto DP rank 0
+        # (host memory; the default would all-gather the whole optimizer state into every GPU).
+        metadata = {
+            "distrib_optim_sharding_type": _OPTIM_SHARDING,
+            "distrib_optim_fully_reshardable_mem_efficient": True,
+        }
         state["optimizer"] = policy.optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading, metadata=metadata
         )
@@ -442,7 +492,7 @@ def load_checkpoint(
     if load_optimizer:
         # Restores the fp32 master weights too (bf16 / distributed optimizer keep their own copy).
         _align_loaded_steps(loaded["optimizer"], _step_layout(policy))
-        policy.optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(policy, loaded["optimizer"])
         _fill_missing_steps(policy)
     else:
         warnings.warn(
