@@ -478,6 +478,11 @@ def load_checkpoint(
 
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException subclass
 
+    if load_optimizer:
+        # A never-stepped optimizer has no state; megatron's distributed optimizer (torch Adam) reads
+        # every state's step while building the state dict to load into.
+        _ensure_optimizer_state(policy)
+        _fill_missing_steps(policy)
     state = _sharded_state(policy, is_loading=True, with_optimizer=load_optimizer)
     try:
         loaded = dist_checkpointing.load(state, str(path / "dist"))

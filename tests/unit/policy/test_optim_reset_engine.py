@@ -133,7 +133,11 @@ def test_megatron_builds_the_adam_asked_for(policy):
     assert {step_layout(o) for o in opts} == {"per_group" if adam == "fused" else "per_parameter"}
     # megatron-core 0.16 always returns a ChainedOptimizer (of one here)
     assert type(policy.optimizer).__name__ == "ChainedOptimizer"
-    inner = {"fp32": "FP32Optimizer", "bf16": "Float16OptimizerWithFloat16Params", "distopt": "DistributedOptimizer"}
+    inner = {
+        "fp32": "FP32Optimizer",
+        "bf16": "Float16OptimizerWithFloat16Params",
+        "distopt": "DistributedOptimizer",
+    }
     assert [type(o).__name__ for o in policy.optimizer.chained_optimizers] == [inner[wrapper]]
 
 
@@ -182,9 +186,9 @@ def test_reset_then_next_update_equals_a_fresh_optimizer(policy):
 def _skip_bf16_checkpoints(policy) -> None:
     if policy.test_kind[1] == "bf16":
         pytest.skip(
-            "CPU only: without TE/Apex megatron's torch-norm fallback keeps norm weights in fp32 inside a bf16 "
-            "model, and Float16OptimizerWithFloat16Params.sharded_state_dict numbers optimizer states over its "
-            "float16 groups only, so states and weights misalign (on GPU, TE norms are bf16)"
+            "CPU only: without TE/Apex megatron's torch-norm fallback keeps norm weights in fp32 inside a "
+            "bf16 model, and Float16OptimizerWithFloat16Params.sharded_state_dict numbers optimizer states "
+            "over its float16 groups only, so states and weights misalign (on GPU, TE norms are bf16)"
         )
 
 
