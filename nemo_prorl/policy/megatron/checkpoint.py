@@ -275,6 +275,12 @@ def _load_optimizer_state(policy: MegatronPolicy, state: dict[str, Any]) -> None
         for st in torch_opt.state.values():
             if isinstance(st.get("step"), torch.Tensor):
                 st["step"] = st["step"].clone()
+        # Loaded param groups replace the live ones. Groups saved by the other Adam lack this one's
+        # own settings (TE FusedAdam's ``bias_correction``); they take the constructor defaults,
+        # while the saved hyper-parameters (lr, betas, eps, weight_decay) stay as saved.
+        for group in torch_opt.param_groups:
+            for key, value in torch_opt.defaults.items():
+                group.setdefault(key, value)
 
 
 def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: bool) -> dict[str, Any]:
