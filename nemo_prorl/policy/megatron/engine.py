@@ -641,8 +641,11 @@ class MegatronPolicy:
         """
         from nemo_prorl.policy.megatron.optim_reset import restart_adam
 
-        for torch_opt in _torch_optimizers(self.optimizer):
-            restart_adam(torch_opt)
+        done = [restart_adam(torch_opt) for torch_opt in _torch_optimizers(self.optimizer)]
+        _log.info(
+            "reset_optimizer: %d moment tensors zeroed, %d step counters restarted, %d master weights kept",
+            *(sum(getattr(d, f) for d in done) for f in ("moments", "step_counters", "master_weights_kept")),
+        )
         self.steps_since_optimizer_reset = 0  # the lr warm-up starts again
 
     # ------------------------------------------------------------------ weights and checkpoints
