@@ -3,7 +3,8 @@
 Layout of one checkpoint directory (e.g. ``<run>/checkpoints/step_00000120``)::
 
     COMPLETE              written last; a directory without it is partial and never loaded
-    metadata.json         format version, TP/PP/DP sizes, optimizer kind, dtype, engine step count
+    metadata.json         format version, TP/PP/DP sizes, optimizer kind and Adam step layout, dtype,
+                          engine step count
     extra_state.json      the trainer's state (JSON only: no pickle of anything)
     dist/                 megatron dist_checkpointing of the policy weights, the optimizer state and
                           the reference weights (keys ``reference.*``)
@@ -16,11 +17,15 @@ asked, deletes) both.
 
 Resharding: weights are saved as megatron ``ShardedTensor`` s, so a checkpoint saved at one TP/PP/DP
 loads at another. Optimizer state: the non-distributed optimizer's moments are sharded like the
-parameters and reshard the same way; the distributed optimizer uses the ``fully_sharded_model_space``
-format, which is also fully reshardable. Loading the optimizer between the two optimizer kinds is not
-supported: it raises unless ``load_optimizer=False`` (weights only, with a warning). RNG states are
-restored only when the rank layout is unchanged (else a warning: the RNG streams restart from the
-seed).
+parameters and reshard the same way; the distributed optimizer uses the ``fully_reshardable`` format
+(its DP shards are gathered over the gloo DP group into parameter-shaped tensors on DP rank 0 at save),
+which is also fully reshardable (megatron-core 0.16's ``dist_checkpointing`` refuses the
+``fully_sharded_model_space`` format: ``ShardedTensor.flattened_range is not supported``). Loading the
+optimizer between the two optimizer kinds is not supported: it raises unless ``load_optimizer=False``
+(weights only, with a warning). Adam's step counter is kept where the optimizer keeps it (per
+parameter for torch Adam, per param group for Transformer Engine's ``FusedAdam``) and converted on
+load when the checkpoint was written by the other one. RNG states are restored only when the rank
+layout is unchanged (else a warning: the RNG streams restart from the seed).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ _log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 COMPLETE = "COMPLETE"
 _STEP_RE = re.compile(r"^step_(\d+)$")
-_OPTIM_SHARDING = "fully_sharded_model_space"
+_OPTIM_SHARDING = "fully_reshardable"
 _REF_PREFIX = "reference."
 
 
@@ -163,33 +168,119 @@ def _ensure_optimizer_state(policy: MegatronPolicy) -> None:
             fn(opt.optimizer, getattr(opt, "config", None))
 
 
-def _fill_missing_steps(policy: MegatronPolicy) -> None:
-    """Adam state without ``step`` means no update was taken since the moments were zeroed."""
+def _step_layout(policy: MegatronPolicy) -> str:
+    """Where the policy's Adam counts steps (:func:`nemo_prorl.policy.megatron.optim_reset.step_layout`)."""
     from nemo_prorl.policy.megatron.engine import _torch_optimizers
+    from nemo_prorl.policy.megatron.optim_reset import step_layout
+
+    layouts = {step_layout(opt) for opt in _torch_optimizers(policy.optimizer)}
+    if len(layouts) != 1:
+        raise CheckpointError(f"the policy's optimizers mix Adam step layouts {sorted(layouts)}")
+    return layouts.pop()
+
+
+def _fill_missing_steps(policy: MegatronPolicy) -> None:
+    """Adam state without ``step`` (torch layout) means no update was taken since the moments were zeroed.
+
+    Only for the per-parameter layout (torch Adam/AdamW): megatron's ``DistributedOptimizer.state_dict``
+    reads ``state["step"]`` of every parameter there. Transformer Engine's ``FusedAdam`` counts steps in
+    its param groups and its ``state_dict`` raises ``KeyError`` on a per-parameter ``step``.
+    """
+    from nemo_prorl.policy.megatron.engine import _torch_optimizers
+    from nemo_prorl.policy.megatron.optim_reset import PER_PARAMETER, step_layout
 
     for torch_opt in _torch_optimizers(policy.optimizer):
+        if step_layout(torch_opt) != PER_PARAMETER:
+            continue
         for state in torch_opt.state.values():
             if state and "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32)
 
 
-def _add_missing_steps(obj: Any) -> None:
-    """Give Adam per-parameter states in a loaded optimizer state dict a ``step`` of 0 where absent.
+def _align_loaded_steps(obj: Any, layout: str) -> None:
+    """Put the step counter of every loaded torch-optimizer state dict where ``layout`` keeps it.
 
-    megatron stores one shared ``common_step`` and omits it when it is 0 (no update since the
-    moments were zeroed: a fresh or just-reset optimizer); torch's Adam refuses states without it.
+    megatron's non-distributed optimizers save torch Adam's per-parameter steps as one shared
+    ``state["common_step"]``, omitted when it is 0 (a fresh or just-reset optimizer), and keep
+    ``param_groups`` as they are (TE ``FusedAdam``: ``param_groups[i]["step"]``). On load:
+
+    * per-parameter layout: megatron turns ``common_step`` back into per-parameter steps; without it the
+      step is the saved groups' ``step`` (a checkpoint written by ``FusedAdam``) or 0, set on every
+      parameter state (torch's Adam refuses states without it);
+    * per-group layout: a ``common_step`` (a checkpoint written by torch Adam) becomes every group's
+      ``step``; no per-parameter ``step`` is ever added (``FusedAdam.load_state_dict`` raises on it).
+
+    The distributed optimizer's dicts (no ``state`` next to ``param_groups``) are left alone: megatron
+    moves its step between layouts itself.
     """
+    from nemo_prorl.policy.megatron.optim_reset import PER_PARAMETER
+
     if isinstance(obj, dict):
         state = obj.get("state")
-        if isinstance(state, dict) and "param_groups" in obj and "common_step" not in state:
-            for value in state.values():
-                if isinstance(value, dict) and "exp_avg" in value and "step" not in value:
-                    value["step"] = torch.zeros((), dtype=torch.float32)
+        groups = obj.get("param_groups")
+        if isinstance(state, dict) and isinstance(groups, list):
+            if layout == PER_PARAMETER and "common_step" not in state:
+                saved = {g.get("step") for g in groups if isinstance(g, dict)} - {None}
+                step = float(saved.pop()) if len(saved) == 1 else 0.0
+                for value in state.values():
+                    if isinstance(value, dict) and "exp_avg" in value and "step" not in value:
+                        value["step"] = torch.tensor(step, dtype=torch.float32)
+            elif layout != PER_PARAMETER and "common_step" in state:
+                step = int(torch.as_tensor(state.pop("common_step")).item())
+                for group in groups:
+                    group["step"] = step
         for value in obj.values():
-            _add_missing_steps(value)
-    elif isinstance(obj, (list, tuple)):
+            _align_loaded_steps(value, layout)
+    elif isinstance(obj, list | tuple):
         for value in obj:
-            _add_missing_steps(value)
+            _align_loaded_steps(value, layout)
+
+
+def _load_optimizer_state(policy: MegatronPolicy, state: dict[str, Any]) -> None:
+    """``policy.optimizer.load_state_dict(state)``, working around megatron-core 0.16 for torch Adam.
+
+    ``DistributedOptimizer.load_state_dict`` first puts the saved step into every torch Adam state
+    (``state["step"]``), then ``load_parameter_state_from_fully_reshardable`` copies the loaded tensors
+    into each state by the *state's* keys while the loaded tensors never carry ``step``: ``KeyError``.
+    For that case the two halves run here with the steps set aside around the second one.
+    It also puts one and the same step tensor into every state, which torch's Adam then advances once
+    per parameter at each step (so the bias corrections run ahead): every state gets its own copy.
+    (TE's ``FusedAdam`` keeps no per-parameter step, so its load needs neither.)
+    """
+    from nemo_prorl.policy.megatron.optim_reset import PER_PARAMETER
+
+    chain = getattr(policy.optimizer, "chained_optimizers", None) or [policy.optimizer]
+    split = (
+        len(chain) == 1
+        and _step_layout(policy) == PER_PARAMETER
+        and isinstance(state, dict)
+        and state.get("param_state_sharding_type") == "fully_reshardable"
+    )
+    if not split:
+        policy.optimizer.load_state_dict(state)
+    else:
+        dist_opt = chain[0]
+        rest = {k: v for k, v in state.items() if k not in ("param_state", "param_state_sharding_type")}
+        dist_opt.load_state_dict(rest)  # param groups, the step into every state, grad scaler
+        inner = dist_opt.optimizer.state
+        steps = {param: st.pop("step") for param, st in inner.items() if "step" in st}
+        try:
+            dist_opt.load_parameter_state_from_fully_reshardable(state["param_state"])
+        finally:
+            for param, step in steps.items():
+                inner[param]["step"] = step
+    from nemo_prorl.policy.megatron.engine import _torch_optimizers
+
+    for torch_opt in _torch_optimizers(policy.optimizer):
+        for st in torch_opt.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].clone()
+        # Loaded param groups replace the live ones. Groups saved by the other Adam lack this one's
+        # own settings (TE FusedAdam's ``bias_correction``); they take the constructor defaults,
+        # while the saved hyper-parameters (lr, betas, eps, weight_decay) stay as saved.
+        for group in torch_opt.param_groups:
+            for key, value in torch_opt.defaults.items():
+                group.setdefault(key, value)
 
 
 def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: bool) -> dict[str, Any]:
@@ -199,7 +290,12 @@ def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: 
         "reference": policy.ref_model.sharded_state_dict(prefix=_REF_PREFIX),
     }
     if with_optimizer:
-        metadata = {"distrib_optim_sharding_type": _OPTIM_SHARDING}
+        # The distributed optimizer gathers its DP shards over megatron's gloo DP group onto DP rank 0
+        # (host memory; the default would all-gather the whole optimizer state into every GPU).
+        metadata = {
+            "distrib_optim_sharding_type": _OPTIM_SHARDING,
+            "distrib_optim_fully_reshardable_mem_efficient": True,
+        }
         state["optimizer"] = policy.optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading, metadata=metadata
         )
@@ -296,6 +392,7 @@ def save_checkpoint(policy: MegatronPolicy, directory: str | Path, extra_state: 
     _barrier()
 
     _ensure_optimizer_state(policy)
+    _fill_missing_steps(policy)
     state = _sharded_state(policy, is_loading=False, with_optimizer=True)
     # megatron's torch_dist writer forks worker processes; a child forked while torch's OpenMP pool runs
     # more than one thread hangs in its first parallel region (GNU OpenMP is not fork-safe), so the
@@ -318,6 +415,7 @@ def save_checkpoint(policy: MegatronPolicy, directory: str | Path, extra_state: 
             "steps_taken": int(policy.steps_taken),
             "steps_since_optimizer_reset": int(policy.steps_since_optimizer_reset),
             "optimizer_sharding": _OPTIM_SHARDING,
+            "optimizer_step_layout": _step_layout(policy),
         }
         _write_json(tmp / "metadata.json", metadata)
         _write_json(tmp / "extra_state.json", extra_json)
@@ -386,6 +484,11 @@ def load_checkpoint(
 
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException subclass
 
+    if load_optimizer:
+        # A never-stepped optimizer has no state; megatron's distributed optimizer (torch Adam) reads
+        # every state's step while building the state dict to load into.
+        _ensure_optimizer_state(policy)
+        _fill_missing_steps(policy)
     state = _sharded_state(policy, is_loading=True, with_optimizer=load_optimizer)
     try:
         loaded = dist_checkpointing.load(state, str(path / "dist"))
@@ -399,8 +502,8 @@ def load_checkpoint(
     policy.ref_model.load_state_dict(ref_state, strict=True)
     if load_optimizer:
         # Restores the fp32 master weights too (bf16 / distributed optimizer keep their own copy).
-        _add_missing_steps(loaded["optimizer"])
-        policy.optimizer.load_state_dict(loaded["optimizer"])
+        _align_loaded_steps(loaded["optimizer"], _step_layout(policy))
+        _load_optimizer_state(policy, loaded["optimizer"])
         _fill_missing_steps(policy)
     else:
         warnings.warn(

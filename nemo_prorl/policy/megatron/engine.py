@@ -717,21 +717,23 @@ class MegatronPolicy:
             group["lr"] = lr
 
     def reset_optimizer(self) -> None:
-        """Zero Adam's moments and step counters in place (ProRL's hard optimizer reset).
+        """Restart Adam in place (ProRL's hard optimizer reset): the next update equals a fresh optimizer's.
 
-        Zeroing in place equals a freshly built optimizer: AdamW's first update after the reset uses
-        ``step = 1`` bias corrections on zero moments, exactly like the first update of a new one, and
-        the state tensors keep their shapes and shardings (so the distributed optimizer and checkpoints
-        are unaffected). The fp32 master weights (bf16 / distributed optimizer) are not state to reset:
-        they equal the current weights.
+        For every torch optimizer inside megatron's (chained, float16, distributed) optimizer,
+        :func:`nemo_prorl.policy.megatron.optim_reset.restart_adam` zeroes the moments and restarts the
+        step counters that drive Adam's bias corrections, per parameter (torch Adam/AdamW) and per
+        param group (Transformer Engine's ``FusedAdam``, what megatron-core builds on GPU), in place, so
+        tensor shapes, DP shards and checkpoints are unaffected. Master weights are not state to reset:
+        megatron's fp32 copies and TE's ``master_param`` (the precision-aware optimizer) are kept. The
+        lr warm-up starts again.
         """
-        for torch_opt in _torch_optimizers(self.optimizer):
-            for state in torch_opt.state.values():
-                for key, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
-                    elif isinstance(value, (int, float)):
-                        state[key] = type(value)(0)
+        from nemo_prorl.policy.megatron.optim_reset import restart_adam
+
+        done = [restart_adam(torch_opt) for torch_opt in _torch_optimizers(self.optimizer)]
+        _log.info(
+            "reset_optimizer: %d moment tensors zeroed, %d step counters restarted, %d master weights kept",
+            *(sum(getattr(d, f) for d in done) for f in ("moments", "step_counters", "master_weights_kept")),
+        )
         self.steps_since_optimizer_reset = 0  # the lr warm-up starts again
 
     # ------------------------------------------------------------------ weights and checkpoints
