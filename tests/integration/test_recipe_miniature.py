@@ -62,10 +62,6 @@ def miniature_overrides(run_dir: Path) -> list[str]:
         f"rollout.max_response_tokens={r['max_response_tokens'] // LENGTH_SCALE}", "rollout.dtype=float32",
         f"trainer.prompts_per_step={prompts}", f"trainer.mini_batch_prompts={mini_batch}",
         "policy.params_dtype=fp32", "policy.micro_batch_size=4", "policy.lr=1.0e-4",
-        # megatron-core 0.16's distributed-optimizer checkpoint refuses the flattened_range shards that
-        # policy/megatron/checkpoint.py asks for ("ShardedTensor.flattened_range is not supported"), even
-        # on one rank: until that is fixed the miniature checkpoints the plain optimizer
-        "policy.use_distributed_optimizer=false",
         # local data in place of the ProRL blend (same domains)
         f"data.train_files={_flow(train)}", "data.val_files=[demo:val.jsonl]",
         f"data.templates={_flow(templates)}",
