@@ -213,16 +213,14 @@ class PreemptionHandler:
         """
         try:
             import torch
-            import torch.distributed as dist
+
+            from nemo_prorl import collectives
         except ImportError:  # pragma: no cover - torch is a core dependency
             return self.requested
-        if not (dist.is_available() and dist.is_initialized()):
+        if not collectives.is_active():
             return self.requested
-        device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)  # staged on the group's device
+        collectives.all_reduce(flag, op=collectives.ReduceOp.MAX, group=group)
         if flag.item() and not self.requested:
             self.request("peer")
         return bool(flag.item())

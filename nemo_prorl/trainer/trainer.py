@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from nemo_prorl import collectives
 from nemo_prorl.algorithms.advantages import compute_advantages
 from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer, DynamicSamplingExhausted
 from nemo_prorl.algorithms.policy_loss import prorl_loss
@@ -161,9 +162,7 @@ def _broadcast(obj: Any) -> Any:
     d = _dist()
     if d is None or d.get_world_size() == 1:
         return obj
-    box = [obj]
-    d.broadcast_object_list(box, src=0)
-    return box[0]
+    return collectives.broadcast_object(obj, src=0)
 
 
 class ProRLTrainer:
@@ -539,10 +538,8 @@ class ProRLTrainer:
     def _gather_dp(self, t: torch.Tensor) -> torch.Tensor:
         from megatron.core import parallel_state as ps
 
-        d = _dist()
-        parts = [torch.empty_like(t) for _ in range(self.dp_size)]
-        d.all_gather(parts, t.contiguous(), group=ps.get_data_parallel_group())
-        return torch.cat(parts, 0)
+        # the policy returns CPU tensors: the helper stages them on the DP group's device (NCCL: the GPU)
+        return collectives.all_gather_cat(t, 0, group=ps.get_data_parallel_group())
 
     def _sync_weights(self) -> None:
         t0 = time.time()
