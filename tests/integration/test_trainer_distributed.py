@@ -7,6 +7,9 @@
   releasing the follower.
 * ``test_hf_trainer_two_ranks_tp2``: the hf backend (:class:`RankZeroDriver`) drives a 2-step demo run
   with Megatron TP=2 on 2 ranks; its first step equals the single-process run's.
+* ``test_trainer_dp2_ranks_agree``: the trainer itself at DP=2 (TP=PP=1 on 2 ranks: log-probs of each
+  rank's shard all-gathered, gradients averaged): both ranks return the same metrics every step and hold
+  bit-identical weights afterwards, and the first step's loss equals the single-process run's.
 
 Script half: ``torchrun --nproc_per_node 2 tests/integration/test_trainer_distributed.py OUT_DIR``.
 """
@@ -144,12 +147,24 @@ def _steps(run: Path) -> list[dict]:
     return [r for r in rows if "event" not in r and "loss" in r]
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The same 2-step run in one process (the reference both layouts are compared with)."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    proc = subprocess.run(
+        [str(BIN / "python"), "-m", "nemo_prorl.cli", "train", *TINY, f"run_dir={run}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return run
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_hf_trainer_two_ranks_tp2(tmp_path):
+def test_hf_trainer_two_ranks_tp2(tmp_path, single_run):
     env = _env()
     t0 = time.perf_counter()
-    dist_run, single_run = tmp_path / "tp2", tmp_path / "single"
+    dist_run = tmp_path / "tp2"
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "nemo_prorl.cli", "train",
          *TINY, "policy.tensor_model_parallel_size=2", f"run_dir={dist_run}"],
@@ -157,11 +172,6 @@ def test_hf_trainer_two_ranks_tp2(tmp_path):
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     t_dist = time.perf_counter() - t0
-    proc = subprocess.run(
-        [str(BIN / "python"), "-m", "nemo_prorl.cli", "train", *TINY, f"run_dir={single_run}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     a, b = _steps(dist_run), _steps(single_run)
     assert [r["step"] for r in a] == [1, 2]
     for r in a:
@@ -174,6 +184,36 @@ def test_hf_trainer_two_ranks_tp2(tmp_path):
     assert a[0]["loss"] == pytest.approx(b[0]["loss"], abs=1e-5)
     print(f"hf trainer TP=2 on 2 ranks: {t_dist:.1f}s; loss {[r['loss'] for r in a]} vs single "
           f"{[r['loss'] for r in b]}")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_trainer_dp2_ranks_agree(tmp_path, single_run):
+    script = REPO / "tests" / "distributed" / "scripts" / "trainer_ranks.py"
+    out, run = tmp_path / "out", tmp_path / "dp2"
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(out), *TINY,
+         f"run_dir={run}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["dp"], r1["dp"]) == ([0, 2], [1, 2])  # TP=PP=1 on 2 ranks: data parallel
+    assert r0["steps"] == r1["steps"] == 2 and len(r0["train"]) == 2
+    # metrics are reduced over the DP group: every rank returns the same numbers, exactly
+    assert r0["train"] == r1["train"]
+    assert r0["train"][0]["loss"] != r0["train"][1]["loss"]  # the compared values are not constant
+    assert r0["digest"] == r1["digest"]  # averaged gradients: bit-identical weights on both ranks
+    logged = _steps(run)
+    assert [r["step"] for r in logged] == [1, 2]
+    assert [r["loss"] for r in logged] == [m["loss"] for m in r0["train"]]
+    # step 1: the same rollouts (rank 0 generates with the same seeds and initial weights); each rank
+    # trains on half of every mini-batch with the global token count, so the loss is the single-process
+    # loss up to the order of the reductions
+    ref = _steps(single_run)[0]
+    assert logged[0]["reward/mean"] == ref["reward/mean"]
+    assert logged[0]["loss"] == pytest.approx(ref["loss"], abs=1e-6)
+    assert logged[0]["kl"] == pytest.approx(ref["kl"], abs=1e-6)
 
 
 if __name__ == "__main__":

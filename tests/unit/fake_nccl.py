@@ -41,8 +41,10 @@ import torch.distributed.distributed_c10d as c10d
 TENSOR_OPS = ("all_reduce", "broadcast", "all_gather", "gather", "scatter", "all_gather_into_tensor",
               "reduce_scatter_tensor")
 _HERE = os.path.abspath(__file__)
-_TORCH_DIST = os.path.dirname(os.path.abspath(dist.__file__)) + os.sep
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _COLLECTIVES = os.sep + os.path.join("nemo_prorl", "collectives.py")
+#: the CPU shim's TorchFunctionMode forwards megatron's own calls (policy/megatron/compat.py; CPU only)
+_COMPAT = os.sep + os.path.join("nemo_prorl", "policy", "megatron", "compat.py")
 
 
 def lazy_device() -> torch.device:
@@ -60,8 +62,8 @@ class Call:
     """One wrapped collective: op, who called it, the devices of its tensors, the group's fake backend."""
 
     op: str
-    caller: str  # "module:function" of the first frame outside torch.distributed (the helper, usually)
-    site: str  # "module:function" of the first frame outside torch.distributed and nemo_prorl.collectives
+    caller: str  # "module:function" of the first frame outside torch (the helper, usually)
+    site: str  # "module:function" of the first frame outside torch and nemo_prorl.collectives
     devices: list[str]
     nccl: bool
     checked: bool
@@ -94,7 +96,7 @@ class FakeNccl:
         frame = sys._getframe(2)
         while frame is not None:
             path = os.path.abspath(frame.f_code.co_filename)
-            if path != _HERE and not path.startswith(_TORCH_DIST):
+            if path != _HERE and not path.startswith(_TORCH) and not path.endswith(_COMPAT):
                 name = f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}"
                 if not caller:
                     caller = name
