@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
         seen: list[dict] = []
         train_on = trainer._train_on
 
-        def recording(groups):  # the real method; its per-rank result is kept for the comparison
-            m = train_on(groups)
+        def recording(groups, **kwargs):  # the real method; its per-rank result is kept for the comparison
+            m = train_on(groups, **kwargs)
             seen.append({k: v for k, v in m.items() if not k.startswith("time/")})
             return m
 
