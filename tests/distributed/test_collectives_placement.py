@@ -32,20 +32,24 @@ TINY = ["trainer.max_steps=1", "trainer.prompts_per_step=4", "trainer.mini_batch
         "trainer.progress_bar=false", "logging.plots=false", "reset.at_steps=[]",
         "reset.on_val_plateau=false"]
 
-#: call sites every layout reaches (module:function of the helper's caller)
-COMMON = {"nemo_prorl.trainer.trainer:_broadcast", "nemo_prorl.launch.preemption:requested_on_any_rank",
-          "nemo_prorl.policy.megatron.engine:_all_finite", "nemo_prorl.policy.megatron.checkpoint:_agree",
+#: call sites every layout reaches ("module:qualname" of the helper's caller)
+COMMON = {"nemo_prorl.trainer.trainer:_broadcast",
+          "nemo_prorl.launch.preemption:PreemptionHandler.requested_on_any_rank",
+          "nemo_prorl.policy.megatron.engine:MegatronPolicy._all_finite",
+          "nemo_prorl.policy.megatron.checkpoint:_agree",
           "nemo_prorl.policy.megatron.checkpoint:_broadcast_str",
           "nemo_prorl.policy.megatron.checkpoint:_barrier"}
 LAYOUTS = {
-    "dp": ([], {"nemo_prorl.trainer.trainer:_gather_dp", "nemo_prorl.policy.megatron.engine:_dp_sum",
-                "nemo_prorl.policy.megatron.engine:_reduce_metrics"}),
+    "dp": ([], {"nemo_prorl.trainer.trainer:ProRLTrainer._gather_dp",
+                "nemo_prorl.policy.megatron.engine:MegatronPolicy._dp_sum",
+                "nemo_prorl.policy.megatron.engine:MegatronPolicy._reduce_metrics"}),
     "tp": (["policy.tensor_model_parallel_size=2"],
-           {"nemo_prorl.policy.megatron.convert:_gather_tp", "nemo_prorl.algorithms.logprobs:forward",
-            "nemo_prorl.algorithms.logprobs:backward"}),
+           {"nemo_prorl.policy.megatron.convert:_gather_tp",
+            "nemo_prorl.algorithms.logprobs:_ChunkedLogprobs.forward",
+            "nemo_prorl.algorithms.logprobs:_ChunkedLogprobs.backward"}),
     "pp": (["policy.pipeline_model_parallel_size=2"],
-           {"nemo_prorl.policy.megatron.engine:_broadcast_from_last_stage",
-            "nemo_prorl.policy.megatron.engine:_broadcast_object_from_last_stage",
+           {"nemo_prorl.policy.megatron.engine:MegatronPolicy._broadcast_from_last_stage",
+            "nemo_prorl.policy.megatron.engine:MegatronPolicy._broadcast_object_from_last_stage",
             "nemo_prorl.policy.megatron.convert:export_hf_state_dict"}),
 }
 

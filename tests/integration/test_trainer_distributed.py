@@ -31,14 +31,23 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _driver_checks(out_dir: Path) -> None:  # noqa: C901 - one linear script of checks
+def _driver_checks(out_dir: Path, fake_nccl: bool = False) -> None:  # noqa: C901 - one linear script
+    import contextlib
+
     import torch.distributed as dist
+
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from fake_nccl import FakeNccl
 
     from nemo_prorl.rollout import HFRolloutEngine, SamplingParams
     from nemo_prorl.rollout.sampling import sample_seed
     from nemo_prorl.rollout.tiny import build_tiny_model, build_tiny_tokenizer
-    from nemo_prorl.trainer.rollout_driver import ColocatedDriver, RolloutAbortedError
+    from nemo_prorl.trainer.rollout_driver import ColocatedDriver, RankZeroDriver, RolloutAbortedError
 
+    emulation = FakeNccl()
+    stack = contextlib.ExitStack()
+    if fake_nccl:  # the default group behaves as NCCL (see tests/unit/fake_nccl.py)
+        stack.enter_context(emulation.installed())
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     tok = build_tiny_tokenizer()
@@ -108,9 +117,16 @@ def _driver_checks(out_dir: Path) -> None:  # noqa: C901 - one linear script of 
     assert tokens(whole) == tokens(eng1.generate(prompts, 2, sp))
     report["tp2_equal_plain_engine"] = True
 
+    # --- the hf layout: rank 0's engine, its output broadcast over the default group
+    rz = RankZeroDriver(eng1 if rank == 0 else None)
+    report["rank_zero_to_all"] = tokens(rz.generate_collective(prompts[:2], 2, sp, to_all=True))
+
+    report["driver_calls"] = sorted({(c.site, c.op, c.nccl, tuple(c.devices)) for c in emulation.calls
+                                     if c.site.startswith("nemo_prorl.")})
     (out_dir / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()
+    stack.close()
 
 
 def _env() -> dict[str, str]:
@@ -122,10 +138,14 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.distributed
-def test_colocated_driver_protocol(tmp_path):
+@pytest.mark.parametrize("backend", ["gloo", "fake-nccl"])
+def test_colocated_driver_protocol(tmp_path, backend):
+    """With ``fake-nccl`` the default group behaves as NCCL (tests/unit/fake_nccl.py): the colocated
+    driver must keep its control messages and samples on its own gloo group, on the host, and the hf
+    driver's broadcast over the default group must stage its pickle on the GPU."""
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(Path(__file__).resolve()),
-         str(tmp_path)],
+         str(tmp_path), *(["--fake-nccl"] if backend == "fake-nccl" else [])],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -134,6 +154,14 @@ def test_colocated_driver_protocol(tmp_path):
     assert r0["collective"] == r1["collective"]  # to_all: every rank holds every sample
     assert {r0["abort"], r1["abort"]} == {"ValueError", "RolloutAbortedError"}
     assert r0["tp2_equal_plain_engine"] and r1["tp2_equal_plain_engine"]
+    assert r0["rank_zero_to_all"] == r1["rank_zero_to_all"] and len(r0["rank_zero_to_all"]) == 4
+    if backend == "fake-nccl":
+        for rep in (r0, r1):
+            calls = [tuple(c) for c in rep["driver_calls"]]
+            colocated = [c for c in calls if c[0].startswith("nemo_prorl.trainer.rollout_driver:Colocated")]
+            assert colocated and all(not nccl and set(devs) == {"cpu"} for _, _, nccl, devs in colocated)
+            rank_zero = [c for c in calls if c[0].endswith("RankZeroDriver.generate_collective")]
+            assert rank_zero and all(nccl and set(devs) == {"lazy:0"} for _, _, nccl, devs in rank_zero)
 
 
 TINY = ["trainer.max_steps=2", "trainer.prompts_per_step=4", "trainer.mini_batch_prompts=2", "rollout.n=4",
@@ -217,4 +245,4 @@ def test_trainer_dp2_ranks_agree(tmp_path, single_run):
 
 
 if __name__ == "__main__":
-    _driver_checks(Path(sys.argv[1]))
+    _driver_checks(Path(sys.argv[1]), fake_nccl="--fake-nccl" in sys.argv[2:])

@@ -62,8 +62,8 @@ class Call:
     """One wrapped collective: op, who called it, the devices of its tensors, the group's fake backend."""
 
     op: str
-    caller: str  # "module:function" of the first frame outside torch (the helper, usually)
-    site: str  # "module:function" of the first frame outside torch and nemo_prorl.collectives
+    caller: str  # "module:qualname" of the first frame outside torch (the helper, usually)
+    site: str  # "module:qualname" of the first frame outside torch and nemo_prorl.collectives
     devices: list[str]
     nccl: bool
     checked: bool
@@ -97,7 +97,7 @@ class FakeNccl:
         while frame is not None:
             path = os.path.abspath(frame.f_code.co_filename)
             if path != _HERE and not path.startswith(_TORCH) and not path.endswith(_COMPAT):
-                name = f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}"
+                name = f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_qualname}"
                 if not caller:
                     caller = name
                     package = name.startswith("nemo_prorl")

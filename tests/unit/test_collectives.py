@@ -240,7 +240,8 @@ def test_the_trainer_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl
         trainer.dp_rank, trainer.dp_size = 0, 1
         full = trainer._gather_dp(lp)
         assert full.device.type == "cpu" and torch.equal(full, lp)
-        assert fake_nccl.checked_sites() == {"nemo_prorl.trainer.trainer:_gather_dp": {"all_gather"}}
+        site = "nemo_prorl.trainer.trainer:ProRLTrainer._gather_dp"
+        assert fake_nccl.checked_sites() == {site: {"all_gather"}}
         assert _ops(fake_nccl) == [("all_gather", ["lazy:0", "lazy:0"])]
     finally:
         parallel.destroy_parallel()
@@ -254,4 +255,5 @@ def test_the_preemption_flag_is_reduced_on_the_gpu(fake_nccl):
     handler.request("test")
     assert handler.requested_on_any_rank() is True
     assert _ops(fake_nccl) == [("all_reduce", ["lazy:0"])] * 2
-    assert fake_nccl.checked_sites() == {"nemo_prorl.launch.preemption:requested_on_any_rank": {"all_reduce"}}
+    site = "nemo_prorl.launch.preemption:PreemptionHandler.requested_on_any_rank"
+    assert fake_nccl.checked_sites() == {site: {"all_reduce"}}
