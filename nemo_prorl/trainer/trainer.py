@@ -11,7 +11,9 @@ One step::
 All ranks run this loop. Generation and scoring happen on global rank 0 (the CPU engine; the vLLM
 engine generates on every rank in its own group) and the rollout batch is broadcast; each data-parallel
 rank then trains on its slice. Every decision (resets, phases, aborts) is taken from values that are
-identical on all ranks.
+identical on all ranks. A preemption signal is honoured at safe points inside the step (before its
+rollouts, between dynamic-sampling rounds, after the log-prob passes) and at its end; see
+``docs/preemption.md``.
 """
 
 from __future__ import annotations
