@@ -2,7 +2,8 @@
 
 Advantages (GRPO), the clipped policy loss with decoupled / dual clip and its aggregation modes, KL
 estimators, chunked and vocab-parallel log-probs, dynamic sampling and reward shaping, plus their
-validated configs. Nothing here imports other ``nemo_prorl`` packages.
+validated configs. Nothing here imports other ``nemo_prorl`` packages except the torch-only leaf
+:mod:`nemo_prorl.collectives` (device placement of the vocab-parallel collectives).
 """
 
 from nemo_prorl.algorithms.advantages import (

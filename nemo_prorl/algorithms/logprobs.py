@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from nemo_prorl import collectives  # the one package module algorithms may import (a torch-only leaf)
+
 
 def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
     dt = torch.float32
@@ -100,9 +102,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             del z, ez
         if group is not None and dist.get_world_size(group) > 1:
             stats = torch.stack([lse_r, target_r, ent_r, in_shard.to(dtype)])  # [4, T]
-            gathered = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
-            dist.all_gather(gathered, stats, group=group)
-            allst = torch.stack(gathered)  # [R, 4, T]
+            allst = torch.stack(collectives.all_gather(stats, group=group))  # [R, 4, T]
             owners = allst[:, 3].sum(dim=0)
             if bool((owners != 1).any()):
                 bad = torch.nonzero(owners != 1).flatten()[:5].tolist()
@@ -179,7 +179,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             del grad_z
         group = ctx.group
         if need_h and group is not None and dist.get_world_size(group) > 1:
-            dist.all_reduce(grad_h, op=dist.ReduceOp.SUM, group=group)
+            collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
         return (
             grad_h.to(hidden.dtype) if need_h else None,
             grad_w.to(weight.dtype) if need_w else None,

@@ -15,9 +15,11 @@ from nemo_prorl.launch.env import (
 from nemo_prorl.launch.hostlist import HostlistError, parse_hostlist, parse_tasks_per_node
 from nemo_prorl.launch.preemption import (
     DEFAULT_PREEMPTION_SIGNALS,
+    LeadTime,
     PreemptionHandler,
     RequeueError,
     request_slurm_requeue,
+    signal_lead_time,
     slurm_requeue_enabled,
 )
 
@@ -27,6 +29,7 @@ __all__ = [
     "DistEnv",
     "DistEnvError",
     "HostlistError",
+    "LeadTime",
     "PreemptionHandler",
     "RequeueError",
     "parse_hostlist",
@@ -35,5 +38,6 @@ __all__ = [
     "request_slurm_requeue",
     "resolve_dist_env",
     "setup_distributed_env",
+    "signal_lead_time",
     "slurm_requeue_enabled",
 ]

@@ -3,9 +3,12 @@
 Slurm warns a job before it ends it: ``#SBATCH --signal=B:USR1@120`` sends SIGUSR1 to the batch shell
 120 s before the time limit (the example sbatch scripts forward it to every rank through ``srun``), and
 preemption or ``scancel`` sends SIGTERM, then SIGKILL after the cluster's ``KillWait``. A
-:class:`PreemptionHandler` turns those signals into a flag; the trainer polls it between steps, agrees on
-it across ranks (:meth:`PreemptionHandler.requested_on_any_rank`), saves a checkpoint, and rank 0 calls
-:func:`request_slurm_requeue`. The requeued job re-runs the same command and resumes from ``run_dir``.
+:class:`PreemptionHandler` turns those signals into a flag; the trainer polls it at the safe points of a
+step (before its rollouts, between dynamic-sampling rounds, after the log-prob passes, at its end; see
+``docs/preemption.md``), agrees on it across ranks (:meth:`PreemptionHandler.requested_on_any_rank`),
+saves a checkpoint, and rank 0 calls :func:`request_slurm_requeue`. The requeued job re-runs the same
+command and resumes from ``run_dir``. :func:`signal_lead_time` sizes the ``@N`` of ``--signal`` from a
+run's ``metrics.jsonl``.
 
 The signal handler only records the signal: no I/O, no locks, nothing that is unsafe to do while the
 interrupted code holds a lock.
@@ -22,6 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -29,7 +33,9 @@ __all__ = [
     "DEFAULT_PREEMPTION_SIGNALS",
     "PreemptionHandler",
     "RequeueError",
+    "LeadTime",
     "request_slurm_requeue",
+    "signal_lead_time",
     "slurm_requeue_enabled",
 ]
 
@@ -213,16 +219,14 @@ class PreemptionHandler:
         """
         try:
             import torch
-            import torch.distributed as dist
+
+            from nemo_prorl import collectives
         except ImportError:  # pragma: no cover - torch is a core dependency
             return self.requested
-        if not (dist.is_available() and dist.is_initialized()):
+        if not collectives.is_active():
             return self.requested
-        device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)  # staged on the group's device
+        collectives.all_reduce(flag, op=collectives.ReduceOp.MAX, group=group)
         if flag.item() and not self.requested:
             self.request("peer")
         return bool(flag.item())
@@ -320,3 +324,76 @@ def request_slurm_requeue(
         )
     logger.warning("requested requeue of Slurm job %s", job_id)
     return True
+
+
+# -- sizing the warning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadTime:
+    """How early the scheduler must warn (``--signal=B:USR1@seconds``), from a run's own timings.
+
+    A signal waits at most for the longest stretch between two safe points, then the checkpoint is
+    written; ``seconds = max(round, logprobs, updates) + save + margin``.
+
+    Attributes:
+        round: longest dynamic-sampling round: ``(time/generate + time/score) / dynamic_sampling/rounds``.
+        logprobs: longest ``time/logprobs`` (reference and old log-prob passes).
+        updates: longest ``time/train + time/sync + time/validate`` (all mini-batch updates, the weight
+            sync, validation on its steps): the stretch from the last in-step safe point to the step's end.
+        save: longest checkpoint save (the ``seconds`` of ``checkpoint`` events).
+        margin: added for the requeue call, process exit and the signal's own delivery.
+        seconds: the lead time to ask for, rounded up to a whole second.
+
+    """
+
+    round: float
+    logprobs: float
+    updates: float
+    save: float
+    margin: float
+    seconds: int
+
+
+def signal_lead_time(records: Iterable[Mapping[str, Any]], *, margin: float = 30.0,
+                     save_seconds: float | None = None) -> LeadTime:
+    """The ``--signal`` lead time a run needs, from its ``metrics.jsonl`` records.
+
+    Args:
+        records: the run's ``metrics.jsonl`` objects (step records and events, in any order); use steps
+            at the longest response lengths of the phase you size for (lengths grow during ProRL).
+        margin: seconds added on top.
+        save_seconds: the checkpoint save time when the records hold no ``checkpoint`` event.
+
+    Returns:
+        A :class:`LeadTime`.
+
+    Raises:
+        ValueError: no step records, or no save time (neither a ``checkpoint`` event nor ``save_seconds``).
+
+    """
+    worst_round = worst_lp = worst_upd = 0.0
+    saves: list[float] = []
+    n_steps = 0
+    for r in records:
+        if r.get("event") == "checkpoint" and "seconds" in r:
+            saves.append(float(r["seconds"]))
+            continue
+        if "event" in r or "time/generate" not in r:
+            continue
+        n_steps += 1
+        rounds = max(1.0, float(r.get("dynamic_sampling/rounds", 1.0)))
+        worst_round = max(worst_round, (float(r["time/generate"]) + float(r.get("time/score", 0.0))) / rounds)
+        worst_lp = max(worst_lp, float(r.get("time/logprobs", 0.0)))
+        worst_upd = max(worst_upd, float(r.get("time/train", 0.0)) + float(r.get("time/sync", 0.0))
+                        + float(r.get("time/validate", 0.0)))
+    if not n_steps:
+        raise ValueError("signal_lead_time: no step records (with time/generate) in the metrics")
+    if saves:
+        save = max(saves)
+    elif save_seconds is not None:
+        save = float(save_seconds)
+    else:
+        raise ValueError("signal_lead_time: no checkpoint event in the metrics; pass save_seconds")
+    total = max(worst_round, worst_lp, worst_upd) + save + margin
+    return LeadTime(worst_round, worst_lp, worst_upd, save, margin, int(-(-total // 1)))

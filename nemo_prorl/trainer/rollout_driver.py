@@ -25,9 +25,9 @@ other replicas does not wait forever. Per-sample seeds: with one replica the eng
 prompt index of the shard)``, so samples are reproducible for a given rollout layout.
 
 Control messages and samples travel over a gloo group with ``broadcast_object_list`` /
-``gather_object`` / ``all_gather_object``. They are pickles of objects this package made in these very
-processes (prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`, samples), never anything read from
-disk or the network.
+``gather_object`` / ``all_gather_object`` (through :mod:`nemo_prorl.collectives`). They are pickles of
+objects this package made in these very processes (prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`,
+samples), never anything read from disk or the network.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from nemo_prorl import collectives
 from nemo_prorl.rollout.base import GenerationOutput, RolloutEngine, SamplingParams
 from nemo_prorl.rollout.config import RolloutConfig
 from nemo_prorl.rollout.limits import check_prompts, check_sampling
@@ -200,9 +201,7 @@ class RankZeroDriver(RolloutDriver):
         out = self.engine.generate(prompts, n, sampling) if self.engine is not None else None
         d = _dist()
         if to_all and d is not None and d.get_world_size() > 1:
-            box = [out]
-            d.broadcast_object_list(box, src=0)
-            out = box[0]
+            out = collectives.broadcast_object(out, src=0)
         return out
 
 
@@ -242,21 +241,14 @@ class ColocatedDriver(RolloutDriver):
     def _bcast(self, obj: Any) -> Any:
         if self.world == 1:
             return obj
-        box = [obj]
-        _dist().broadcast_object_list(box, src=0, group=self._group)
-        return box[0]
+        return collectives.broadcast_object(obj, src=0, group=self._group)
 
     def _gather(self, obj: Any, to_all: bool) -> list[Any] | None:
         if self.world == 1:
             return [obj]
-        d = _dist()
         if to_all:
-            out: list[Any] = [None] * self.world
-            d.all_gather_object(out, obj, group=self._group)
-            return out
-        out = [None] * self.world if self.rank == 0 else None
-        d.gather_object(obj, out, dst=0, group=self._group)
-        return out
+            return collectives.all_gather_object(obj, group=self._group)
+        return collectives.gather_object(obj, dst=0, group=self._group)
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the new weights into this rank's vLLM shard, in place (every rank, after each update)."""

@@ -11,11 +11,14 @@ One step::
 All ranks run this loop. Generation and scoring happen on global rank 0 (the CPU engine; the vLLM
 engine generates on every rank in its own group) and the rollout batch is broadcast; each data-parallel
 rank then trains on its slice. Every decision (resets, phases, aborts) is taken from values that are
-identical on all ranks.
+identical on all ranks. A preemption signal is honoured at safe points inside the step (before its
+rollouts, between dynamic-sampling rounds, after the log-prob passes) and at its end; see
+``docs/preemption.md``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from nemo_prorl import collectives
 from nemo_prorl.algorithms.advantages import compute_advantages
 from nemo_prorl.algorithms.dynamic_sampling import (
     DynamicSamplingBuffer,
@@ -133,6 +137,10 @@ class TrainingError(RuntimeError):
     """The run cannot go on (too many non-finite updates, reward errors, zero steps trained)."""
 
 
+class _StepAbandoned(Exception):
+    """A preemption signal at a safe point inside a step; the message says where."""
+
+
 @dataclass
 class Group:
     """One prompt's rollouts.
@@ -171,9 +179,7 @@ def _broadcast(obj: Any) -> Any:
     d = _dist()
     if d is None or d.get_world_size() == 1:
         return obj
-    box = [obj]
-    d.broadcast_object_list(box, src=0)
-    return box[0]
+    return collectives.broadcast_object(obj, src=0)
 
 
 class ProRLTrainer:
@@ -314,19 +320,42 @@ class ProRLTrainer:
         self._enter_phase(self.step, resuming=True)
         self.phase_index = int(state["phase_index"])
 
-    def _save(self, reason: str) -> None:
+    def _save(self, reason: str, state: dict[str, Any] | None = None, **info: Any) -> None:
         from nemo_prorl.policy.megatron.checkpoint import checkpoint_path, latest_checkpoint
 
         t0 = time.time()
         ckpt_dir = self.run_dir / "checkpoints"
-        path = self.policy.save_checkpoint(checkpoint_path(ckpt_dir, self.step), self._state())
+        path = self.policy.save_checkpoint(checkpoint_path(ckpt_dir, self.step),
+                                           self._state() if state is None else state)
         if _rank() == 0:
             ckpts = sorted((p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").exists()),
                            key=lambda p: int(p.name.split("_")[1]))
             for old in ckpts[: -self.cfg.checkpoint.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
             assert latest_checkpoint(self.run_dir / "checkpoints") is not None
-            self._event("checkpoint", path=str(path), reason=reason, seconds=round(time.time() - t0, 3))
+            self._event("checkpoint", path=str(path), reason=reason, seconds=round(time.time() - t0, 3),
+                        **info)
+
+    def _save_on_signal(self, signal_name: str | None, where: str,
+                        state: dict[str, Any] | None = None) -> None:
+        """Checkpoint for a preemption signal at a safe point (``where``), unless one exists already.
+
+        Inside a step, ``state`` is the step's starting state, taken after its phase entry (and reset)
+        and before its rollouts; the policy has not been updated since. The step is abandoned: the
+        rollouts collected so far are dropped, and the resumed run redoes the step from the same sampler
+        position, RNG and weights, so it generates and trains exactly as an uninterrupted run. When a
+        checkpoint of this step count exists already (this step's interval save, the previous step's, or
+        the one this run resumed from), it holds the same state and is kept (resuming from the previous
+        step's redoes this step's phase entry).
+        """
+        from nemo_prorl.policy.megatron.checkpoint import checkpoint_path, is_complete
+
+        path = checkpoint_path(self.run_dir / "checkpoints", self.step)
+        reason = f"signal {signal_name}"
+        if _broadcast(is_complete(path)):
+            self._event("checkpoint", path=str(path), reason=reason, at=where, reused=True)
+        else:
+            self._save(reason, state=state, at=where)
 
     # ------------------------------------------------------------------------------------ phases
     def _enter_phase(self, step: int, resuming: bool = False) -> str | None:
@@ -364,8 +393,12 @@ class ProRLTrainer:
 
         return tokenize_prompt(row, self.tokenizer, self.cfg.data.templates, self.cfg.data.system_prompt)
 
-    def _collect(self) -> tuple[list[Group], dict[str, float]]:
-        """Rank 0: generate + score rounds until dynamic sampling has a full batch."""
+    def _collect(self, stop: Any = None) -> tuple[list[Group] | None, dict[str, float]]:
+        """Rank 0: generate + score rounds until dynamic sampling has a full batch.
+
+        ``stop`` (rank 0's preemption flag) is asked between rounds: when it is set, the step is
+        abandoned and ``(None, {"_abandoned_after_rounds": rounds done})`` returned.
+        """
         cfg, tc = self.cfg, self.cfg.trainer
         ds = cfg.algorithm.dynamic_sampling
         buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable, tol=ds.tol,
@@ -375,6 +408,8 @@ class ProRLTrainer:
         all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
         while not buf.ready:
+            if round_idx and stop is not None and stop():  # safe point: between rounds
+                return None, {"_abandoned_after_rounds": round_idx}
             per_round = tc.generation_prompts or prompts_per_round(tc.prompts_per_step, ds.oversample)
             rows = [dict(r) for r in self.data.sampler.next_batch(per_round)]
             prompts = [self._tokenize(r) for r in rows]
@@ -480,7 +515,12 @@ class ProRLTrainer:
         return make_loss_fn(self.cfg.algorithm)
 
     # -------------------------------------------------------------------------------------- step
-    def _train_on(self, groups: list[Group]) -> dict[str, float]:
+    def _train_on(self, groups: list[Group], stop: Any = None) -> dict[str, float]:
+        """Log-probs and the step's updates.
+
+        Raises :class:`_StepAbandoned` when ``stop()`` (a collective every rank calls) is true after the
+        log-prob passes, before any update.
+        """
         tc = self.cfg.trainer
         batch, rollout_lp = self._build_batch(groups)
         t0 = time.time()
@@ -509,6 +549,8 @@ class ProRLTrainer:
             mismatch = torch.exp((rollout_lp - old_lp).abs() * mask)
             token_mult = float((mismatch * mask).sum() / mask.sum().clamp(min=1))
         t_lp = time.time() - t0
+        if stop is not None and stop():  # safe point: the weights are still the step's starting ones
+            raise _StepAbandoned("after the log-prob passes")
 
         t0 = time.time()
         updates = []
@@ -553,10 +595,8 @@ class ProRLTrainer:
     def _gather_dp(self, t: torch.Tensor) -> torch.Tensor:
         from megatron.core import parallel_state as ps
 
-        d = _dist()
-        parts = [torch.empty_like(t) for _ in range(self.dp_size)]
-        d.all_gather(parts, t.contiguous(), group=ps.get_data_parallel_group())
-        return torch.cat(parts, 0)
+        # the policy returns CPU tensors: the helper stages them on the DP group's device (NCCL: the GPU)
+        return collectives.all_gather_cat(t, 0, group=ps.get_data_parallel_group())
 
     def _sync_weights(self) -> None:
         t0 = time.time()
@@ -636,8 +676,21 @@ class ProRLTrainer:
                 phase_cause = self._enter_phase(self.step)
                 if phase_cause:
                     self._reset(phase_cause)
-                groups, rmetrics = self.engine.on_rank0(self._collect, default=(None, None))
+                # safe points inside the step (docs/preemption.md) checkpoint this state and abandon it
+                start_state = copy.deepcopy(self._state())
+                if preempt.requested_on_any_rank():
+                    self._save_on_signal(preempt.signal_name, "before rollouts", start_state)
+                    preempted = True
+                    break
+                groups, rmetrics = self.engine.on_rank0(lambda: self._collect(stop=lambda: preempt.requested),
+                                                        default=(None, None))
                 groups, rmetrics = _broadcast((groups, rmetrics))
+                if groups is None:  # rank 0 saw the signal between dynamic-sampling rounds
+                    rounds = rmetrics["_abandoned_after_rounds"]
+                    self._save_on_signal(preempt.signal_name, f"between rollout rounds ({rounds} done)",
+                                          start_state)
+                    preempted = True
+                    break
                 failing = rmetrics.pop("_failing", None)
                 if failing is not None:
                     self.error_steps_in_row += 1
@@ -648,14 +701,21 @@ class ProRLTrainer:
                             f"{self.error_steps_in_row} steps; failing rows: {failing}")
                 else:
                     self.error_steps_in_row = 0
-                tmetrics = self._train_on(groups)
+                try:
+                    tmetrics = self._train_on(groups, stop=preempt.requested_on_any_rank)
+                except _StepAbandoned as exc:
+                    self._save_on_signal(preempt.signal_name, str(exc), start_state)
+                    preempted = True
+                    break
                 self.step += 1
                 t0 = time.time()
-                self._sync_weights()
+                val_due = bool(tc.val_interval and self.step % tc.val_interval == 0 and self.val_rows)
+                if val_due or not preempt.requested_on_any_rank():  # stopping: the resume syncs them
+                    self._sync_weights()
                 record = {"step": self.step, "phase": self.phase_index, **self._reward_metrics(groups),
                           **rmetrics, **tmetrics, "time/sync": time.time() - t0}
                 val_cause = None
-                if tc.val_interval and self.step % tc.val_interval == 0 and self.val_rows:
+                if val_due:
                     vm = self._validate()
                     record.update(vm)
                     val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
@@ -677,12 +737,12 @@ class ProRLTrainer:
                 if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
                     self._save("interval")
                 if preempt.requested_on_any_rank():
-                    self._save(f"signal {preempt.signal_name}")
+                    self._save_on_signal(preempt.signal_name, "end of step")
                     preempted = True
                     break
         if bar is not None:
             bar.close()
-        if self.step == start_step:
+        if self.step == start_step and not preempted:  # a signal may stop a run before its first step
             raise TrainingError("the run trained zero steps")
         if not preempted and cfg.checkpoint.save_final and (not cfg.checkpoint.interval
                                                              or self.step % cfg.checkpoint.interval):

@@ -7,6 +7,9 @@
   releasing the follower.
 * ``test_hf_trainer_two_ranks_tp2``: the hf backend (:class:`RankZeroDriver`) drives a 2-step demo run
   with Megatron TP=2 on 2 ranks; its first step equals the single-process run's.
+* ``test_trainer_dp2_ranks_agree``: the trainer itself at DP=2 (TP=PP=1 on 2 ranks: log-probs of each
+  rank's shard all-gathered, gradients averaged): both ranks return the same metrics every step and hold
+  bit-identical weights afterwards, and the first step's loss equals the single-process run's.
 
 Script half: ``torchrun --nproc_per_node 2 tests/integration/test_trainer_distributed.py OUT_DIR``.
 """
@@ -28,14 +31,23 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _driver_checks(out_dir: Path) -> None:  # noqa: C901 - one linear script of checks
+def _driver_checks(out_dir: Path, fake_nccl: bool = False) -> None:  # noqa: C901 - one linear script
+    import contextlib
+
     import torch.distributed as dist
+
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from fake_nccl import FakeNccl
 
     from nemo_prorl.rollout import HFRolloutEngine, SamplingParams
     from nemo_prorl.rollout.sampling import sample_seed
     from nemo_prorl.rollout.tiny import build_tiny_model, build_tiny_tokenizer
-    from nemo_prorl.trainer.rollout_driver import ColocatedDriver, RolloutAbortedError
+    from nemo_prorl.trainer.rollout_driver import ColocatedDriver, RankZeroDriver, RolloutAbortedError
 
+    emulation = FakeNccl()
+    stack = contextlib.ExitStack()
+    if fake_nccl:  # the default group behaves as NCCL (see tests/unit/fake_nccl.py)
+        stack.enter_context(emulation.installed())
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     tok = build_tiny_tokenizer()
@@ -105,9 +117,16 @@ def _driver_checks(out_dir: Path) -> None:  # noqa: C901 - one linear script of 
     assert tokens(whole) == tokens(eng1.generate(prompts, 2, sp))
     report["tp2_equal_plain_engine"] = True
 
+    # --- the hf layout: rank 0's engine, its output broadcast over the default group
+    rz = RankZeroDriver(eng1 if rank == 0 else None)
+    report["rank_zero_to_all"] = tokens(rz.generate_collective(prompts[:2], 2, sp, to_all=True))
+
+    report["driver_calls"] = sorted({(c.site, c.op, c.nccl, tuple(c.devices)) for c in emulation.calls
+                                     if c.site.startswith("nemo_prorl.")})
     (out_dir / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()
+    stack.close()
 
 
 def _env() -> dict[str, str]:
@@ -119,10 +138,14 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.distributed
-def test_colocated_driver_protocol(tmp_path):
+@pytest.mark.parametrize("backend", ["gloo", "fake-nccl"])
+def test_colocated_driver_protocol(tmp_path, backend):
+    """With ``fake-nccl`` the default group behaves as NCCL (tests/unit/fake_nccl.py): the colocated
+    driver must keep its control messages and samples on its own gloo group, on the host, and the hf
+    driver's broadcast over the default group must stage its pickle on the GPU."""
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(Path(__file__).resolve()),
-         str(tmp_path)],
+         str(tmp_path), *(["--fake-nccl"] if backend == "fake-nccl" else [])],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -131,6 +154,14 @@ def test_colocated_driver_protocol(tmp_path):
     assert r0["collective"] == r1["collective"]  # to_all: every rank holds every sample
     assert {r0["abort"], r1["abort"]} == {"ValueError", "RolloutAbortedError"}
     assert r0["tp2_equal_plain_engine"] and r1["tp2_equal_plain_engine"]
+    assert r0["rank_zero_to_all"] == r1["rank_zero_to_all"] and len(r0["rank_zero_to_all"]) == 4
+    if backend == "fake-nccl":
+        for rep in (r0, r1):
+            calls = [tuple(c) for c in rep["driver_calls"]]
+            colocated = [c for c in calls if c[0].startswith("nemo_prorl.trainer.rollout_driver:Colocated")]
+            assert colocated and all(not nccl and set(devs) == {"cpu"} for _, _, nccl, devs in colocated)
+            rank_zero = [c for c in calls if c[0].endswith("RankZeroDriver.generate_collective")]
+            assert rank_zero and all(nccl and set(devs) == {"lazy:0"} for _, _, nccl, devs in rank_zero)
 
 
 TINY = ["trainer.max_steps=2", "trainer.prompts_per_step=4", "trainer.mini_batch_prompts=2", "rollout.n=4",
@@ -144,12 +175,24 @@ def _steps(run: Path) -> list[dict]:
     return [r for r in rows if "event" not in r and "loss" in r]
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The same 2-step run in one process (the reference both layouts are compared with)."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    proc = subprocess.run(
+        [str(BIN / "python"), "-m", "nemo_prorl.cli", "train", *TINY, f"run_dir={run}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return run
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_hf_trainer_two_ranks_tp2(tmp_path):
+def test_hf_trainer_two_ranks_tp2(tmp_path, single_run):
     env = _env()
     t0 = time.perf_counter()
-    dist_run, single_run = tmp_path / "tp2", tmp_path / "single"
+    dist_run = tmp_path / "tp2"
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "nemo_prorl.cli", "train",
          *TINY, "policy.tensor_model_parallel_size=2", f"run_dir={dist_run}"],
@@ -157,11 +200,6 @@ def test_hf_trainer_two_ranks_tp2(tmp_path):
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     t_dist = time.perf_counter() - t0
-    proc = subprocess.run(
-        [str(BIN / "python"), "-m", "nemo_prorl.cli", "train", *TINY, f"run_dir={single_run}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     a, b = _steps(dist_run), _steps(single_run)
     assert [r["step"] for r in a] == [1, 2]
     for r in a:
@@ -176,5 +214,35 @@ def test_hf_trainer_two_ranks_tp2(tmp_path):
           f"{[r['loss'] for r in b]}")
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_trainer_dp2_ranks_agree(tmp_path, single_run):
+    script = REPO / "tests" / "distributed" / "scripts" / "trainer_ranks.py"
+    out, run = tmp_path / "out", tmp_path / "dp2"
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(out), *TINY,
+         f"run_dir={run}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["dp"], r1["dp"]) == ([0, 2], [1, 2])  # TP=PP=1 on 2 ranks: data parallel
+    assert r0["steps"] == r1["steps"] == 2 and len(r0["train"]) == 2
+    # metrics are reduced over the DP group: every rank returns the same numbers, exactly
+    assert r0["train"] == r1["train"]
+    assert r0["train"][0]["loss"] != r0["train"][1]["loss"]  # the compared values are not constant
+    assert r0["digest"] == r1["digest"]  # averaged gradients: bit-identical weights on both ranks
+    logged = _steps(run)
+    assert [r["step"] for r in logged] == [1, 2]
+    assert [r["loss"] for r in logged] == [m["loss"] for m in r0["train"]]
+    # step 1: the same rollouts (rank 0 generates with the same seeds and initial weights); each rank
+    # trains on half of every mini-batch with the global token count, so the loss is the single-process
+    # loss up to the order of the reductions
+    ref = _steps(single_run)[0]
+    assert logged[0]["reward/mean"] == ref["reward/mean"]
+    assert logged[0]["loss"] == pytest.approx(ref["loss"], abs=1e-6)
+    assert logged[0]["kl"] == pytest.approx(ref["kl"], abs=1e-6)
+
+
 if __name__ == "__main__":
-    _driver_checks(Path(sys.argv[1]))
+    _driver_checks(Path(sys.argv[1]), fake_nccl="--fake-nccl" in sys.argv[2:])

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from nemo_prorl import collectives
+
 if TYPE_CHECKING:
     from nemo_prorl.policy.megatron.engine import MegatronPolicy
 
@@ -126,25 +128,20 @@ def _world() -> tuple[int, int]:
 
 
 def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    collectives.barrier()
 
 
 def _broadcast_str(value: str) -> str:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return str(box[0])
+    return str(collectives.broadcast_object(value, src=0))
 
 
 def _agree(ok: bool, message: str) -> None:
     """Raise :class:`CheckpointError` on every rank if any rank reports a failure."""
     flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag)
+        collectives.all_reduce(flag)
     if int(flag.item()) != 0:
         raise CheckpointError(message)
 

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nemo_prorl import collectives
+
 __all__ = [
     "ConversionError",
     "fuse_qkv",
@@ -394,9 +396,7 @@ def load_hf_weights(
 def _gather_tp(tensor: torch.Tensor, dim: int, tp_size: int, group: Any) -> list[torch.Tensor]:
     if tp_size == 1:
         return [tensor]
-    parts = [torch.empty_like(tensor) for _ in range(tp_size)]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return parts
+    return collectives.all_gather(tensor, group=group)
 
 
 @torch.no_grad()
@@ -449,8 +449,8 @@ def export_hf_state_dict(
     if parallel_state.model_parallel_is_initialized():
         pp_size = parallel_state.get_pipeline_model_parallel_world_size()
         if pp_size > 1:
-            stages: list[dict[str, torch.Tensor] | None] = [None] * pp_size
-            dist.all_gather_object(stages, out, group=parallel_state.get_pipeline_model_parallel_group())
+            pp_group = parallel_state.get_pipeline_model_parallel_group()
+            stages = collectives.all_gather_object(out, group=pp_group)
             merged: dict[str, torch.Tensor] = {}
             for stage in stages:
                 merged.update(stage or {})
@@ -536,8 +536,7 @@ def save_megatron_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> Path:
     path = Path(ckpt_dir)
     if not dist.is_initialized() or dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
-    if dist.is_initialized():
-        dist.barrier()
+    collectives.barrier()
     dist_checkpointing.save(_unwrap(model).sharded_state_dict(), str(path))
     return path
 

@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
     from transformers import AutoConfig
 
+    from nemo_prorl import collectives
     from nemo_prorl.policy.megatron import convert, parallel
     from nemo_prorl.policy.megatron.model import UnsupportedModelError, build_gpt_model
 
@@ -125,7 +126,7 @@ def main(argv: list[str]) -> int:
             out = args.to_hf
             if rank0:
                 convert.save_hf_checkpoint(state, hf_config, out, tokenizer_dir=cfg_dir)
-        dist.barrier()
+        collectives.barrier()
         if rank0:
             print(f"nemo-prorl convert: wrote {out}")
         return 0

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 
+from nemo_prorl import collectives
 from nemo_prorl.policy.interface import LossFn, TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
@@ -280,7 +280,7 @@ class MegatronPolicy:
         from megatron.core import parallel_state
 
         if self._parallel.pp_size() > 1:
-            dist.broadcast(
+            collectives.broadcast(
                 tensor,
                 src=parallel_state.get_pipeline_model_parallel_last_rank(),
                 group=self._parallel.pp_group(),
@@ -292,17 +292,15 @@ class MegatronPolicy:
 
         if self._parallel.pp_size() == 1:
             return obj
-        box = [obj]
-        dist.broadcast_object_list(
-            box, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=self._parallel.pp_group()
+        return collectives.broadcast_object(
+            obj, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=self._parallel.pp_group()
         )
-        return box[0]
 
     def _dp_sum(self, values: list[float]) -> list[float]:
         if self._parallel.dp_size() == 1:
             return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, group=self._parallel.dp_group())
+        collectives.all_reduce(t, group=self._parallel.dp_group())
         return [float(v) for v in t.tolist()]
 
     # ------------------------------------------------------------------ forward pieces
@@ -661,7 +659,7 @@ class MegatronPolicy:
                     break
         flag = torch.tensor([bad], dtype=torch.float32, device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            collectives.all_reduce(flag, op=collectives.ReduceOp.MAX)
         return float(flag.item()) == 0.0
 
     def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -679,8 +677,8 @@ class MegatronPolicy:
                 float(local[k].max() if is_max else local[k].min()), dtype=torch.float64, device=self.device
             )
             if self._parallel.dp_size() > 1:
-                op = dist.ReduceOp.MAX if is_max else dist.ReduceOp.MIN
-                dist.all_reduce(value, op=op, group=self._parallel.dp_group())
+                op = collectives.ReduceOp.MAX if is_max else collectives.ReduceOp.MIN
+                collectives.all_reduce(value, op=op, group=self._parallel.dp_group())
             result[k] = float(value)
         return result
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from nemo_prorl.launch import PreemptionHandler, RequeueError, request_slurm_requeue, slurm_requeue_enabled
+from nemo_prorl.launch import (
+    PreemptionHandler,
+    RequeueError,
+    request_slurm_requeue,
+    signal_lead_time,
+    slurm_requeue_enabled,
+)
 
 CHILD = Path(__file__).with_name("preempt_child.py")
 
@@ -189,3 +195,31 @@ def test_requeue_errors(fake_scontrol, monkeypatch, tmp_path):
         request_slurm_requeue({"SLURM_JOB_ID": "9"})
     with pytest.raises(RequeueError, match="not found on PATH"):
         request_slurm_requeue({"SLURM_JOB_ID": "9"}, scontrol=str(tmp_path / "no-such-scontrol"))
+
+
+# ------------------------------------------------------------------------------ sizing --signal=@N
+
+
+def test_signal_lead_time_takes_the_longest_stretch_between_safe_points():
+    records = [
+        {"step": 0, "event": "phase", "name": "a"},
+        # rounds: (90 + 10) / 2 = 50; log-probs 20; updates 60 + 5 = 65
+        {"step": 1, "time/generate": 90.0, "time/score": 10.0, "dynamic_sampling/rounds": 2.0,
+         "time/logprobs": 20.0, "time/train": 60.0, "time/sync": 5.0, "loss": 0.1},
+        # one round of 70 + 10 = 80 (the longest stretch); updates 40 + 5 + validation 30 = 75
+        {"step": 2, "time/generate": 70.0, "time/score": 10.0, "dynamic_sampling/rounds": 1.0,
+         "time/logprobs": 25.0, "time/train": 40.0, "time/sync": 5.0, "time/validate": 30.0, "loss": 0.2},
+        {"step": 2, "event": "checkpoint", "reason": "interval", "seconds": 41.5},
+        {"step": 4, "event": "checkpoint", "reason": "final", "seconds": 38.0},
+    ]
+    lead = signal_lead_time(records)
+    assert (lead.round, lead.logprobs, lead.updates, lead.save) == (80.0, 25.0, 75.0, 41.5)
+    assert lead.seconds == 152  # 80 + 41.5 + 30 = 151.5, rounded up
+    assert signal_lead_time(records[:3], margin=0.0, save_seconds=20.0).seconds == 100
+
+
+def test_signal_lead_time_needs_steps_and_a_save_time():
+    with pytest.raises(ValueError, match="no step records"):
+        signal_lead_time([{"step": 2, "event": "checkpoint", "seconds": 3.0}])
+    with pytest.raises(ValueError, match="pass save_seconds"):
+        signal_lead_time([{"step": 1, "time/generate": 1.0, "loss": 0.0}])
