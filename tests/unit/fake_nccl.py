@@ -174,6 +174,14 @@ class FakeNccl:
         """Patch torch.distributed (and nemo_prorl.collectives' CUDA device) for the ``with`` body."""
         from nemo_prorl import collectives
 
+        # megatron-core binds some collectives at import time (param_and_grad_buffer.py:
+        # ``dist_reduce_scatter_func = torch.distributed.reduce_scatter_tensor``): import it before the
+        # patch, or the fakes stay bound in it for the rest of the process.
+        with contextlib.suppress(ImportError):
+            import megatron.core.distributed.param_and_grad_buffer  # noqa: F401
+            import megatron.core.tensor_parallel.layers  # noqa: F401
+            import megatron.core.tensor_parallel.mappings  # noqa: F401
+            import megatron.core.timers  # noqa: F401
         lazy_device()
         saved: list[tuple[Any, str, Any]] = []
 

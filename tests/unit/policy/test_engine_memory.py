@@ -263,12 +263,10 @@ def test_a_row_longer_than_the_budget_runs_alone(build, caplog):
 
 
 def test_paper_recipe_budget_holds_its_longest_row():
-    """conf/prorl_1p5b.yaml sizes micro_batch_tokens for the 16k phase's longest row (its comment)."""
+    """nemo_prorl/conf/prorl_1p5b.yaml sizes micro_batch_tokens for the 16k phase's longest row."""
     from nemo_prorl.trainer.config import build_config, compose
 
-    raw = compose("prorl_1p5b", [])
-    raw["model"] = "demo"
-    cfg = build_config(raw)
+    cfg = build_config(compose("prorl_1p5b", []), require_model=False)
     longest = cfg.rollout.max_prompt_tokens + max(
         [cfg.rollout.max_response_tokens] + [p.max_response_tokens or 0 for p in cfg.phases]
     )
