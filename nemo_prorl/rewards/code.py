@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import marshal
 import math
 import re
@@ -52,6 +53,7 @@ from nemo_prorl.rewards.sandbox.checks import CasePlan, UnsupportedTest, decode,
 from nemo_prorl.rewards.sandbox import (
     DEFAULT_BASE_UID,
     Limits,
+    ProbeReport,
     Sandbox,
     SandboxError,
     SandboxUnavailableError,
@@ -63,6 +65,7 @@ _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.#-]*)[^\n]*\n(.*?)^[ \t]*```
 _PY_TAGS = {"", "python", "py", "python3", "py3"}
 _LIMIT_OUTCOMES = ("memory", "process_limit", "file_size", "output_limit")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+logger = logging.getLogger(__name__)
 _CACHE_SIZE = 4096
 
 
@@ -151,6 +154,10 @@ class CodeReward(Reward):
         max_tests: run only the first ``max_tests`` cases (``None``: all).
         base_uid: first per-slot uid when the grader runs as root.
         max_slots: number of concurrent sandboxes per host.
+        cgroups: per-sample memory and pids cgroup (bwrap backend): ``"auto"`` (where the host allows it),
+            ``"required"`` (refuse to start without) or ``"off"``.
+        group_memory_mb: memory budget of one sample's whole sandbox in its cgroup (all processes, tmpfs
+            and memfd pages); ``None``: ``memory_mb`` + the tmpfs sizes + 64 MiB.
         probe_on_init: probe the host in ``__init__`` and raise
             :class:`~nemo_prorl.rewards.sandbox.SandboxUnavailableError` there (fail before training);
             with ``False`` the probe runs on first use and a failure becomes status ``error``.
@@ -161,7 +168,8 @@ class CodeReward(Reward):
                  case_timeout_s: float = 2.0, case_cpu_s: float | None = None, total_timeout_s: float = 30.0,
                  memory_mb: int = 1024, nproc: int = 64, fsize_mb: int = 16, tmpfs_mb: int = 64,
                  max_output_bytes: int = 1 << 20, max_tests: int | None = None,
-                 base_uid: int = DEFAULT_BASE_UID, max_slots: int = 64, probe_on_init: bool = True) -> None:
+                 base_uid: int = DEFAULT_BASE_UID, max_slots: int = 64, probe_on_init: bool = True,
+                 cgroups: str = "auto", group_memory_mb: int | None = None) -> None:
         for name, value in (("case_timeout_s", case_timeout_s), ("total_timeout_s", total_timeout_s)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"code reward: {name} must be a positive number, got {value!r}")
@@ -177,21 +185,25 @@ class CodeReward(Reward):
         self.base_limits = Limits(wall_s=self.total_timeout_s, cpu_s=int(math.ceil(self.total_timeout_s)) + 2,
                                   memory_bytes=int(memory_mb) << 20, nproc=int(nproc),
                                   fsize_bytes=int(fsize_mb) << 20, max_output_bytes=int(max_output_bytes),
-                                  tmpfs_bytes=int(tmpfs_mb) << 20)
+                                  tmpfs_bytes=int(tmpfs_mb) << 20,
+                                  group_memory_bytes=int(group_memory_mb or 0) << 20)
         self._sandbox_opts = dict(backend=backend, allow_unsafe=allow_unsafe, python=python,
-                                  base_uid=base_uid, max_slots=max_slots)
+                                  base_uid=base_uid, max_slots=max_slots, cgroups=cgroups)
         self._sandbox: Sandbox | None = None
         self._harness = _harness_source()
         self._plan_cache: dict[tuple, CasePlan | str] = {}
         self._remote_cache: dict[tuple, list] = {}
+        self.probe_report: ProbeReport | None = None
         if probe_on_init:
-            self._sandbox, _ = make_sandbox(**self._sandbox_opts)
+            self._sandbox, self.probe_report = make_sandbox(**self._sandbox_opts)
+            logger.info("code sandbox: %s; limits in force: %s", self.probe_report.backend,
+                        self.probe_report.limits_summary())
 
     @property
     def sandbox(self) -> Sandbox:
         """The sandbox (probed on first use when ``probe_on_init`` was false)."""
         if self._sandbox is None:
-            self._sandbox, _ = make_sandbox(**self._sandbox_opts)
+            self._sandbox, self.probe_report = make_sandbox(**self._sandbox_opts)
         return self._sandbox
 
     def validate(self, row: dict) -> list[Problem]:
@@ -204,7 +216,7 @@ class CodeReward(Reward):
         limits = Limits(wall_s=total + 3.0, cpu_s=int(math.ceil(total)) + 2, memory_bytes=b.memory_bytes,
                         nproc=b.nproc, fsize_bytes=b.fsize_bytes, nofile=b.nofile,
                         max_output_bytes=max(b.max_output_bytes, 1024 * n_cases + (64 << 10)),
-                        tmpfs_bytes=b.tmpfs_bytes)
+                        tmpfs_bytes=b.tmpfs_bytes, group_memory_bytes=b.group_memory_bytes)
         return limits, total
 
     def score(self, response: str, row: dict) -> RewardResult:
