@@ -353,7 +353,8 @@ def preflight(
                 # no code reward could be built here (no sandbox): its test checks need none
                 from nemo_prorl.rewards.code import code_row_problems
 
-                issues += [Issue(path, rec.row, p.field, p.reason, "ground truth") for p in code_row_problems(row)]
+                issues += [Issue(path, rec.row, p.field, p.reason, "ground truth")
+                           for p in code_row_problems(row)]
             if not issues:
                 key = str(row["id"])  # 7 and "7" collide once ids become strings downstream
                 where = f"{path}:{rec.row}"

@@ -49,7 +49,6 @@ from importlib import resources
 from typing import Any
 
 from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
-from nemo_prorl.rewards.sandbox.checks import CasePlan, UnsupportedTest, decode, judge_case, plan_case
 from nemo_prorl.rewards.sandbox import (
     DEFAULT_BASE_UID,
     Limits,
@@ -59,6 +58,7 @@ from nemo_prorl.rewards.sandbox import (
     SandboxUnavailableError,
     make_sandbox,
 )
+from nemo_prorl.rewards.sandbox.checks import CasePlan, UnsupportedTest, decode, judge_case, plan_case
 from nemo_prorl.schema import Problem, parse_tests
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.#-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
@@ -91,7 +91,8 @@ def plan_assert_cases(row: dict) -> dict[int, CasePlan]:
             try:
                 plans[i] = plan_case(case["assert"], ep if isinstance(ep, str) else None)
             except UnsupportedTest as exc:
-                raise UnsupportedTest(f"case {i}: assert cannot be judged outside the solution: {exc}") from None
+                raise UnsupportedTest(f"case {i}: assert cannot be judged outside the solution: {exc}") \
+                    from None
     return plans
 
 
@@ -241,8 +242,8 @@ class CodeReward(Reward):
             return RewardResult(0.0, "error", {"reason": "bad_row", "error": f"tests: {exc}"})
         ep = row.get("entry_point")
         if ep is not None and (not isinstance(ep, str) or not _IDENT.match(ep)):
-            return RewardResult(0.0, "error", {"reason": "bad_row",
-                                               "error": f"entry_point: expected a Python identifier, got {ep!r}"})
+            error = f"entry_point: expected a Python identifier, got {ep!r}"
+            return RewardResult(0.0, "error", {"reason": "bad_row", "error": error})
         if self.max_tests is not None:
             cases = cases[: self.max_tests]
         plans: dict[int, CasePlan] = {}
@@ -311,7 +312,8 @@ class CodeReward(Reward):
             "total_cpu_s": total, "max_output_bytes": self.base_limits.max_output_bytes,
         }
         try:
-            res = sandbox.run({"harness.py": self._harness}, [sandbox.python, *sandbox.python_flags, "harness.py"],
+            res = sandbox.run({"harness.py": self._harness},
+                              [sandbox.python, *sandbox.python_flags, "harness.py"],
                               stdin=marshal.dumps(job, 4), limits=limits)
         except SandboxError as exc:
             return RewardResult(0.0, "error", {"reason": "sandbox_error", "error": str(exc)})
@@ -325,8 +327,8 @@ class CodeReward(Reward):
             i = order[ev["index"]]
             bad = f"case {i}: an expected value of the test could not be computed"
             if ev.get("outcome") != "returned":
-                return RewardResult(0.0, "error", {"reason": "bad_test", "error": f"{bad} ({ev.get('outcome')}: "
-                                                                                   f"{ev.get('detail')})"})
+                error = f"{bad} ({ev.get('outcome')}: {ev.get('detail')})"
+                return RewardResult(0.0, "error", {"reason": "bad_test", "error": error})
             try:
                 values = decode(base64.b64decode(str(ev.get("values", "")), validate=True))
             except (ValueError, binascii.Error) as exc:

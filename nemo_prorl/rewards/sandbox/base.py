@@ -83,7 +83,8 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.group_memory_bytes, int) or self.group_memory_bytes < 0:
-            raise ValueError(f"Limits.group_memory_bytes must be an integer >= 0, got {self.group_memory_bytes!r}")
+            raise ValueError("Limits.group_memory_bytes must be an integer >= 0, got "
+                             f"{self.group_memory_bytes!r}")
         if self.nofile < 16:
             raise ValueError(f"Limits.nofile must be >= 16 (the interpreter needs a few), got {self.nofile}")
 

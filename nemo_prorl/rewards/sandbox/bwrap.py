@@ -137,8 +137,9 @@ class BwrapSandbox(Sandbox):
             "rlimits": (f"AS {limits.memory_bytes >> 20} MiB, CPU {limits.cpu_s} s, FSIZE "
                         f"{limits.fsize_bytes >> 20} MiB, NOFILE {limits.nofile}, CORE 0"
                         + (f", NPROC {limits.nproc} per slot uid" if self.root else ", NPROC per user")),
-            "tmpfs": f"/tmp {limits.tmpfs_bytes >> 20} MiB, /dev/shm {min(limits.tmpfs_bytes, SHM_BYTES) >> 20} "
-                     "MiB (bwrap --size); every other mount read-only",
+            "tmpfs": f"/tmp {limits.tmpfs_bytes >> 20} MiB, /dev/shm "
+                     f"{min(limits.tmpfs_bytes, SHM_BYTES) >> 20} MiB (bwrap --size); every other mount "
+                     "read-only",
             "nested_userns": "disabled (--disable-userns)" if self.disable_userns
             else "allowed (bwrap < 0.8 has no --disable-userns): code may mount an unsized tmpfs",
         }

@@ -266,8 +266,9 @@ def detect() -> tuple[SlotCgroups | None, str]:
                 if not {"memory", "pids"} <= enabled:
                     _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
             except OSError as exc:
-                reasons.append(f"cgroup v2: cannot enable memory and pids for children of {base} ({exc.strerror}; "
-                               "the grader must run in a delegated cgroup with no processes of its own there)")
+                reasons.append(f"cgroup v2: cannot enable memory and pids for children of {base} "
+                               f"({exc.strerror}; the grader must run in a delegated cgroup with no "
+                               "processes of its own there)")
             else:
                 groups = SlotCgroups(version=2, memory_dir=base, pids_dir=base)
                 verdict = _try(groups)

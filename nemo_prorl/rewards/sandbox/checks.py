@@ -43,6 +43,7 @@ import builtins
 import json
 import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,15 +98,17 @@ class CasePlan:
 class _Splitter:
     """Rewrites one assert test: calls -> ``CALL<i>``, remote expected values -> ``REMOTE<i>``."""
 
-    def __init__(self, imported: dict[str, str], constants: dict[str, Any], aliases: set[str]) -> None:
+    def __init__(self, imported: dict[str, str], constants: dict[str, Any], aliases: set[str],
+                 entry_point: str | None = None) -> None:
         self.imported = imported
         self.constants = constants
         self.aliases = aliases
+        self.entry_point = entry_point
         self.calls: list[str] = []
         self.remote: list[str] = []
 
     def is_solution_name(self, name: str) -> bool:
-        if name in self.aliases:
+        if name in self.aliases or name == self.entry_point:
             return True
         return name not in self.imported and name not in self.constants and name not in _BUILTIN_NAMES
 
@@ -162,9 +165,11 @@ class _Splitter:
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             return type(node)(elts=[self.rewrite(e) for e in node.elts], ctx=ast.Load())
         if isinstance(node, ast.Dict) and None not in node.keys:
-            return ast.Dict(keys=[self.rewrite(k) for k in node.keys], values=[self.rewrite(v) for v in node.values])
+            return ast.Dict(keys=[self.rewrite(k) for k in node.keys],
+                            values=[self.rewrite(v) for v in node.values])
         if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice):
-            return ast.Subscript(value=self.rewrite(node.value), slice=self.rewrite(node.slice), ctx=ast.Load())
+            return ast.Subscript(value=self.rewrite(node.value), slice=self.rewrite(node.slice),
+                                 ctx=ast.Load())
         if isinstance(node, ast.Call):
             name = _func_path(node.func, self.imported)
             if name not in JUDGE_FUNCS:
@@ -176,7 +181,8 @@ class _Splitter:
             if any(isinstance(a, ast.Starred) for a in node.args):
                 raise UnsupportedTest("starred arguments")
             return ast.Call(func=node.func, args=[self.rewrite(a) for a in node.args],
-                            keywords=[ast.keyword(arg=k.arg, value=self.rewrite(k.value)) for k in node.keywords])
+                            keywords=[ast.keyword(arg=k.arg, value=self.rewrite(k.value))
+                                      for k in node.keywords])
         raise UnsupportedTest(f"{type(node).__name__} around the solution's value")
 
 
@@ -233,7 +239,8 @@ def plan_case(source: str, entry_point: str | None = None) -> CasePlan:
                     raise UnsupportedTest("'from ... import *'")
                 imported[alias.asname or alias.name] = f"{stmt.module}.{alias.name}"
             prelude.append(ast.unparse(stmt))
-        elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+        elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+              and isinstance(stmt.targets[0], ast.Name)):
             try:
                 constants[stmt.targets[0].id] = ast.literal_eval(stmt.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -257,23 +264,37 @@ def plan_case(source: str, entry_point: str | None = None) -> CasePlan:
                                                      and isinstance(inner.value, ast.Constant)):
                     continue
                 else:
-                    raise UnsupportedTest(f"statement {type(inner).__name__} inside check() (line {inner.lineno})")
+                    raise UnsupportedTest(f"statement {type(inner).__name__} inside check() "
+                                          f"(line {inner.lineno})")
         elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and check_param is not None
               and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "check"):
             continue  # the explicit check(candidate) call: the asserts above are the checks
-        elif isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+        elif isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr)
+                                            and isinstance(stmt.value, ast.Constant)):
             continue
         else:
             raise UnsupportedTest(f"statement {type(stmt).__name__} (line {stmt.lineno}); only imports, "
                                   "literal assignments, asserts and def check(candidate) are supported")
     if not asserts:
         raise UnsupportedTest("no assert statement")
-    splitter = _Splitter(imported, constants, aliases)
+    # MBPP keeps ``import math`` in a separate field: a standard-library module name the test uses
+    # without importing it is still the module (imported here), never a name the solution may define
+    for a in asserts:
+        for n in ast.walk(a.test):
+            if not (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)):
+                continue
+            mod = n.value.id
+            if (mod in sys.stdlib_module_names and mod not in imported and mod not in constants
+                    and mod not in aliases and mod != entry_point):
+                imported[mod] = mod
+                prelude.insert(0, f"import {mod}")
+    splitter = _Splitter(imported, constants, aliases, entry_point)
     judgements = tuple(splitter.rewrite(a.test) for a in asserts)
     if not splitter.calls:
         raise UnsupportedTest("no assert calls the solution")
     return CasePlan(prelude=tuple(prelude), aliases=tuple(sorted(aliases)), calls=tuple(splitter.calls),
-                    remote=tuple(splitter.remote), judgements=judgements, imported=tuple(sorted(imported.items())))
+                    remote=tuple(splitter.remote), judgements=judgements,
+                    imported=tuple(sorted(imported.items())))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,7 +595,8 @@ def _compare(op: ast.cmpop, a: Any, b: Any) -> bool:
     numbers = type(a) in (int, float) and type(b) in (int, float)
     if not numbers and not (type(a) is type(b) and type(a) in (str, bytes)):
         raise CheckFailed(f"cannot order a {type(a).__name__} and a {type(b).__name__}")
-    return {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}[type(op)](a, b)
+    order = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+    return order[type(op)](a, b)
 
 
 def judge_case(plan: CasePlan, values: list[tuple[str, Any]], remote: list[Any]) -> tuple[bool, str]:
@@ -597,7 +619,8 @@ def judge_case(plan: CasePlan, values: list[tuple[str, Any]], remote: list[Any])
         if kind == "v":
             env[f"{CALL}{i}"] = value
     for n, judgement in enumerate(plan.judgements):
-        used = [int(x.id[2:]) for x in ast.walk(judgement) if isinstance(x, ast.Name) and x.id.startswith(CALL)]
+        used = [int(x.id[len(CALL):]) for x in ast.walk(judgement)
+                if isinstance(x, ast.Name) and x.id.startswith(CALL)]
         for i in used:
             kind, value = values[i]
             if kind == "x":

@@ -26,9 +26,10 @@ calls without the solution, for expected values), ``entry_point``, ``cases`` (ea
 ``total_cpu_s``, ``max_output_bytes``.
 
 Events: ``start``; ``compile_error`` (``error``); ``case`` (``index``, ``passed``, ``outcome``,
-``detail``, ``wall_s``, and ``values`` for calls cases); ``done`` (``cpu_s``, ``wall_s``, ``budget``: ``None``/``"wall"``/``"cpu"``).
-Outcomes: pass, returned (calls cases: values to judge), wrong_answer, runtime_error, no_completion, timeout, memory, process_limit,
-file_size, output_limit, skipped, harness_error.
+``detail``, ``wall_s``, and ``values`` for calls cases); ``done`` (``cpu_s``, ``wall_s``, ``budget``:
+``None``/``"wall"``/``"cpu"``). Outcomes: pass, returned (calls cases: values for the grader to judge),
+wrong_answer, runtime_error, no_completion, timeout, memory, process_limit, file_size, output_limit,
+skipped, harness_error.
 """
 
 import binascii
@@ -97,7 +98,8 @@ def _harness_driver():
             tag = "l" if t is list else "t" if t is tuple else "S"
             return '["%s"%s]' % (tag, "".join("," + enc(x, depth + 1) for x in v))
         if t is dict:
-            return '["d"%s]' % "".join("," + enc(k, depth + 1) + "," + enc(x, depth + 1) for k, x in v.items())
+            return '["d"%s]' % "".join(
+                "," + enc(k, depth + 1) + "," + enc(x, depth + 1) for k, x in v.items())
         raise TypeError("a %s, not plain data" % t.__name__)
 
     def name(text):

@@ -155,7 +155,8 @@ def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str 
             report.checks["unsafe"] = verdict
             if sb is not None:
                 lim = Limits()
-                report.limits = {"rlimits": f"AS {lim.memory_bytes >> 20} MiB, CPU, FSIZE, NOFILE, NPROC (root)",
+                report.limits = {"rlimits": f"AS {lim.memory_bytes >> 20} MiB, CPU, FSIZE, NOFILE, NPROC "
+                                            "(root)",
                                  "tmpfs": "none (host filesystem)", "cgroup_memory": "off (unsafe backend)",
                                  "cgroup_pids": "off (unsafe backend)"}
         elif sb is None:

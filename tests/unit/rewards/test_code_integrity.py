@@ -42,7 +42,8 @@ ADD_ROW = {"domain": "code", "entry_point": "add", "tests": [
     {"assert": "assert candidate(-1, 1) == 0"},
     {"assert": "assert add('a', 'b') == 'ab'"},
 ]}
-NO_EP_ROW = {"domain": "code", "tests": [{"assert": "assert add(1, 2) == 3"}, {"assert": "assert add(2, 2) == 4"}]}
+NO_EP_ROW = {"domain": "code", "tests": [{"assert": "assert add(1, 2) == 3"},
+                                        {"assert": "assert add(2, 2) == 4"}]}
 HUMANEVAL_ROW = {"domain": "code", "entry_point": "add", "tests": [
     {"assert": "METADATA = {'author': 'x'}\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n"
                "    assert candidate(0, 0) == 0\n\ncheck(add)\n"},
@@ -78,8 +79,8 @@ def test_honest_add_scores_one_on_every_assert_form(reward):
 
 
 ATTACKS = {
-    "exec_patched": "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.eval = lambda *a, **k: None\n"
-                    "def add(a, b):\n    return None\n",
+    "exec_patched": "import builtins\nbuiltins.exec = lambda *a, **k: None\n"
+                    "builtins.eval = lambda *a, **k: None\ndef add(a, b):\n    return None\n",
     "callable_patched": "import builtins\nbuiltins.callable = lambda f: False\n"
                         "def add(a, b):\n    return None\n",
     "always_equal": "class AlwaysEqual:\n    def __eq__(self, other):\n        return True\n"
@@ -180,7 +181,8 @@ def test_type_confusion_is_a_wrong_answer(reward):
     assert reward.score(answer("def f(x):\n    return True"), row).score == 0.0
     assert reward.score(answer("def f(x):\n    return 1.0"), row).score == 0.0
     assert reward.score(answer("def f(x):\n    return 1"), row).score == 1.0
-    row = {"domain": "code", "entry_point": "f", "tests": [{"assert": "assert f(1)"}, {"assert": "assert not f(0)"}]}
+    row = {"domain": "code", "entry_point": "f",
+           "tests": [{"assert": "assert f(1)"}, {"assert": "assert not f(0)"}]}
     assert reward.score(answer("def f(x):\n    return x"), row).score == 0.0  # 1 and 0 are not booleans
     assert reward.score(answer("def f(x):\n    return x == 1"), row).score == 1.0
     row = {"domain": "code", "entry_point": "f", "tests": [{"assert": "assert f() == (0, 1)"}]}
@@ -249,7 +251,8 @@ def test_unsplittable_asserts_are_refused_with_the_case_named(reward, tmp_path):
     path.write_text(json.dumps(ok_row) + "\n" + json.dumps(loop) + "\n")
     report = preflight([str(path)], policy="skip")
     assert [r["id"] for r in report.rows] == ["ok-1"]
-    assert any(i.row == 2 and i.field == "tests" and "case 1" in i.reason for i in report.issues), report.issues
+    found = [i for i in report.issues if i.row == 2 and i.field == "tests" and "case 1" in i.reason]
+    assert found and str(found[0]).startswith(f"{path}:2:tests: case 1"), report.issues
 
 
 # ------------------------------------------------------------------ the split, without a sandbox
@@ -274,9 +277,18 @@ def test_plan_splits_calls_from_expected_values(src, calls, remote):
     assert all("==" not in c and "isclose" not in c for c in plan.calls)  # no judgement reaches the sandbox
 
 
+def test_plan_stdlib_module_without_import_stays_with_the_judge():
+    """MBPP keeps ``import math`` in a separate field: ``math.isclose`` must not run in the solution."""
+    plan = plan_case("assert math.isclose(f(1), 2.0, rel_tol=0.01)")
+    assert plan.calls == ("f(1)",) and "import math" in plan.prelude
+    assert judge_case(plan, _values(2.001), [])[0] and not judge_case(plan, _values(True), [])[0]
+    # an entry point named like a builtin is the solution's function, not the judge's
+    assert plan_case("assert sum([1, 2]) == 3", entry_point="sum").calls == ("sum([1, 2])",)
+
+
 def test_plan_humaneval_check_binds_candidate():
-    plan = plan_case('def check(candidate):\n    """doc"""\n    assert candidate(1) == 2\n    assert candidate(2)\n',
-                     entry_point="inc")
+    src = 'def check(candidate):\n    """doc"""\n    assert candidate(1) == 2\n    assert candidate(2)\n'
+    plan = plan_case(src, entry_point="inc")
     assert plan.calls == ("candidate(1)", "candidate(2)") and plan.aliases == ("candidate",)
     with pytest.raises(UnsupportedTest, match="entry_point"):
         plan_case("def check(candidate):\n    assert candidate(1) == 2\n")

@@ -11,8 +11,14 @@ import os
 import pytest
 
 from nemo_prorl.rewards.code import CodeReward
-from nemo_prorl.rewards.sandbox import BwrapSandbox, Limits, SandboxError, SandboxUnavailableError, make_sandbox
-from nemo_prorl.rewards.sandbox import cgroup
+from nemo_prorl.rewards.sandbox import (
+    BwrapSandbox,
+    Limits,
+    SandboxError,
+    SandboxUnavailableError,
+    cgroup,
+    make_sandbox,
+)
 
 SMALL = dict(wall_s=20.0, memory_bytes=256 << 20, group_memory_bytes=64 << 20, fsize_bytes=16 << 20)
 
@@ -62,7 +68,8 @@ def grouped():
 
 
 def _run(sb, code, **limits):
-    return sb.run({"main.py": code}, [sb.python, *sb.python_flags, "main.py"], limits=Limits(**{**SMALL, **limits}))
+    return sb.run({"main.py": code}, [sb.python, *sb.python_flags, "main.py"],
+                  limits=Limits(**{**SMALL, **limits}))
 
 
 def _leftover_groups(sb) -> list[str]:
