@@ -27,7 +27,7 @@ it passes):
 
 * top-level ``import m`` / ``import m as a`` / ``from m import n`` and ``NAME = <literal>``;
 * ``assert <expr>`` (the message part is ignored);
-* HumanEval style ``def check(candidate): <asserts, docstrings, pass>`` (the parameter is bound to the
+* HumanEval style ``def check(candidate): <asserts, docstrings, pass, print>`` (the parameter is bound to the
   row's ``entry_point``), optionally followed by ``check(<entry point or candidate>)``.
 
 In judgements: comparisons (``== != < <= > >= in not in``, and ``is``/``is not`` against
@@ -210,6 +210,15 @@ def _func_path(func: ast.expr, imported: dict[str, str]) -> str | None:
     return None
 
 
+def _inert(stmt: ast.stmt) -> bool:
+    """A statement with no bearing on the verdict: a docstring, a bare ``print`` or a ``print(...)``."""
+    if not isinstance(stmt, ast.Expr):
+        return False
+    v = stmt.value
+    return (isinstance(v, ast.Constant) or (isinstance(v, ast.Name) and v.id == "print")
+            or (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "print"))
+
+
 def plan_case(source: str, entry_point: str | None = None) -> CasePlan:
     """Split one assert test source; see the module docstring for what is accepted.
 
@@ -260,8 +269,7 @@ def plan_case(source: str, entry_point: str | None = None) -> CasePlan:
             for inner in stmt.body:
                 if isinstance(inner, ast.Assert):
                     asserts.append(inner)
-                elif isinstance(inner, ast.Pass) or (isinstance(inner, ast.Expr)
-                                                     and isinstance(inner.value, ast.Constant)):
+                elif isinstance(inner, ast.Pass) or _inert(inner):
                     continue
                 else:
                     raise UnsupportedTest(f"statement {type(inner).__name__} inside check() "
@@ -269,8 +277,7 @@ def plan_case(source: str, entry_point: str | None = None) -> CasePlan:
         elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and check_param is not None
               and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "check"):
             continue  # the explicit check(candidate) call: the asserts above are the checks
-        elif isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr)
-                                            and isinstance(stmt.value, ast.Constant)):
+        elif isinstance(stmt, ast.Pass) or _inert(stmt):
             continue
         else:
             raise UnsupportedTest(f"statement {type(stmt).__name__} (line {stmt.lineno}); only imports, "

@@ -175,6 +175,30 @@ def test_expected_value_is_nowhere_the_solution_can_read(reward):
     assert reward.score(answer("def f():\n    return 'SENTINEL-8c1e'"), row).score == 1.0
 
 
+def test_mbpp_style_rows_split_and_pass(reward):
+    """Assert forms as MBPP's test lists write them (``import math`` lives in a separate field)."""
+    rows = [
+        ({"domain": "code", "tests": [
+            {"assert": "assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))"},
+            {"assert": "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)"}]},
+         "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n"),
+        ({"domain": "code", "tests": [
+            {"assert": "assert math.isclose(volume_cone(5,12), 314.15926535897927, rel_tol=0.001)"},
+            {"assert": "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65]"},
+            {"assert": "assert is_not_prime(2) == False"}]},
+         "import math, heapq\ndef volume_cone(r, h):\n    return math.pi * r * r * h / 3\n"
+         "def heap_queue_largest(xs, n):\n    return heapq.nlargest(n, xs)\n"
+         "def is_not_prime(n):\n    return any(n % d == 0 for d in range(2, int(n ** 0.5) + 1))\n"),
+    ]
+    for row, src in rows:
+        assert code_row_problems(row) == []
+        res = reward.score(answer(src), row)
+        assert (res.status, res.score) == ("ok", 1.0), res.info
+        # math.isclose stays with the judge: a patched math.isclose in the solution changes nothing
+        hack = "import math\nmath.isclose = lambda *a, **k: True\n" + src.replace("return", "return None #")
+        assert reward.score(answer(hack), row).score == 0.0
+
+
 def test_type_confusion_is_a_wrong_answer(reward):
     """True != 1, 1 != 1.0, [0, 1] != (0, 1): type-strict equality, unlike Python's ``==``."""
     row = {"domain": "code", "entry_point": "f", "tests": [{"assert": "assert f(1) == 1"}]}
