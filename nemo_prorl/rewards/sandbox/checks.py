@@ -143,7 +143,7 @@ class _Splitter:
             return ast.Constant(value=_Frozen(value))
         try:
             value = _Judge({}, self.imported, self.constants).ev(node)
-        except (UnsupportedTest, CheckFailed, ArithmeticError, ValueError, TypeError):
+        except (UnsupportedTest, CheckFailed, ArithmeticError, ValueError, TypeError, RecursionError):
             self.remote.append(ast.unparse(node))
             return ast.Name(id=f"{REMOTE}{len(self.remote) - 1}", ctx=ast.Load())
         return ast.Constant(value=_Frozen(value))
