@@ -67,6 +67,10 @@ _LIMIT_OUTCOMES = ("memory", "process_limit", "file_size", "output_limit")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 logger = logging.getLogger(__name__)
 _CACHE_SIZE = 4096
+MAX_VALUE_BYTES = 1 << 20
+"""Cap of one assert case's encoded values (and its output); more fails the case (``output_limit``)."""
+MAX_VALUES_TOTAL = 4 << 20
+"""Cap of all assert cases' encoded values of one sample together (bounds the grader's memory)."""
 
 
 def _bounded_put(cache: dict, key: Any, value: Any) -> None:
@@ -211,12 +215,18 @@ class CodeReward(Reward):
         """Domain checks beyond the schema: a usable ``entry_point``, asserts that can be split."""
         return code_row_problems(row)
 
-    def _limits(self, n_cases: int) -> tuple[Limits, float]:
+    def _value_cap(self) -> int:
+        return min(self.base_limits.max_output_bytes, MAX_VALUE_BYTES)
+
+    def _limits(self, n_cases: int, n_calls_cases: int = 0) -> tuple[Limits, float]:
         total = min(self.total_timeout_s, n_cases * self.case_timeout_s + 1.0)
         b = self.base_limits
+        # the harness's own output: short records, plus the calls cases' values in base64
+        values = min(n_calls_cases * self._value_cap(), MAX_VALUES_TOTAL + n_calls_cases * 1024)
+        harness_out = 1024 * n_cases + (64 << 10) + values * 4 // 3 + 1024 * n_calls_cases
         limits = Limits(wall_s=total + 3.0, cpu_s=int(math.ceil(total)) + 2, memory_bytes=b.memory_bytes,
                         nproc=b.nproc, fsize_bytes=b.fsize_bytes, nofile=b.nofile,
-                        max_output_bytes=max(b.max_output_bytes, 1024 * n_cases + (64 << 10)),
+                        max_output_bytes=max(b.max_output_bytes, harness_out),
                         tmpfs_bytes=b.tmpfs_bytes, group_memory_bytes=b.group_memory_bytes)
         return limits, total
 
@@ -265,7 +275,7 @@ class CodeReward(Reward):
         remote = self._remote_values(sandbox, plans)
         if isinstance(remote, RewardResult):
             return remote
-        limits, total = self._limits(len(cases))
+        limits, total = self._limits(len(cases), len(plans))
         nonce = secrets.token_hex(16)
         job = {
             "nonce": nonce, "python": sandbox.python, "python_flags": list(sandbox.python_flags),
@@ -274,6 +284,7 @@ class CodeReward(Reward):
                       else {"input": c["input"], "output": c["output"]} for i, c in enumerate(cases)],
             "case_wall_s": self.case_timeout_s, "case_cpu_s": self.case_cpu_s, "total_wall_s": total,
             "total_cpu_s": total, "max_output_bytes": self.base_limits.max_output_bytes,
+            "max_value_bytes": self._value_cap(), "max_values_total": MAX_VALUES_TOTAL,
         }
         try:
             res = sandbox.run({"harness.py": self._harness},
@@ -301,7 +312,7 @@ class CodeReward(Reward):
         if not todo:
             return out
         order = sorted(todo)
-        limits, total = self._limits(len(order))
+        limits, total = self._limits(len(order), len(order))
         nonce = secrets.token_hex(16)
         job = {
             "nonce": nonce, "python": sandbox.python, "python_flags": list(sandbox.python_flags),
@@ -310,6 +321,7 @@ class CodeReward(Reward):
                       for i in order],
             "case_wall_s": self.case_timeout_s, "case_cpu_s": self.case_cpu_s, "total_wall_s": total,
             "total_cpu_s": total, "max_output_bytes": self.base_limits.max_output_bytes,
+            "max_value_bytes": self._value_cap(), "max_values_total": MAX_VALUES_TOTAL,
         }
         try:
             res = sandbox.run({"harness.py": self._harness},

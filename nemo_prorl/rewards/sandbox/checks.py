@@ -39,6 +39,7 @@ displays, subscripts, and the calls in :data:`JUDGE_FUNCS`. Anything else raises
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import json
 import math
@@ -329,10 +330,10 @@ def decode(data: bytes) -> list[tuple[str, Any]]:
         if not (isinstance(item, list) and len(item) == 2 and item[0] in ("v", "x", "e")):
             raise ValueError("malformed result item")
         kind, payload = item
-        if kind == "v":
-            out.append(("v", _dec(payload, 0)))
-        else:
-            out.append((kind, _dec(payload, 0) if isinstance(payload, list) else "?"))
+        try:
+            out.append((kind, _dec(payload, 0)))
+        except (OverflowError, TypeError, RecursionError, MemoryError) as exc:
+            raise ValueError(f"malformed value ({type(exc).__name__})") from None
     return out
 
 
@@ -347,14 +348,15 @@ def _dec(node: Any, depth: int) -> Any:
         return None
     if tag == "b" and scalar in (0, 1) and type(scalar) is int:
         return scalar == 1
-    if tag in "ifsy" and len(tag) == 1 and isinstance(scalar, str) and len(rest) == 1:
+    if tag in ("i", "f", "s", "y") and isinstance(scalar, str) and len(rest) == 1:
         if tag == "i":
             return int(scalar, 16)
         if tag == "f":
             return float.fromhex(scalar)
-        if tag == "s":
-            return bytes.fromhex(scalar).decode("utf-8", "surrogatepass")
-        return bytes.fromhex(scalar)
+        if len(scalar) % 4 or not scalar.isascii():
+            raise ValueError("malformed text value")
+        raw = base64.b64decode(scalar, validate=True)
+        return raw.decode("utf-8", "surrogatepass") if tag == "s" else raw
     if tag == "l":
         return [_dec(x, depth + 1) for x in rest]
     if tag == "t":

@@ -23,7 +23,8 @@ Why the solution cannot forge results:
 Job fields: ``nonce``, ``python``, ``python_flags``, ``solution``, ``with_solution`` (false: evaluate the
 calls without the solution, for expected values), ``entry_point``, ``cases`` (each ``{"input",
 "output"}`` or ``{"calls", "prelude", "aliases"}``), ``case_wall_s``, ``case_cpu_s``, ``total_wall_s``,
-``total_cpu_s``, ``max_output_bytes``.
+``total_cpu_s``, ``max_output_bytes``, ``max_value_bytes`` (the cap of a calls case's values and
+output), ``max_values_total`` (of all calls cases' values together).
 
 Events: ``start``; ``compile_error`` (``error``); ``case`` (``index``, ``passed``, ``outcome``,
 ``detail``, ``wall_s``, and ``values`` for calls cases); ``done`` (``cpu_s``, ``wall_s``, ``budget``:
@@ -78,6 +79,10 @@ def _harness_driver():
     for stmt in spec["prelude"]:
         exec(compile(stmt, "test.py", "exec"), env)
     calls = [compile(src, "test.py", "eval") for src in spec["calls"]]
+    from binascii import b2a_base64
+
+    def b64(data):
+        return b2a_base64(data, newline=False).decode("ascii")
     def enc(v, depth):
         t = type(v)
         if depth > 100:
@@ -91,9 +96,9 @@ def _harness_driver():
         if t is float:
             return '["f","%s"]' % float.hex(v)
         if t is str:
-            return '["s","%s"]' % str.encode(v, "utf-8", "surrogatepass").hex()
+            return '["s","%s"]' % b64(str.encode(v, "utf-8", "surrogatepass"))
         if t is bytes:
-            return '["y","%s"]' % bytes.hex(v)
+            return '["y","%s"]' % b64(v)
         if t is list or t is tuple or t is set or t is frozenset:
             tag = "l" if t is list else "t" if t is tuple else "S"
             return '["%s"%s]' % (tag, "".join("," + enc(x, depth + 1) for x in v))
@@ -103,7 +108,7 @@ def _harness_driver():
         raise TypeError("a %s, not plain data" % t.__name__)
 
     def name(text):
-        return '["s","%s"]' % str(text)[:120].encode("utf-8", "surrogatepass").hex()
+        return '["s","%s"]' % b64(str(text)[:120].encode("utf-8", "surrogatepass"))
 
     out = []
     for code in calls:
@@ -419,6 +424,7 @@ def main():
         fh.write(solution)
     python = [job["python"], *job["python_flags"]]
     cap = int(job["max_output_bytes"])
+    values_left = int(job["max_values_total"])  # all calls cases' values together (the grader's memory)
     budget = None
     for index, case in enumerate(job["cases"]):
         used_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -445,13 +451,15 @@ def main():
                 spec = {"fd": pipe[1], "path": path if job["with_solution"] else "",
                         "entry_point": job.get("entry_point"), "aliases": case["aliases"],
                         "prelude": case["prelude"], "calls": case["calls"]}
-                res = run_child(python + ["-c", DRIVER], marshal.dumps(spec, 4), wall, cpu, cap, case_dir,
+                res = run_child(python + ["-c", DRIVER], marshal.dumps(spec, 4), wall, cpu,
+                                max(1024, min(int(job["max_value_bytes"]), values_left)), case_dir,
                                 token_pipe=pipe)
                 ok = ("spawn_error" not in res and not res["timed_out"] and not res["output_limit"]
                       and res["returncode"] == 0 and res["token"])
                 outcome, detail = ("returned", "") if ok else classify_failure(res)
                 if ok:
                     values = res["token"]
+                    values_left -= len(values)
                 elif not outcome:
                     outcome, detail = "no_completion", "the test did not run to completion"
             else:

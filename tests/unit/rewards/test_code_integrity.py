@@ -250,6 +250,21 @@ def test_non_literal_expected_values_come_from_a_sandbox_without_the_solution(re
     assert res.status == "error" and res.info["reason"] == "bad_test", res.info
 
 
+def test_huge_return_value_fails_only_its_case(reward):
+    """Values past the per-case cap (1 MiB) fail that case; the harness's channel keeps room for all."""
+    row = {"domain": "code", "entry_point": "f", "tests": [
+        {"assert": "assert f(0) == 'a'"}, {"assert": "assert f(1) == 'b'"}, {"assert": "assert f(2) == 'c'"}]}
+    src = "def f(i):\n    return 'x' * (1 << 20) if i == 1 else 'abc'[i]\n"
+    res = reward.score(answer(src), row)
+    assert (res.status, res.score) == ("ok", pytest.approx(2 / 3)), res.info
+    assert res.info["outcomes"] == {"pass": 2, "output_limit": 1}
+    big = "def f(i):\n    return 'x' * (200 << 10) + 'abc'[i]\n"
+    row_big = {"domain": "code", "entry_point": "f", "tests": [
+        {"assert": f"assert f({i}) == 'x' * (200 << 10) + {'abc'[i]!r}"} for i in range(3)]}
+    res = reward.score(answer(big), row_big)
+    assert (res.status, res.score) == ("ok", 1.0), res.info
+
+
 def test_solution_exception_fails_only_its_case(reward):
     row = {"domain": "code", "entry_point": "f", "tests": [{"assert": "assert f(0) == 0"},
                                                           {"assert": "assert f(1) == 1"}]}
@@ -364,9 +379,11 @@ def test_strict_equality_hand_cases():
 
 
 def test_decode_rejects_malformed_records():
-    assert decode(b'[["v",["t",["i","0x1"],["f","0x1.8p+1"],["s","c3a9"]]],["x",["s","4f"]]]') == [
+    assert decode(b'[["v",["t",["i","0x1"],["f","0x1.8p+1"],["s","w6k="]]],["x",["s","Tw=="]]]') == [
         ("v", (1, 3.0, "é")), ("x", "O")]
     for bad in (b"", b"{}", b'[["v",["q"]]]', b'[["v",["i",1]]]', b'[["v",["S",["l"]]]]',
+                b'[["v",["s","w6k"]]]',
+                b'[["v",["f","0x1p99999"]]]', b'[["x",["s","\xff"]]]',
                 b"[" * 100000, b'[["v",' + b'["l",' * 200 + b'["n"]' + b"]" * 200 + b"]]"):
         with pytest.raises(ValueError):
             decode(bad)
