@@ -349,6 +349,12 @@ def preflight(
                 except Exception as exc:  # a validator bug must not take preflight down
                     extra = [Problem("<row>", f"reward validator raised {type(exc).__name__}: {exc}")]
                 issues += [Issue(path, rec.row, p.field, p.reason, "ground truth") for p in extra]
+            elif not issues and domain == "code" and check_rewards:
+                # no code reward could be built here (no sandbox): its test checks need none
+                from nemo_prorl.rewards.code import code_row_problems
+
+                issues += [Issue(path, rec.row, p.field, p.reason, "ground truth")
+                           for p in code_row_problems(row)]
             if not issues:
                 key = str(row["id"])  # 7 and "7" collide once ids become strings downstream
                 where = f"{path}:{rec.row}"

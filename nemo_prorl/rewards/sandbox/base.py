@@ -58,6 +58,9 @@ class Limits:
         nofile: ``RLIMIT_NOFILE``: open file descriptors per process.
         max_output_bytes: bytes of stdout and of stderr kept; more kills the sandbox.
         tmpfs_bytes: size of the private writable ``/tmp`` (bwrap backend).
+        group_memory_bytes: memory budget of the whole launch in its cgroup (every process, tmpfs and
+            memfd pages, kernel memory); 0 derives it from the others (see
+            :func:`nemo_prorl.rewards.sandbox.cgroup.group_memory_bytes`). Used only where cgroups work.
 
     """
 
@@ -69,6 +72,7 @@ class Limits:
     nofile: int = 64
     max_output_bytes: int = 1 << 20
     tmpfs_bytes: int = 64 << 20
+    group_memory_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not self.wall_s > 0:
@@ -78,6 +82,9 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.group_memory_bytes, int) or self.group_memory_bytes < 0:
+            raise ValueError("Limits.group_memory_bytes must be an integer >= 0, got "
+                             f"{self.group_memory_bytes!r}")
         if self.nofile < 16:
             raise ValueError(f"Limits.nofile must be >= 16 (the interpreter needs a few), got {self.nofile}")
 
@@ -246,10 +253,13 @@ class SlotPool:
 # processes
 
 
-def rlimit_setter(limits: Limits, nproc: int | None) -> Callable[[], None]:
-    """Return a ``preexec_fn`` applying ``limits`` (``nproc=None`` leaves RLIMIT_NPROC alone).
+def rlimit_setter(limits: Limits, nproc: int | None, cgroup_procs: Sequence[str] = (),
+                  user: int | None = None) -> Callable[[], None]:
+    """Return a ``preexec_fn``: join ``cgroup_procs``, switch to ``user``, apply ``limits``.
 
-    Runs in the forked child after the uid switch; only async-signal-safe-ish ``setrlimit`` calls.
+    Runs in the forked child. The cgroup files belong to root, so the child joins its groups first and
+    only then drops to the slot uid (uid and gid, no supplementary groups); ``nproc=None`` leaves
+    RLIMIT_NPROC alone.
     """
     cpu = int(limits.cpu_s)
     settings = [
@@ -263,6 +273,17 @@ def rlimit_setter(limits: Limits, nproc: int | None) -> Callable[[], None]:
         settings.append((resource.RLIMIT_NPROC, (nproc, nproc)))
 
     def apply() -> None:
+        pid = str(os.getpid()).encode()
+        for path in cgroup_procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        if user is not None:
+            os.setgroups([])
+            os.setresgid(user, user, user)
+            os.setresuid(user, user, user)
         for which, value in settings:
             resource.setrlimit(which, value)
 
@@ -342,7 +363,7 @@ def signal_name(num: int) -> str:
 def execute(cmd: Sequence[str], *, stdin: bytes, limits: Limits, user: int | None = None,
             nproc: int | None = None, pass_fds: Sequence[int] = (), cwd: str | None = None,
             env: Mapping[str, str] | None = None, backend: str = "",
-            cleanup: Callable[[], int] | None = None) -> RunResult:
+            cleanup: Callable[[], int] | None = None, cgroup_procs: Sequence[str] = ()) -> RunResult:
     """Launch ``cmd`` in a new session with rlimits; enforce the wall limit and output caps.
 
     Args:
@@ -358,6 +379,7 @@ def execute(cmd: Sequence[str], *, stdin: bytes, limits: Limits, user: int | Non
         cleanup: called when the sandbox is killed, or when its main process has exited but
             something still holds its output pipes (an escaped daemon); kills what the process group
             kill cannot reach and returns how many processes it killed.
+        cgroup_procs: ``cgroup.procs`` files the child joins before it drops privileges and execs.
 
     Returns:
         A :class:`RunResult`.
@@ -368,14 +390,11 @@ def execute(cmd: Sequence[str], *, stdin: bytes, limits: Limits, user: int | Non
     """
     cap = limits.max_output_bytes
     start = time.monotonic()
-    kwargs: dict = {}
-    if user is not None:
-        kwargs.update(user=user, group=user, extra_groups=[])
     try:
         proc = subprocess.Popen(
             list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds), cwd=cwd,
-            env=dict(env or {}), preexec_fn=rlimit_setter(limits, nproc), **kwargs,
+            env=dict(env or {}), preexec_fn=rlimit_setter(limits, nproc, cgroup_procs, user),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxError(f"cannot launch {cmd[0]!r}: {exc}") from exc

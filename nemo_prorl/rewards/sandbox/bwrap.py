@@ -14,7 +14,9 @@ Layout inside the sandbox (nothing else of the host is visible)::
 Everything else, including the root directory bwrap builds and ``/dev``, is remounted read-only, so
 no unbounded tmpfs is writable.
 
-Namespaces: ``--unshare-all`` (user, pid, net with only ``lo``, ipc, uts, cgroup), ``--clearenv``
+Namespaces: ``--unshare-all`` (user, pid, net with only ``lo``, ipc, uts, cgroup) and, where bwrap has
+it (0.8+), ``--disable-userns``: no nested user namespace, so code inside cannot mount a tmpfs of its
+own (an unsized tmpfs is host memory outside every rlimit); ``--clearenv``
 (PATH and LANG only), ``--new-session`` (no TIOCSTI on a shared terminal), ``--die-with-parent``,
 ``--cap-drop ALL``, ``--as-pid-1`` (the command is pid 1 of its namespace: when it exits, the kernel
 kills every process left in the namespace, and processes inside cannot signal it with SIGKILL).
@@ -23,14 +25,21 @@ When the grader is root, bwrap is launched after switching to uid/gid ``base_uid
 supplementary groups), so the user namespace is unprivileged and RLIMIT_NPROC is per slot. As a
 normal user bwrap runs under the user's own uid; RLIMIT_NPROC is then set to the user's current task
 count plus ``Limits.nproc``.
+
+Control groups (:mod:`nemo_prorl.rewards.sandbox.cgroup`): where the host allows it, every launch runs in
+its own memory + pids cgroup (``cgroups="auto"``, the default; ``"required"`` refuses to run without;
+``"off"`` never tries), which bounds memfd and tmpfs pages, kernel memory and the task count of the whole
+sandbox. :attr:`BwrapSandbox.enforced` lists which limits are in force.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 
+from nemo_prorl.rewards.sandbox import cgroup
 from nemo_prorl.rewards.sandbox.base import (
     DEFAULT_BASE_UID,
     Limits,
@@ -47,6 +56,21 @@ from nemo_prorl.rewards.sandbox.base import (
 )
 
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+CGROUP_MODES = ("auto", "required", "off")
+GROUP_EXTRA_PIDS = 8
+"""Tasks a launch needs beyond ``Limits.nproc``: bwrap's two processes and the harness."""
+_help_cache: dict[str, str] = {}
+
+
+def _supports(bwrap: str, flag: str) -> bool:
+    """Whether this bwrap binary knows ``flag`` (read once from ``bwrap --help``)."""
+    if bwrap not in _help_cache:
+        try:
+            out = subprocess.run([bwrap, "--help"], capture_output=True, timeout=10, check=False)
+            _help_cache[bwrap] = (out.stdout + out.stderr).decode("utf-8", "replace")
+        except (OSError, subprocess.SubprocessError):
+            _help_cache[bwrap] = ""
+    return flag in _help_cache[bwrap]
 WORKDIR = "/tmp"
 SHM_BYTES = 16 << 20
 
@@ -68,6 +92,8 @@ class BwrapSandbox(Sandbox):
         base_uid: first slot uid (used only when running as root).
         max_slots: number of concurrent slots (uids ``base_uid .. base_uid + max_slots - 1``).
         extra_ro_binds: more host paths to bind read-only at the same place.
+        cgroups: ``"auto"`` (per-launch memory and pids cgroup where the host allows it), ``"required"``
+            (raise :class:`SandboxError` where it does not) or ``"off"``.
 
     """
 
@@ -75,7 +101,7 @@ class BwrapSandbox(Sandbox):
     isolated = True
 
     def __init__(self, bwrap: str = "bwrap", python: str | None = None, base_uid: int = DEFAULT_BASE_UID,
-                 max_slots: int = 64, extra_ro_binds: Sequence[str] = ()) -> None:
+                 max_slots: int = 64, extra_ro_binds: Sequence[str] = (), cgroups: str = "auto") -> None:
         found = shutil.which(bwrap)
         if found is None:
             raise SandboxError(f"bubblewrap binary {bwrap!r} not found (install the 'bubblewrap' package)")
@@ -89,10 +115,51 @@ class BwrapSandbox(Sandbox):
         self.base_uid = base_uid
         self.root = os.geteuid() == 0
         self.slots = SlotPool(max_slots)
+        if cgroups not in CGROUP_MODES:
+            raise SandboxError(f"sandbox cgroups must be one of {CGROUP_MODES}, got {cgroups!r}")
+        self.cgroups: cgroup.SlotCgroups | None = None
+        self.cgroup_status = "off (cgroups: off)"
+        if cgroups != "off":
+            self.cgroups, why = cgroup.detect()
+            if self.cgroups is None:
+                if cgroups == "required":
+                    raise SandboxError(f"sandbox cgroups: required, but {why}")
+                self.cgroup_status = f"off ({why})"
+            else:
+                self.cgroup_status = f"on (cgroup v{self.cgroups.version}, one group per launch)"
+        self.disable_userns = _supports(found, "--disable-userns")
         self._static = self._static_args(list(extra_ro_binds))
 
+    def enforced(self, limits: Limits | None = None) -> dict[str, str]:
+        """Which limits are in force for a launch with ``limits``: name -> value or why not."""
+        limits = limits or Limits()
+        out = {
+            "rlimits": (f"AS {limits.memory_bytes >> 20} MiB, CPU {limits.cpu_s} s, FSIZE "
+                        f"{limits.fsize_bytes >> 20} MiB, NOFILE {limits.nofile}, CORE 0"
+                        + (f", NPROC {limits.nproc} per slot uid" if self.root else ", NPROC per user")),
+            "tmpfs": f"/tmp {limits.tmpfs_bytes >> 20} MiB, /dev/shm "
+                     f"{min(limits.tmpfs_bytes, SHM_BYTES) >> 20} MiB (bwrap --size); every other mount "
+                     "read-only",
+            "nested_userns": "disabled (--disable-userns)" if self.disable_userns
+            else "allowed (bwrap < 0.8 has no --disable-userns): code may mount an unsized tmpfs",
+        }
+        if self.cgroups is not None:
+            out["cgroup_memory"] = f"{self._group_memory(limits) >> 20} MiB per launch, swap 0"
+            out["cgroup_pids"] = f"{limits.nproc + GROUP_EXTRA_PIDS} per launch"
+        else:
+            out["cgroup_memory"] = out["cgroup_pids"] = self.cgroup_status
+        return out
+
+    @staticmethod
+    def _group_memory(limits: Limits) -> int:
+        return limits.group_memory_bytes or cgroup.group_memory_bytes(
+            limits.memory_bytes, limits.tmpfs_bytes, min(limits.tmpfs_bytes, SHM_BYTES))
+
     def _static_args(self, extra: list[str]) -> list[str]:
-        args = ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
+        args = ["--unshare-all"]
+        if self.disable_userns:
+            args += ["--unshare-user", "--disable-userns"]
+        args += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
                 "--as-pid-1", "--ro-bind", "/usr", "/usr"]
         for name in _TOP_LEVEL:
             path = "/" + name
@@ -157,15 +224,30 @@ class BwrapSandbox(Sandbox):
                 os.lseek(fd, 0, os.SEEK_SET)
             cmd = self.command(fds, argv, limits)
             with self.slots.acquire() as slot:
-                if self.root:
-                    uid = self.base_uid + slot
-                    result = execute(cmd, stdin=stdin, limits=limits, user=uid, nproc=limits.nproc,
-                                     pass_fds=tuple(fds.values()), backend=self.name,
-                                     cleanup=lambda: kill_uid_processes(uid))
-                else:
-                    nproc = uid_task_count(os.getuid()) + limits.nproc + 8
-                    result = execute(cmd, stdin=stdin, limits=limits, nproc=nproc,
-                                     pass_fds=tuple(fds.values()), backend=self.name)
+                procs: list[str] = []
+                if self.cgroups is not None:
+                    try:
+                        procs = self.cgroups.prepare(slot, self._group_memory(limits),
+                                                     limits.nproc + GROUP_EXTRA_PIDS)
+                    except OSError as exc:
+                        self.cgroups.release(slot)
+                        raise SandboxError(f"cannot set up the sandbox's cgroup: {exc}") from exc
+                try:
+                    if self.root:
+                        uid = self.base_uid + slot
+                        result = execute(cmd, stdin=stdin, limits=limits, user=uid, nproc=limits.nproc,
+                                         pass_fds=tuple(fds.values()), backend=self.name,
+                                         cleanup=lambda: kill_uid_processes(uid), cgroup_procs=procs)
+                    else:
+                        nproc = uid_task_count(os.getuid()) + limits.nproc + 8
+                        result = execute(cmd, stdin=stdin, limits=limits, nproc=nproc,
+                                         pass_fds=tuple(fds.values()), backend=self.name, cgroup_procs=procs)
+                finally:
+                    if self.cgroups is not None:
+                        oom, killed = self.cgroups.release(slot)
+                if self.cgroups is not None:
+                    result.extra["cgroup_oom_kills"] = oom
+                    result.leftover_killed += killed
         finally:
             for fd in fds.values():
                 os.close(fd)

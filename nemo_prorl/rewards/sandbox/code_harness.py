@@ -10,22 +10,30 @@ Why the solution cannot forge results:
   cannot open ``/proc/1/fd/*``, ``/proc/1/mem`` or ptrace it: the result pipe and the nonce stay private;
 * as pid 1 of the namespace it cannot be killed from inside (the kernel drops SIGKILL sent to a
   namespace's init by its own members, and every catchable signal is ignored);
-* test data (expected outputs) never touch the sandbox filesystem; children get only their own input;
+* stdin/stdout expected outputs never touch the sandbox filesystem; children get only their own input;
 * after every case it SIGKILLs every other process in the namespace (``kill(-1)``) and reaps them, so
   daemons from one case cannot outlive it;
-* an assert case passes only if the child writes a fresh per-case token to a private pipe *after* the
-  asserts ran and exits 0: ``sys.exit(0)``/``os._exit(0)`` inside the solution is a failure.
+* assert cases are not judged here at all: the grader split them (``nemo_prorl.rewards.sandbox.checks``)
+  and sends only the *calls* (the solution's function applied to the test's inputs). A fresh child runs
+  the solution, evaluates the calls and writes their values, encoded as tagged plain data, to a private
+  pipe; the harness passes those bytes on (``values``, base64) and the grader decodes and compares them
+  against expected values that never entered the sandbox. Exiting early (``sys.exit(0)``,
+  ``os._exit(0)``) leaves no values: ``no_completion``.
 
-Job fields: ``nonce``, ``python``, ``python_flags``, ``solution``, ``entry_point``, ``cases`` (each
-``{"input", "output"}`` or ``{"assert"}``), ``case_wall_s``, ``case_cpu_s``, ``total_wall_s``,
-``total_cpu_s``, ``max_output_bytes``.
+Job fields: ``nonce``, ``python``, ``python_flags``, ``solution``, ``with_solution`` (false: evaluate the
+calls without the solution, for expected values), ``entry_point``, ``cases`` (each ``{"input",
+"output"}`` or ``{"calls", "prelude", "aliases"}``), ``case_wall_s``, ``case_cpu_s``, ``total_wall_s``,
+``total_cpu_s``, ``max_output_bytes``, ``max_value_bytes`` (the cap of a calls case's values and
+output), ``max_values_total`` (of all calls cases' values together).
 
 Events: ``start``; ``compile_error`` (``error``); ``case`` (``index``, ``passed``, ``outcome``,
-``detail``, ``wall_s``); ``done`` (``cpu_s``, ``wall_s``, ``budget``: ``None``/``"wall"``/``"cpu"``).
-Outcomes: pass, wrong_answer, runtime_error, no_completion, timeout, memory, process_limit,
-file_size, output_limit, skipped, harness_error.
+``detail``, ``wall_s``, and ``values`` for calls cases); ``done`` (``cpu_s``, ``wall_s``, ``budget``:
+``None``/``"wall"``/``"cpu"``). Outcomes: pass, returned (calls cases: values for the grader to judge),
+wrong_answer, runtime_error, no_completion, timeout, memory, process_limit, file_size, output_limit,
+skipped, harness_error.
 """
 
+import binascii
 import marshal
 import os
 import resource
@@ -56,22 +64,66 @@ def _harness_driver():
     os.close(null)
     import marshal
     spec = marshal.loads(bytes(data))
-    token = spec["token"]
-    with open(spec["path"], encoding="utf-8") as fh:
-        source = fh.read()
+    fd = spec["fd"]
     env = {"__name__": "solution", "__builtins__": __builtins__}
-    exec(compile(source, "solution.py", "exec"), env)
+    if spec["path"]:
+        with open(spec["path"], encoding="utf-8") as fh:
+            source = fh.read()
+        exec(compile(source, "solution.py", "exec"), env)
     entry = spec.get("entry_point")
     if entry:
         if entry not in env:
             raise NameError("entry point %r is not defined by the solution" % entry)
-        env["candidate"] = env[entry]
-    check_before = env.get("check")
-    exec(compile(spec["test"], "test.py", "exec"), env)
-    if entry and callable(env.get("check")) and env.get("check") is not check_before:
-        env["check"](env[entry])
-    sys.stdout.flush()
-    os.write(spec["fd"], token)
+        for alias in spec["aliases"]:
+            env[alias] = env[entry]
+    for stmt in spec["prelude"]:
+        exec(compile(stmt, "test.py", "exec"), env)
+    calls = [compile(src, "test.py", "eval") for src in spec["calls"]]
+    from binascii import b2a_base64
+
+    def b64(data):
+        return b2a_base64(data, newline=False).decode("ascii")
+    def enc(v, depth):
+        t = type(v)
+        if depth > 100:
+            raise ValueError("nested too deeply")
+        if v is None:
+            return '["n"]'
+        if t is bool:
+            return '["b",1]' if v else '["b",0]'
+        if t is int:
+            return '["i","%s"]' % int.__format__(v, "#x")
+        if t is float:
+            return '["f","%s"]' % float.hex(v)
+        if t is str:
+            return '["s","%s"]' % b64(str.encode(v, "utf-8", "surrogatepass"))
+        if t is bytes:
+            return '["y","%s"]' % b64(v)
+        if t is list or t is tuple or t is set or t is frozenset:
+            tag = "l" if t is list else "t" if t is tuple else "S"
+            return '["%s"%s]' % (tag, "".join("," + enc(x, depth + 1) for x in v))
+        if t is dict:
+            return '["d"%s]' % "".join(
+                "," + enc(k, depth + 1) + "," + enc(x, depth + 1) for k, x in v.items())
+        raise TypeError("a %s, not plain data" % t.__name__)
+
+    def name(text):
+        return '["s","%s"]' % b64(str(text)[:120].encode("utf-8", "surrogatepass"))
+
+    out = []
+    for code in calls:
+        try:
+            value = eval(code, env)
+        except BaseException as exc:
+            out.append('["x",%s]' % name(type(exc).__name__))
+            continue
+        try:
+            out.append('["v",%s]' % enc(value, 0))
+        except BaseException as exc:
+            out.append('["e",%s]' % name(exc if isinstance(exc, TypeError) else type(exc).__name__))
+    view = memoryview(("[" + ",".join(out) + "]").encode())
+    while view:
+        view = view[os.write(fd, view):]
     os._exit(0)
 _harness_driver()
 """
@@ -87,6 +139,8 @@ def to_json(value):
         return "false"
     if isinstance(value, (int, float)):
         return repr(value) if value == value and abs(value) != float("inf") else "null"
+    if isinstance(value, bytes):
+        return '"' + binascii.b2a_base64(value, newline=False).decode("ascii") + '"'
     if isinstance(value, dict):
         return "{" + ", ".join(to_json(str(k)) + ": " + to_json(v) for k, v in value.items()) + "}"
     out = ['"']
@@ -370,6 +424,7 @@ def main():
         fh.write(solution)
     python = [job["python"], *job["python_flags"]]
     cap = int(job["max_output_bytes"])
+    values_left = int(job["max_values_total"])  # all calls cases' values together (the grader's memory)
     budget = None
     for index, case in enumerate(job["cases"]):
         used_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -389,18 +444,23 @@ def main():
         wall = min(job["case_wall_s"], wall_left)
         cpu = min(job["case_cpu_s"], cpu_left)
         t0 = time.monotonic()
+        values = None
         try:
-            if "assert" in case:
-                token = os.urandom(16).hex().encode()
+            if "calls" in case:
                 pipe = os.pipe()
-                spec = {"token": token, "fd": pipe[1], "path": path, "test": case["assert"],
-                        "entry_point": job.get("entry_point")}
-                res = run_child(python + ["-c", DRIVER], marshal.dumps(spec, 4), wall, cpu, cap, case_dir,
+                spec = {"fd": pipe[1], "path": path if job["with_solution"] else "",
+                        "entry_point": job.get("entry_point"), "aliases": case["aliases"],
+                        "prelude": case["prelude"], "calls": case["calls"]}
+                res = run_child(python + ["-c", DRIVER], marshal.dumps(spec, 4), wall, cpu,
+                                max(1024, min(int(job["max_value_bytes"]), values_left)), case_dir,
                                 token_pipe=pipe)
                 ok = ("spawn_error" not in res and not res["timed_out"] and not res["output_limit"]
-                      and res["returncode"] == 0 and res["token"] == token)
-                outcome, detail = ("pass", "") if ok else classify_failure(res)
-                if not ok and not outcome:
+                      and res["returncode"] == 0 and res["token"])
+                outcome, detail = ("returned", "") if ok else classify_failure(res)
+                if ok:
+                    values = res["token"]
+                    values_left -= len(values)
+                elif not outcome:
                     outcome, detail = "no_completion", "the test did not run to completion"
             else:
                 res = run_child(python + [path], case["input"].encode("utf-8", "surrogatepass"), wall, cpu,
@@ -413,8 +473,9 @@ def main():
         except Exception as exc:  # a harness bug must not lose the remaining cases
             outcome, detail = "harness_error", f"{type(exc).__name__}: {exc}"[:200]
         cleanup_namespace(pid1)
+        fields = {"values": values} if values is not None else {}
         emit(nonce, "case", index=index, passed=outcome == "pass", outcome=outcome, detail=detail,
-             wall_s=round(time.monotonic() - t0, 4))
+             wall_s=round(time.monotonic() - t0, 4), **fields)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     emit(nonce, "done", cpu_s=round(used.ru_utime + used.ru_stime, 4),
          wall_s=round(time.monotonic() - start, 4), budget=budget)

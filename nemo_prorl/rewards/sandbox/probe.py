@@ -42,16 +42,23 @@ class ProbeReport:
         backend: the chosen backend name, or ``None`` when nothing usable was found.
         checks: backend name -> ``"ok"`` or the reason it failed.
         root: whether the grader runs as root (and so switches to slot uids).
+        limits: which limits are in force with the default :class:`Limits` (``rlimits``, ``tmpfs``,
+            ``nested_userns``, ``cgroup_memory``, ``cgroup_pids``): the value, or ``off (why)``.
 
     """
 
     backend: str | None
     checks: dict[str, str] = field(default_factory=dict)
     root: bool = False
+    limits: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line per check."""
         return "; ".join(f"{k}: {v}" for k, v in self.checks.items())
+
+    def limits_summary(self) -> str:
+        """The limits in force, one ``name: value`` per entry."""
+        return "; ".join(f"{k}: {v}" for k, v in self.limits.items())
 
 
 _PROBE_CODE = "import sys; sys.stdout.write('sandbox-ok ' + str(sys.version_info[0]))"
@@ -69,11 +76,12 @@ def _explain_bwrap_failure(stderr: str, python: str, uid_note: str) -> str:
     return f"bwrap failed: {text}"
 
 
-def _try_bwrap(python: str | None, base_uid: int, max_slots: int, bwrap: str) -> tuple[str, Sandbox | None]:
+def _try_bwrap(python: str | None, base_uid: int, max_slots: int, bwrap: str,
+               cgroups: str = "auto") -> tuple[str, Sandbox | None]:
     if shutil.which(bwrap) is None:
         return f"bubblewrap ({bwrap}) is not installed", None
     try:
-        sb = BwrapSandbox(bwrap=bwrap, python=python, base_uid=base_uid, max_slots=max_slots)
+        sb = BwrapSandbox(bwrap=bwrap, python=python, base_uid=base_uid, max_slots=max_slots, cgroups=cgroups)
         res = sb.run({}, [sb.python, *sb.python_flags, "-c", _PROBE_CODE], limits=Limits(wall_s=15.0))
     except SandboxError as exc:
         return str(exc), None
@@ -98,7 +106,7 @@ def _try_unsafe(python: str | None, base_uid: int, max_slots: int) -> tuple[str,
 
 def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str | None = None,
                  base_uid: int = DEFAULT_BASE_UID, max_slots: int = 64,
-                 bwrap: str = "bwrap") -> tuple[Sandbox, ProbeReport]:
+                 bwrap: str = "bwrap", cgroups: str = "auto") -> tuple[Sandbox, ProbeReport]:
     """Probe the host and return the strongest allowed sandbox.
 
     Args:
@@ -109,6 +117,8 @@ def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str 
         base_uid: first per-slot uid (root only).
         max_slots: number of concurrent sandboxes (and uids).
         bwrap: bubblewrap binary.
+        cgroups: per-launch memory/pids cgroups for bwrap: ``"auto"`` (where the host allows),
+            ``"required"`` (bwrap fails the probe without them) or ``"off"``.
 
     Returns:
         ``(sandbox, report)``.
@@ -126,7 +136,7 @@ def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str 
         raise SandboxUnavailableError("sandbox backend 'unsafe' runs model code without isolation; it "
                                       "must be enabled explicitly with allow_unsafe: true")
     python = python or default_python()
-    key = (backend, allow_unsafe, python, base_uid, max_slots, bwrap)
+    key = (backend, allow_unsafe, python, base_uid, max_slots, bwrap, cgroups)
     with _cache_lock:
         if key in _cache:
             report, sb = _cache[key]
@@ -136,11 +146,19 @@ def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str 
         report = ProbeReport(backend=None, root=os.geteuid() == 0)
         sb: Sandbox | None = None
         if backend in ("auto", "bwrap"):
-            verdict, sb = _try_bwrap(python, base_uid, max_slots, bwrap)
+            verdict, sb = _try_bwrap(python, base_uid, max_slots, bwrap, cgroups)
             report.checks["bwrap"] = verdict
+            if isinstance(sb, BwrapSandbox):
+                report.limits = sb.enforced()
         if sb is None and allow_unsafe and backend in ("auto", "unsafe"):
             verdict, sb = _try_unsafe(python, base_uid, max_slots)
             report.checks["unsafe"] = verdict
+            if sb is not None:
+                lim = Limits()
+                report.limits = {"rlimits": f"AS {lim.memory_bytes >> 20} MiB, CPU, FSIZE, NOFILE, NPROC "
+                                            "(root)",
+                                 "tmpfs": "none (host filesystem)", "cgroup_memory": "off (unsafe backend)",
+                                 "cgroup_pids": "off (unsafe backend)"}
         elif sb is None:
             report.checks["unsafe"] = "not allowed (allow_unsafe is false)"
         report.backend = sb.name if sb is not None else None
@@ -152,3 +170,10 @@ def make_sandbox(backend: str = "auto", allow_unsafe: bool = False, python: str 
 
 def _refusal(report: ProbeReport) -> str:
     return f"no usable code sandbox on this host ({report.summary()}). {FIX_HINT}"
+
+
+if __name__ == "__main__":  # python -m nemo_prorl.rewards.sandbox.probe: what this host enforces
+    _sb, _report = make_sandbox(backend="auto")
+    print(f"backend: {_report.backend}")
+    for _k, _v in {**_report.checks, **_report.limits}.items():
+        print(f"  {_k}: {_v}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -42,26 +43,48 @@ def reward():
 
 
 def _slot_uid_processes(r: CodeReward) -> list[int]:
+    """Live processes of slot uids whose slot is free (a held slot is another run on this host)."""
     sb = r.sandbox
     lo, hi = sb.base_uid, sb.base_uid + sb.slots.max_slots
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+
+    def scan() -> dict[int, list[int]]:
+        found: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status", "rb") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            state = uid = None
+            for line in text.splitlines():
+                if line.startswith(b"State:"):
+                    state = line.split()[1]
+                if line.startswith(b"Uid:"):
+                    uid = int(line.split()[1])
+            if uid is not None and lo <= uid < hi and state not in (b"Z", b"X"):
+                found.setdefault(uid, []).append(int(entry.name))
+        return found
+
+    leftovers = []
+    for uid in scan():
+        path = os.path.join(sb.slots.lock_dir, f"slot-{uid - lo}.lock")
         try:
-            with open(f"/proc/{entry.name}/status", "rb") as fh:
-                text = fh.read()
+            fd = os.open(path, os.O_RDWR)
         except OSError:
             continue
-        state = uid = None
-        for line in text.splitlines():
-            if line.startswith(b"State:"):
-                state = line.split()[1]
-            if line.startswith(b"Uid:"):
-                uid = int(line.split()[1])
-        if uid is not None and lo <= uid < hi and state not in (b"Z", b"X"):
-            found.append(int(entry.name))
-    return found
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # the slot is in use by a concurrent run (another test session on this host)
+        try:
+            leftovers += scan().get(uid, [])  # the slot is free: whatever still runs under it escaped
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    return leftovers
 
 
 def _grader_goes_on(r: CodeReward) -> None:
