@@ -37,7 +37,8 @@ def answer_region(response: str) -> str | None:
 def match_brace(text: str, open_pos: int) -> int:
     r"""Index of the ``}`` closing the ``{`` at ``open_pos``, or -1 when it is never closed.
 
-    Escaped braces (``\{``, ``\}``) do not count.
+    Escaped braces (``\{``, ``\}``) do not count. Linear in ``len(text) - open_pos``; to match many
+    braces of one text use :func:`brace_pairs` (one pass for all of them).
     """
     depth = 0
     i = open_pos
@@ -57,14 +58,76 @@ def match_brace(text: str, open_pos: int) -> int:
     return -1
 
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+def brace_pairs(text: str) -> dict[int, int]:
+    r"""``{open index: close index}`` for every matched ``{...}`` of ``text``, in one linear pass.
+
+    Escaped braces (``\{``, ``\}``) do not count; an unmatched ``{`` is absent from the result and an
+    unmatched ``}`` is ignored.
+    """
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
+        i += 1
+    return pairs
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _box_contents(text: str, nested: bool = False) -> list[tuple[int, int, str]]:
+    """``(start, end, content)`` of each complete box in ``text``, by start, in linear time.
+
+    A box inside another box's content is listed only with ``nested=True``.
+    """
+    out: list[tuple[int, int, str]] = []
+    pairs: dict[int, int] | None = None
+    covered = -1
+    for m in _BOX_RE.finditer(text):
+        if m.start() < covered and not nested:
+            continue
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            if pairs is None:
+                pairs = brace_pairs(text)
+            close = pairs.get(j, -1)
+            if close >= 0:
+                out.append((m.start(), close + 1, text[j + 1:close].strip()))
+                covered = close + 1
+        elif j > m.end() and j < len(text):
+            tok = re.match(r"[^\s$]{1,200}", text[j:j + 200])
+            if tok:
+                out.append((m.start(), j + tok.end(), tok.group(0)))
+                covered = j + tok.end()
+    return out
+
+
+def box_spans(text: str) -> list[tuple[int, int, str]]:
+    r"""``(start, end, content)`` of every complete top-level box of ``text``, in order (linear time)."""
+    return _box_contents(text)
+
+
+def all_boxed(text: str) -> list[str]:
+    r"""Contents of every complete ``\boxed{...}`` / ``\fbox{...}`` of ``text``, in order (linear time)."""
+    return [c for _, _, c in _box_contents(text)]
 
 
 def last_boxed(text: str) -> str | None:
     r"""Content of the last complete ``\boxed{...}`` / ``\fbox{...}`` in ``text``.
 
     ``\boxed 5`` (one token after a space) is accepted too. An unclosed box at the end (a truncated
-    response) is skipped in favour of the previous complete one.
+    response) is skipped in favour of the previous complete one. Linear in ``len(text)`` however many
+    unclosed boxes it holds (one pass matches every brace).
 
     Args:
         text: the answer region.
@@ -73,24 +136,8 @@ def last_boxed(text: str) -> str | None:
         The box content, stripped, or ``None`` when there is no complete box.
 
     """
-    end = len(text)
-    while True:
-        pos = max(text.rfind(cmd, 0, end) for cmd in _BOX_COMMANDS)
-        if pos < 0:
-            return None
-        cmd_len = len("\\boxed") if text.startswith("\\boxed", pos) else len("\\fbox")
-        j = pos + cmd_len
-        while j < len(text) and text[j] == " ":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            close = match_brace(text, j)
-            if close >= 0:
-                return text[j + 1:close].strip()
-        elif j > pos + cmd_len and j < len(text):
-            m = re.match(r"[^\s$]+", text[j:j + 200])
-            if m:
-                return m.group(0)
-        end = pos
+    boxes = _box_contents(text, nested=True)
+    return boxes[-1][2] if boxes else None
 
 
 def last_tag(text: str, tag: str) -> str | None:
