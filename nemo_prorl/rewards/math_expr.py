@@ -141,6 +141,8 @@ def normalize(s: str) -> tuple[str, bool]:
     if m and not (set(m.group("unit").lower().split()) & _CONNECTIVES):
         s = m.group("value")
     s = s.rstrip(". ").strip()
+    s = re.sub(r"\\(?:cdot|times)(?![A-Za-z])", "*", s).replace("\\div", "/")
+    s = re.sub(r"\\pi\s+(?=[A-Za-z])", r"\\pi*", s)  # "\pi x" must not become the command "\pix"
     s = re.sub(r"(?<=\d)\s+(?=\d)", "\x00", s)
     s = re.sub(r"\s+", "", s).replace("\x00", " ")
     if s.startswith("{") and s.endswith("}") and _balanced_inner(s):
