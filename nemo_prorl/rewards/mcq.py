@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
-from nemo_prorl.rewards.text import answer_region, match_brace
+from nemo_prorl.rewards.text import answer_region, box_spans
 from nemo_prorl.schema import Problem
 
 _ANSWER_PHRASE = re.compile(
@@ -82,18 +82,9 @@ def _interpret(cand: str, opts: dict[str, str], letters: str) -> _Choice | None:
 
 
 def _boxed_all(text: str) -> list[tuple[int, str]]:
-    out = []
-    start = 0
-    while (pos := text.find("\\boxed", start)) >= 0:
-        j = pos + len("\\boxed")
-        if j < len(text) and text[j] == "{":
-            close = match_brace(text, j)
-            if close > 0:
-                out.append((pos, text[j + 1:close]))
-                start = close
-                continue
-        start = j
-    return out
+    r"""``(position, content)`` of each complete top-level ``\boxed{...}`` (linear in ``len(text)``)."""
+    return [(start, content) for start, _, content in box_spans(text)
+            if text.startswith("\\boxed{", start)]
 
 
 @register_reward("mcq")

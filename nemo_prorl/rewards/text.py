@@ -176,3 +176,38 @@ def top_level_split(text: str, sep: str = ",") -> list[str]:
         i += 1
     parts.append("".join(cur))
     return parts
+
+
+_FENCE_OPEN = re.compile(r"[ \t]*```[ \t]*([A-Za-z0-9_+.#-]*)")
+_FENCE_CLOSE = re.compile(r"[ \t]*```[ \t]*")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    r"""``(tag, body)`` of each fenced code block of ``text``, in order, in one pass over its lines.
+
+    The same blocks as ``finditer`` of the multi-line pattern
+    ``^[ \t]*```[ \t]*(tag)[^\n]*\n(.*?)^[ \t]*```[ \t]*$`` (``re.M | re.S``): a line that starts with
+    a fence opens a block (its tag is the run of ``[A-Za-z0-9_+.#-]`` after the backticks) when a newline
+    follows it; the block's body runs to the next line that is only a fence. That regex tries every
+    opening line against the rest of the text (quadratic on thousands of unclosed fences); this scan
+    looks at each line once: once a block has no closing line, no later line can close one either.
+    """
+    out: list[tuple[str, str]] = []
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    k = 0
+    while k < len(lines) - 1:  # an opening line needs a newline after it
+        m = _FENCE_OPEN.match(lines[k])
+        if not m:
+            k += 1
+            continue
+        close = k + 1
+        while close < len(lines) and not _FENCE_CLOSE.fullmatch(lines[close]):
+            close += 1
+        if close == len(lines):
+            break
+        out.append((m.group(1), text[starts[k + 1]:starts[close]]))
+        k = close + 1
+    return out

@@ -49,7 +49,8 @@ def main() -> int:
         for i, text in enumerate(texts):
             print(json.dumps({"ref": [name, i], "spans": [list(s) for s in tok.span_tokenize(text)]}))
     for text in HAND + generated:
-        print(json.dumps({"text": text, "spans": [list(s) for s in tok.span_tokenize(text)]}, ensure_ascii=False))
+        spans = [list(s) for s in tok.span_tokenize(text)]
+        print(json.dumps({"text": text, "spans": spans}, ensure_ascii=False))
     return 0
 
 

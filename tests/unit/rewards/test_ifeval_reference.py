@@ -12,8 +12,8 @@ verdict is not reproducible. Target: at least 99.8% agreement on the other 832, 
 ``IFEvalReward.score`` path (one row per instruction).
 
 The sentence splitter is also compared span by span with nltk 3.10.4's Punkt (English) on the 541
-responses, the 541 prompts, 10 hand-written and 1,000 generated texts full of abbreviations, initials, numbers, quotes and line
-breaks
+responses, the 541 prompts, 10 hand-written and 1,000 generated texts full of abbreviations, initials,
+numbers, quotes and line breaks
 (``punkt_reference.jsonl``: nltk's spans recorded by ``make_punkt_reference.py``).
 """
 
@@ -44,7 +44,8 @@ def test_reference_agreement_strict():
             if iid == "keywords:letter_frequency" and not kwargs["letter"].isalpha():
                 excluded += 1
                 continue
-            res = reward.score(response, {"domain": "ifeval", "instructions": [{"id": iid, "kwargs": kwargs}]})
+            one = {"domain": "ifeval", "instructions": [{"id": iid, "kwargs": kwargs}]}
+            res = reward.score(response, one)
             assert res.status in ("ok", "no_answer"), res
             ours = res.score == 1.0
             total += 1
