@@ -72,24 +72,28 @@ def gold_is_list(gold: str) -> bool:
 def hedge_reason(gold: str, pred: str) -> str | None:
     r"""Why ``pred`` offers alternatives that ``gold`` does not, or ``None``.
 
-    A reference that is itself a list (:func:`gold_is_list`) accepts a list in any of its forms
-    (``6,8`` for ``6 \text{ and } 8``); math-verify then compares the two as sets or tuples.
+    A reference that is itself a list (:func:`gold_is_list`) accepts a list written with commas,
+    semicolons or ``and`` (``6,8`` for ``6 \text{ and } 8``; math-verify then compares the two as sets
+    or tuples), but still not alternatives (``or``, ``\pm``...) that the reference does not use.
 
     Args:
         gold: reference answer (LaTeX).
         pred: extracted answer (LaTeX, thousands separators already removed).
 
     """
-    if gold_is_list(gold):
-        return None
+    is_list = gold_is_list(gold)
     gold_words, pred_words = _words(gold), _words(pred)
     for word in _HEDGE_WORDS:
+        if is_list and word == "and":
+            continue
         if word in pred_words and word not in gold_words:
             return f"answer offers alternatives ({word!r})"
     compact_pred, compact_gold = pred.replace(" ", ""), gold.replace(" ", "")
     for cmd in _HEDGE_CMDS:
         if cmd in compact_pred and cmd not in compact_gold:
             return f"answer offers alternatives ({cmd})"
+    if is_list:
+        return None
     for sep in (",", ";"):
         if len(top_level_split(pred, sep)) > 1:
             return "several values given for a single-valued answer"

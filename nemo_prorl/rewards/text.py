@@ -34,27 +34,25 @@ def answer_region(response: str) -> str | None:
     return response
 
 
-def match_brace(text: str, open_pos: int) -> int:
-    r"""Index of the ``}`` closing the ``{`` at ``open_pos``, or -1 when it is never closed.
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.S)  # an escape pair (``\{``, ``\\``) or a bare brace
 
-    Escaped braces (``\{``, ``\}``) do not count. Linear in ``len(text) - open_pos``; to match many
-    braces of one text use :func:`brace_pairs` (one pass for all of them).
+
+def match_brace(text: str, open_pos: int, stop: int | None = None) -> int:
+    r"""Index of the ``}`` closing the ``{`` at ``open_pos``, or -1 when it is not closed before ``stop``.
+
+    Escaped braces (``\{``, ``\}``) do not count. Linear in ``stop - open_pos`` (default: to the end of
+    ``text``), with only the braces and backslashes visited in Python; to match many braces of one text
+    use :func:`brace_pairs`.
     """
     depth = 0
-    i = open_pos
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
+    for m in _BRACE_TOKENS.finditer(text, open_pos, len(text) if stop is None else stop):
+        c = m.group()
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return i
-        i += 1
+                return m.start()
     return -1
 
 
@@ -66,17 +64,12 @@ def brace_pairs(text: str) -> dict[int, int]:
     """
     pairs: dict[int, int] = {}
     stack: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
+    for m in _BRACE_TOKENS.finditer(text):
+        c = m.group()
         if c == "{":
-            stack.append(i)
+            stack.append(m.start())
         elif c == "}" and stack:
-            pairs[stack.pop()] = i
-        i += 1
+            pairs[stack.pop()] = m.start()
     return pairs
 
 
@@ -136,8 +129,24 @@ def last_boxed(text: str) -> str | None:
         The box content, stripped, or ``None`` when there is no complete box.
 
     """
-    boxes = _box_contents(text, nested=True)
-    return boxes[-1][2] if boxes else None
+    # Candidates from the end; a box whose brace is not closed before the last unclosed box met so far
+    # is not closed at all (its depth never returns to zero after that point), so each stretch of text
+    # is scanned once: linear however many unclosed boxes there are.
+    stop = len(text)
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            close = match_brace(text, j, stop)
+            if close >= 0:
+                return text[j + 1:close].strip()
+            stop = j
+        elif j > m.end() and j < len(text):
+            tok = re.match(r"[^\s$]{1,200}", text[j:j + 200])
+            if tok:
+                return tok.group(0)
+    return None
 
 
 def last_tag(text: str, tag: str) -> str | None:

@@ -101,7 +101,7 @@ def test_ifeval_length_cap():
 
 def test_sentence_counting_is_linear():
     t = time.perf_counter()
-    assert count_sentences("Hi. " * 20_000) == 20_000
+    assert count_sentences("Hi. " * 7_500) == 7_500  # 30k characters, one candidate end every 4
     assert time.perf_counter() - t < 1.0
 
 
@@ -121,6 +121,11 @@ def test_mcq_is_fast_on_hostile_text(name):
     assert time.perf_counter() - t < 1.0, name
     assert res.status in ("ok", "no_answer")
     assert res.score == (1.0 if name == "stars line" else 0.0)
+
+
+def test_mcq_length_cap():
+    res = MCQReward(max_chars=100).score("B " * 100, {"answer": "B"})
+    assert res.status == "ok" and res.score == 0.0 and res.info["path"] == "limits"
 
 
 def test_last_boxed_many_unclosed_is_linear():
