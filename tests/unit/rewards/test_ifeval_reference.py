@@ -71,3 +71,13 @@ def test_sentences_match_punkt():
         if spans != e["spans"]:
             bad.append((text[:80], spans, e["spans"]))
     assert bad == []
+
+
+def test_word_count_keeps_combining_marks_in_words():
+    # nltk 3.10's RegexpTokenizer(r"\w+") (the reference's count_words) uses the regex package, whose \w
+    # includes combining marks: one word each for Hindi, Bengali and Thai words with vowel signs.
+    from nemo_prorl.rewards.ifeval import count_words
+
+    assert count_words("\u0939\u093f\u0928\u094d\u0926\u0940 \u09ac\u09be\u0982\u09b2\u09be") == 2
+    assert count_words("\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22 ok") == 2
+    assert count_words("It's a well-known fact, 42 times.") == 8
