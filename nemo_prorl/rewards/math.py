@@ -41,6 +41,7 @@ from nemo_prorl.rewards.math_expr import (
     decimal_comma,
     letters_differ_only_in_case,
     normalize,
+    split_percent,
 )
 from nemo_prorl.rewards.text import answer_region, box_spans, brace_pairs, last_boxed, top_level_split
 from nemo_prorl.schema import Problem
@@ -296,6 +297,8 @@ class MathReward(Reward):
                     info["path"] = "string"
                     return RewardResult(1.0, "ok", info)
                 verdict = compare_values(gn, pn)
+                if verdict is False and split_percent(gold_clean)[1] != split_percent(pred_clean)[1]:
+                    verdict = None  # 0.2 vs 20%: which reading the reference means is math-verify's call
                 if verdict is not None:
                     info["path"] = "fast"
                     return RewardResult(1.0 if verdict else 0.0, "ok", info)

@@ -238,7 +238,8 @@ def compare_text(gold: str, pred: str) -> bool | None:
     """Verdict for text answers: ``None`` unless one side is a word of 2+ letters or both are letters.
 
     A word is never a product of commuting variables: ``god`` != ``dog``, ``seat`` != ``east``, ``xy``
-    != ``yx`` (math-verify reads all three as equal), and ``X`` != ``x``. Two single letters are decided
+    != ``yx`` (math-verify reads all three as equal), and ``X`` != ``x``; only a sentence-initial capital
+    of a longer word is forgiven (``Monday`` = ``monday``). Two single letters are decided
     here too (case-sensitive); a single-letter gold against an expression (``x`` vs ``1x``) is left to
     the evaluator.
     """
@@ -246,7 +247,13 @@ def compare_text(gold: str, pred: str) -> bool | None:
     if tg is None and tp is None:
         return None
     if tg is not None and tp is not None:
-        return tg.replace(" ", "") == tp.replace(" ", "") if " " not in tg + tp else tg == tp
+        if tg == tp:
+            return True
+        # A word capitalised at the start of a sentence is the same word ("Monday" / "monday"): only
+        # the first letter may differ in case, and only in a word of 3+ letters that is lowercase after
+        # it -- single letters and runs of capitals are variables and keep their case.
+        return (len(tg) >= 3 and tg[1:] == tp[1:] and tg[1:].islower() and " " not in tg + tp
+                and tg[0].lower() == tp[0].lower())
     word = tg if tg is not None else tp
     return False if len(word.replace(" ", "")) >= 2 else None
 

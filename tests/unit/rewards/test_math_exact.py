@@ -107,10 +107,20 @@ def test_compare_values_exact(gold, pred, expected):
     assert compare_values(normalize(gold)[0], normalize(pred)[0]) is expected
 
 
+def test_percent_against_a_fraction_is_left_to_math_verify():
+    res = score("0.2", "20\\%")
+    assert res.info["path"] == "math_verify"
+    assert score("20", "20\\%").info["path"] == "string"
+
+
 def test_text_rules():
     assert compare_text("dog", "god") is False
     assert compare_text("x", "X") is False
     assert compare_text("\\text{Monday}", "Monday") is True
+    assert compare_text("Monday", "monday") is True
+    assert compare_text("XY", "xy") is False
+    assert compare_text("xY", "XY") is False
+    assert compare_text("Ab", "ab") is False
     assert compare_text("x", "2x") is None      # single letter vs an expression: the evaluator decides
     assert compare_text("ab", "a\\cdot b") is False  # a word is not a product
     assert compare_text("3", "4") is None
