@@ -133,8 +133,18 @@ def last_boxed(text: str) -> str | None:
     # is not closed at all (its depth never returns to zero after that point), so each stretch of text
     # is scanned once: linear however many unclosed boxes there are.
     stop = len(text)
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        j = m.end()
+    # The next candidate of each command, found by rfind from the end; only the one just used is searched
+    # again (below it), so every character is looked at a bounded number of times.
+    cands = {cmd: text.rfind(cmd) for cmd in ("\\boxed", "\\fbox")}
+    while True:
+        cmd, pos = max(cands.items(), key=lambda kv: kv[1])
+        if pos < 0:
+            return None
+        cands[cmd] = text.rfind(cmd, 0, pos)
+        cmd_end = pos + len(cmd)
+        if cmd_end < len(text) and text[cmd_end].isalpha():
+            continue  # \boxedx: another command
+        j = cmd_end
         while j < len(text) and text[j] == " ":
             j += 1
         if j < len(text) and text[j] == "{":
@@ -142,11 +152,10 @@ def last_boxed(text: str) -> str | None:
             if close >= 0:
                 return text[j + 1:close].strip()
             stop = j
-        elif j > m.end() and j < len(text):
+        elif j > cmd_end and j < len(text):
             tok = re.match(r"[^\s$]{1,200}", text[j:j + 200])
             if tok:
                 return tok.group(0)
-    return None
 
 
 def last_tag(text: str, tag: str) -> str | None:
