@@ -133,3 +133,11 @@ def test_last_boxed_many_unclosed_is_linear():
     t = time.perf_counter()
     assert last_boxed(text) == "1"
     assert time.perf_counter() - t < 1.0
+
+
+def test_fenced_blocks_linear_on_unclosed_fences():
+    text = "```python x\n" * 10_000 + "print(1)\n"
+    t = time.perf_counter()
+    assert fenced_blocks(text) == []
+    assert fenced_blocks("```py\nprint(1)\n```\n" + "```\n" * 3) == [("py", "print(1)\n"), ("", "")]
+    assert time.perf_counter() - t < 1.0
