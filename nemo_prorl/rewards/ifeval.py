@@ -1,8 +1,17 @@
-"""The ``ifeval`` reward: fraction of a row's IFEval instructions the response follows.
+r"""The ``ifeval`` reward: fraction of a row's IFEval instructions the response follows.
 
 The 25 instruction ids of IFEval (Zhou et al. 2023) with IFEval's keyword-argument names are checked
-on the text after the last ``</think>``. Everything runs offline: sentence splitting and word counting
-are implemented here (no nltk data), and language identification uses ``langdetect`` with a fixed seed.
+on the text after the last ``</think>``, the way Google's reference checker
+(``google-research/instruction_following_eval/instructions.py``) checks them. Everything runs offline:
+sentences are split by :mod:`nemo_prorl.rewards.sentences` (nltk's Punkt decision procedure over the
+English Punkt model shipped as package data, identical to the reference's ``count_sentences`` on its
+published responses), words are ``\w+`` runs as in the reference's ``count_words``, and language
+identification uses ``langdetect`` with a fixed seed.
+
+Model text is hostile: responses longer than ``max_chars`` score 0 (``path="limits"``) before any
+check, and every check is linear in the response length (the reference's regexes that backtrack
+quadratically -- ``\[.*?\]`` placeholders, ``^\s*\*`` bullets, ``<<[^\n]+>>`` titles, ``\s*p\.``
+postscripts -- are replaced by single scans with the same matches).
 
 Row format: ``{"instructions": [{"id": "length_constraints:number_words",
 "kwargs": {"num_words": 100, "relation": "at least"}}, ...]}``. ``None``-valued kwargs are ignored (the
@@ -14,11 +23,13 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
+from nemo_prorl.rewards.sentences import count_sentences, split_sentences
 from nemo_prorl.rewards.text import answer_region
 from nemo_prorl.schema import Problem
 
@@ -26,52 +37,37 @@ RELATIONS = ("less than", "at least")
 
 # ------------------------------------------------------------------------------------- text utilities
 
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "fig", "no", "vol",
-    "inc", "ltd", "co", "corp", "dept", "approx", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
-    "sep", "sept", "oct", "nov", "dec", "mt", "u.s", "u.k", "a.m", "p.m", "ph.d", "al",
-})
-_SENT_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|$)")
+__all__ = ["IFEvalReward", "count_sentences", "count_words", "split_sentences"]
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences without any trained model.
-
-    A sentence ends at ``.``, ``!`` or ``?`` (runs such as ``?!`` or ``...`` count once, closing
-    quotes/brackets stay with the sentence) followed by whitespace or the end, except after a known
-    abbreviation (``Dr.``, ``e.g.``), a single-letter initial (``J.``) or a number's decimal point.
-    Blank lines also end a sentence (a heading without a full stop is a sentence of its own).
-
-    Args:
-        text: any text.
-
-    Returns:
-        The non-empty sentences, stripped.
-
-    """
-    out: list[str] = []
-    for block in re.split(r"\n\s*\n", text):
-        start = 0
-        for m in _SENT_END.finditer(block):
-            if block[m.start()] == ".":
-                before = re.search(r"([A-Za-z][A-Za-z.]*)$", block[start:m.start()])
-                if before:
-                    word = before.group(1).lower().rstrip(".")
-                    if word in _ABBREVIATIONS or len(word) == 1:
-                        continue
-            piece = block[start:m.end()].strip()
-            if piece:
-                out.append(piece)
-            start = m.end()
-        tail = block[start:].strip()
-        if tail and re.search(r"\w", tail):
-            out.append(tail)
-    return out
+_WORD_RUN: Any = None
 
 
 def count_words(text: str) -> int:
-    r"""Number of ``\w+`` runs (IFEval counts words with a ``\w+`` tokenizer)."""
-    return len(re.findall(r"\w+", text))
+    r"""Number of ``\w+`` runs, with combining marks inside words (``हिन्दी`` is one word).
+
+    The reference counts with nltk's ``RegexpTokenizer(r"\w+")``, which nltk 3.10 compiles with the
+    ``regex`` package, whose ``\w`` includes combining marks (the standard ``re`` splits Devanagari or
+    Bengali words at every vowel sign and virama). ``regex`` is installed with ``transformers``; without
+    it, marks are joined to the word by a scan over Unicode categories.
+    """
+    global _WORD_RUN
+    if _WORD_RUN is None:
+        try:
+            import regex
+
+            _WORD_RUN = regex.compile(r"\w+")
+        except ImportError:  # pragma: no cover - regex comes with transformers
+            _WORD_RUN = False
+    if _WORD_RUN:
+        return len(_WORD_RUN.findall(text))
+    count, inside = 0, False
+    for ch in text:
+        word = ch.isalnum() or ch == "_" or unicodedata.category(ch) in ("Mn", "Mc", "Me")
+        if word and not inside:
+            count += 1
+        inside = word
+    return count
 
 
 def word_tokens(text: str) -> list[str]:
@@ -137,7 +133,7 @@ def _response_language(r: str, kw: dict) -> bool:
 
 
 def _number_sentences(r: str, kw: dict) -> bool:
-    return _compare(len(split_sentences(r)), kw["relation"], kw["num_sentences"])
+    return _compare(count_sentences(r), kw["relation"], kw["num_sentences"])
 
 
 def _number_paragraphs(r: str, kw: dict) -> bool:
@@ -157,42 +153,97 @@ def _number_words(r: str, kw: dict) -> bool:
 
 
 def _nth_paragraph_first_word(r: str, kw: dict) -> bool:
-    paragraphs = re.split(r"\n\n", r)
+    # As the reference: paragraphs are the pieces of a split on "\n\n" (empty ones are not counted but
+    # keep their index), the first word is cut at . , ? ! ' " only (a trailing colon stays).
+    paragraphs = r.split("\n\n")
     n = sum(1 for p in paragraphs if p.strip())
     nth = kw["nth_paragraph"]
     if not 1 <= nth <= n:
         return False
-    nonempty = [p.strip() for p in paragraphs if p.strip()]
-    words = nonempty[nth - 1].split()
-    word = words[0].lstrip("'\"*_#") if words else ""
+    paragraph = paragraphs[nth - 1].strip()
+    if not paragraph:
+        return False
+    word = paragraph.split()[0].strip().lstrip("'").lstrip('"')
     first = ""
     for ch in word:
-        if ch in ".,?!'\":;*_":
+        if ch in ".,?!'\"":
             break
         first += ch.lower()
-    return n == kw["num_paragraphs"] and first == kw["first_word"].strip().lower()
+    return n == kw["num_paragraphs"] and first == kw["first_word"].lower()
+
+
+def count_placeholders(text: str) -> int:
+    r"""Matches of the reference's ``\[.*?\]`` (``[`` ... the nearest ``]`` on the same line), in one pass."""
+    count = 0
+    for line in text.split("\n"):
+        pos = line.find("[")
+        while pos >= 0:
+            close = line.find("]", pos + 1)
+            if close < 0:
+                break
+            count += 1
+            pos = line.find("[", close + 1)
+    return count
 
 
 def _number_placeholders(r: str, kw: dict) -> bool:
-    return len(re.findall(r"\[.*?\]", r)) >= kw["num_placeholders"]
+    return count_placeholders(r) >= kw["num_placeholders"]
+
+
+_PPS = re.compile(r"p\.\s?p\.\s?s")
+_PS = re.compile(r"p\.\s?s\.")
 
 
 def _postscript(r: str, kw: dict) -> bool:
+    # The reference's pattern is "\s*<marker>.*$" with findall; the \s* prefix and .*$ suffix always
+    # match, so it holds iff the marker occurs -- searched without the (quadratic) \s* prefix here.
     marker = kw["postscript_marker"].strip()
     low = r.lower()
     if marker.upper().replace(" ", "") in ("P.P.S", "P.P.S."):
-        pattern = r"\s*p\.\s?p\.\s?s.*$"
-    elif marker.upper().replace(" ", "") == "P.S.":
-        pattern = r"\s*p\.\s?s\..*$"
-    else:
-        pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
-    return bool(re.findall(pattern, low, flags=re.MULTILINE))
+        return _PPS.search(low) is not None
+    if marker.upper().replace(" ", "") == "P.S.":
+        return _PS.search(low) is not None
+    return marker.lower() in low
+
+
+def count_line_items(text: str, marker: str, not_followed_by: str | None = None) -> int:
+    r"""Matches of the reference's ``^\s*<marker>...$`` (``re.M``), counted in one pass.
+
+    From each line start the pattern skips whitespace -- newlines included -- and needs ``marker`` next
+    (and, for ``*``, a following character other than ``*``, which may be a newline); a match runs to
+    the end of the line where it ends. Every line start of one whitespace run reaches the same first
+    non-space character, which this scan examines once instead of once per line start.
+    """
+    n = len(text)
+    count = 0
+    pos = 0
+    while pos <= n:
+        q = pos
+        while q < n and text[q].isspace():
+            q += 1
+        ok = q < n and text[q] == marker
+        if ok and not_followed_by is not None:
+            ok = q + 1 < n and text[q + 1] != not_followed_by
+        if ok:
+            count += 1
+            start = q + 2 if not_followed_by is not None else q + 1
+            end = text.find("\n", start)
+            if end < 0:
+                break
+            pos = end + 1
+            continue
+        nl = text.find("\n", q) if q < n else -1
+        # no match from any line start up to q; the next line start after q is after its newline
+        if nl < 0:
+            break
+        pos = nl + 1
+    return count
 
 
 def _number_bullet_lists(r: str, kw: dict) -> bool:
-    stars = re.findall(r"^\s*\*[^\*].*$", r, flags=re.MULTILINE)
-    dashes = re.findall(r"^\s*-.*$", r, flags=re.MULTILINE)
-    return len(stars) + len(dashes) == kw["num_bullets"]
+    stars = count_line_items(r, "*", not_followed_by="*")
+    dashes = count_line_items(r, "-")
+    return stars + dashes == kw["num_bullets"]
 
 
 def _constrained_response(r: str, kw: dict) -> bool:
@@ -214,19 +265,23 @@ def _multiple_sections(r: str, kw: dict) -> bool:
 def _json_format(r: str, kw: dict) -> bool:
     s = r.strip()
     for prefix in ("```json", "```Json", "```JSON", "```"):
-        if s.startswith(prefix):
-            s = s[len(prefix):]
-            break
+        s = s.removeprefix(prefix)
     s = s.removesuffix("```").strip()
     try:
         json.loads(s)
-    except ValueError:
+    except (ValueError, RecursionError):  # 30k nested brackets: not valid JSON for us, not a grader fault
         return False
     return True
 
 
 def _title(r: str, kw: dict) -> bool:
-    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", r))
+    # The reference's findall("<<[^\n]+>>") has at most one match per line: from the first "<<" to the
+    # last ">>" of the line, when at least one character lies between them.
+    for line in r.split("\n"):
+        first, last = line.find("<<"), line.rfind(">>")
+        if first >= 0 and last >= first + 3 and line[first:last + 2].lstrip("<").rstrip(">").strip():
+            return True
+    return False
 
 
 def _two_responses(r: str, kw: dict) -> bool:
@@ -260,11 +315,13 @@ def _capital_word_frequency(r: str, kw: dict) -> bool:
 
 
 def _english_capital(r: str, kw: dict) -> bool:
-    return r.isupper() and detect_language(r) == "en"
+    lang = detect_language(r)  # as the reference: an undetectable language passes
+    return r.isupper() and (lang is None or lang == "en")
 
 
 def _english_lowercase(r: str, kw: dict) -> bool:
-    return r.islower() and detect_language(r) == "en"
+    lang = detect_language(r)
+    return r.islower() and (lang is None or lang == "en")
 
 
 def _no_comma(r: str, kw: dict) -> bool:
@@ -359,12 +416,15 @@ class IFEvalReward(Reward):
         loose: IFEval's "loose" criterion -- an instruction also counts as followed when it holds after
             removing the first and/or last line or the ``*`` markup.
         all_or_nothing: score 1.0 only when every instruction is followed (IFEval "prompt-level").
+        max_chars: longer answers score 0 without any check (IFEval's longest requests, 1,200+ words,
+            are about 8k characters).
 
     """
 
-    def __init__(self, loose: bool = False, all_or_nothing: bool = False) -> None:
+    def __init__(self, loose: bool = False, all_or_nothing: bool = False, max_chars: int = 100_000) -> None:
         self.loose = loose
         self.all_or_nothing = all_or_nothing
+        self.max_chars = max_chars
 
     def validate(self, row: dict) -> list[Problem]:
         """Every instruction id must be known and carry its required kwargs."""
@@ -381,6 +441,9 @@ class IFEvalReward(Reward):
         region = answer_region(response)
         if region is None:
             return RewardResult(0.0, "no_answer", {"reason": "unclosed <think> block"})
+        if len(region) > self.max_chars:
+            reason = f"answer has {len(region)} characters, more than max_chars={self.max_chars}"
+            return RewardResult(0.0, "ok", {"path": "limits", "reason": reason})
         text = region.strip()
         if not text:
             return RewardResult(0.0, "no_answer", {"reason": "empty response"})

@@ -3,7 +3,8 @@ r"""The ``mcq`` reward (STEM multiple choice): binary, chosen option vs the refe
 The answer is looked for after the last ``</think>``, in ``\boxed{...}``, in answer phrases
 (``Answer: B``, ``**Answer:** (B)``, ``The answer is B``, ``the correct answer is option (B)``) and in
 a final line holding only an option marker (``(B)``, ``B)``, ``B.``). The last place that names an
-option wins. An option may be given by its text when the row has ``options``. Naming two options as
+option wins. Every pattern is linear in the answer length, and answers longer than ``max_chars`` score
+0 unread. An option may be given by its text when the row has ``options``. Naming two options as
 the final answer (``B or C``, ``B, C``, ``B/C``) is wrong.
 """
 
@@ -13,7 +14,7 @@ import re
 from typing import Any
 
 from nemo_prorl.rewards.base import Reward, RewardResult, register_reward
-from nemo_prorl.rewards.text import answer_region, match_brace
+from nemo_prorl.rewards.text import answer_region, box_spans
 from nemo_prorl.schema import Problem
 
 _ANSWER_PHRASE = re.compile(
@@ -82,18 +83,9 @@ def _interpret(cand: str, opts: dict[str, str], letters: str) -> _Choice | None:
 
 
 def _boxed_all(text: str) -> list[tuple[int, str]]:
-    out = []
-    start = 0
-    while (pos := text.find("\\boxed", start)) >= 0:
-        j = pos + len("\\boxed")
-        if j < len(text) and text[j] == "{":
-            close = match_brace(text, j)
-            if close > 0:
-                out.append((pos, text[j + 1:close]))
-                start = close
-                continue
-        start = j
-    return out
+    r"""``(position, content)`` of each complete top-level ``\boxed{...}`` (linear in ``len(text)``)."""
+    return [(start, content) for start, _, content in box_spans(text)
+            if text.startswith("\\boxed{", start)]
 
 
 @register_reward("mcq")
@@ -102,11 +94,13 @@ class MCQReward(Reward):
 
     Args:
         max_letters: letters considered options when a row has no ``options`` (A..J by default).
+        max_chars: longer answer regions score 0 before any pattern sees them (``path="limits"``).
 
     """
 
-    def __init__(self, max_letters: int = 10) -> None:
+    def __init__(self, max_letters: int = 10, max_chars: int = 100_000) -> None:
         self.max_letters = max_letters
+        self.max_chars = max_chars
 
     def _letters(self, opts: dict[str, str]) -> str:
         if opts:
@@ -148,6 +142,9 @@ class MCQReward(Reward):
         region = answer_region(response)
         if region is None:
             return RewardResult(0.0, "no_answer", {"reason": "unclosed <think> block"})
+        if len(region) > self.max_chars:
+            reason = f"answer has {len(region)} characters, more than max_chars={self.max_chars}"
+            return RewardResult(0.0, "ok", {"path": "limits", "reason": reason})
         opts = option_letters(row.get("options"))
         letters = self._letters(opts)
         gold_letter, gold_text = self.gold_letter(row)

@@ -215,6 +215,7 @@ def test_text_utilities():
         "Did he?",
         "Yes...",
     ]
-    assert split_sentences("Title\n\nBody text here. More") == ["Title", "Body text here.", "More"]
+    # As the reference (nltk Punkt): a line break never ends a sentence, a heading joins the next one.
+    assert split_sentences("Title\n\nBody text here. More") == ["Title\n\nBody text here.", "More"]
     assert count_words("It's a well-known fact, 42 times.") == 8
     assert word_tokens("I don't know.") == ["I", "do", "n't", "know", "."]
