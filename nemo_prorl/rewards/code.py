@@ -59,9 +59,9 @@ from nemo_prorl.rewards.sandbox import (
     make_sandbox,
 )
 from nemo_prorl.rewards.sandbox.checks import CasePlan, UnsupportedTest, decode, judge_case, plan_case
+from nemo_prorl.rewards.text import fenced_blocks
 from nemo_prorl.schema import Problem, parse_tests
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.#-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 _PY_TAGS = {"", "python", "py", "python3", "py3"}
 _LIMIT_OUTCOMES = ("memory", "process_limit", "file_size", "output_limit")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -129,9 +129,9 @@ def extract_code(response: str) -> str | None:
     elif "<think>" in response:
         return None  # the model never finished thinking
     code = None
-    for match in _FENCE.finditer(response):
-        if match.group(1).lower() in _PY_TAGS:
-            code = match.group(2)
+    for tag, body in fenced_blocks(response):  # one pass over the lines (a fence regex is quadratic)
+        if tag.lower() in _PY_TAGS:
+            code = body
     return code
 
 

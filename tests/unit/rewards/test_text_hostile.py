@@ -141,3 +141,17 @@ def test_fenced_blocks_linear_on_unclosed_fences():
     assert fenced_blocks(text) == []
     assert fenced_blocks("```py\nprint(1)\n```\n" + "```\n" * 3) == [("py", "print(1)\n"), ("", "")]
     assert time.perf_counter() - t < 1.0
+
+
+def test_code_extraction_is_linear_on_unclosed_fences():
+    """The code reward's extract_code goes through fenced_blocks: 10k unclosed fences (the old fence regex
+    took ~2 minutes on this) and the last closed python block still wins."""
+    import time
+
+    from nemo_prorl.rewards.code import extract_code
+
+    t0 = time.perf_counter()
+    assert extract_code("```python x\n" * 10_000) is None
+    assert time.perf_counter() - t0 < 1.0
+    text = "```python\nprint(1)\n```\n```text\nnot code\n```\n```py\nprint(2)\n```\n" + "```python\n" * 5000
+    assert extract_code(text) == "print(2)\n"
