@@ -183,19 +183,9 @@ def test_reset_then_next_update_equals_a_fresh_optimizer(policy):
     assert any(not torch.equal(after_reset[k], weights[k]) for k in weights)
 
 
-def _skip_bf16_checkpoints(policy) -> None:
-    if policy.test_kind[1] == "bf16":
-        pytest.skip(
-            "CPU only: without TE/Apex megatron's torch-norm fallback keeps norm weights in fp32 inside a "
-            "bf16 model, and Float16OptimizerWithFloat16Params.sharded_state_dict numbers optimizer states "
-            "over its float16 groups only, so states and weights misalign (on GPU, TE norms are bf16)"
-        )
-
-
 def test_checkpoint_resume_is_exact(policy, tmp_path):
     """save at step k -> the uninterrupted run's next two steps; then wreck the state, load, and
     repeat them: identical weights and metrics, counters restored where the layout keeps them."""
-    _skip_bf16_checkpoints(policy)
     adam, _ = policy.test_kind
     for i in range(2):
         policy.train_step(_batch(20 + i), _loss)
@@ -220,7 +210,6 @@ def test_checkpoint_resume_is_exact(policy, tmp_path):
 
 def test_checkpoint_after_a_reset_resumes_with_restarted_counters(policy, tmp_path):
     """A save right after reset_optimizer (counters 0, megatron writes no common step) resumes at step 1."""
-    _skip_bf16_checkpoints(policy)
     policy.train_step(_batch(50), _loss)
     policy.reset_optimizer()
     ckpt = policy.save_checkpoint(tmp_path / "after_reset", {})
