@@ -230,3 +230,19 @@ def test_checkpoint_after_a_reset_resumes_with_restarted_counters(policy, tmp_pa
     assert resumed["loss"] == cont["loss"] and resumed["grad_norm"] == cont["grad_norm"]
     weights = _params(policy)
     assert all(torch.equal(weights[n], weights_cont[n]) for n in weights)
+
+
+def test_save_names_weights_outside_a_bf16_model_dtype(policy, tmp_path):
+    """A bf16 model holding an fp32 weight (what megatron's local spec builds for its norms without
+    ``cast_params_to_dtype``) is refused by name before megatron's opaque shape assertion."""
+    if not policy.test_kind[1].startswith("bf16"):
+        pytest.skip("fp32 models: every weight is fp32 by construction")
+    norm = policy.model.decoder.final_layernorm.weight
+    kept = norm.data
+    norm.data = kept.float()
+    try:
+        with pytest.raises(ValueError, match=r"policy.params_dtype=bf16: 1 parameter.*final_layernorm"):
+            policy.save_checkpoint(tmp_path / "mixed", {})
+    finally:
+        norm.data = kept
+    assert (policy.save_checkpoint(tmp_path / "uniform", {}) / "metadata.json").is_file()
