@@ -240,11 +240,12 @@ def cast_params_to_dtype(model: torch.nn.Module, params_dtype: torch.dtype) -> l
     training loop (``megatron/training/training.py``, ``get_model``) wraps every bf16/fp16 model in
     ``Float16Module`` (``megatron/core/transformer/module.py``), whose constructor casts the whole
     module with ``module.bfloat16()`` / ``.half()``. With Transformer Engine every layer, norms
-    included, takes ``params_dtype`` at construction. This engine does not wrap the model in
-    ``Float16Module`` (it takes the final hidden states itself), so the cast is done here. Without it a
-    bf16 model keeps fp32 norm weights, which ``Float16OptimizerWithFloat16Params`` puts in its fp32
-    groups, and its ``sharded_state_dict`` (which maps optimizer state over the float16 groups only)
-    misaligns state and weights on save.
+    included, takes ``params_dtype`` at construction (``megatron/core/extensions/transformer_engine.py``:
+    ``TENorm`` and the fused layer-norm linears get it from ``_get_extra_te_kwargs``). This engine does
+    not wrap the model in ``Float16Module`` (it takes the final hidden states itself), so the cast is
+    done here. Without it a bf16 model keeps fp32 norm weights, which
+    ``Float16OptimizerWithFloat16Params`` puts in its fp32 groups, and its ``sharded_state_dict`` (which
+    maps optimizer state over the float16 groups only) misaligns state and weights on save.
 
     Forward numerics do not change: torch's RMSNorm with matching input and weight dtypes computes in
     fp32 and rounds once, as TE's RMSNorm does. Buffers are left alone (the GPT stack has none). No-op
