@@ -280,7 +280,36 @@ def _load_optimizer_state(policy: MegatronPolicy, state: dict[str, Any]) -> None
                 group.setdefault(key, value)
 
 
+def _params_not_in(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """Names of the floating-point parameters of ``model`` whose dtype is not ``dtype``."""
+    return [n for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != dtype]
+
+
+def _check_uniform_dtype(policy: MegatronPolicy) -> None:
+    """Refuse a 16-bit model holding other-dtype weights before megatron misaligns optimizer state.
+
+    ``Float16OptimizerWithFloat16Params.sharded_state_dict`` maps optimizer state to weights over its
+    float16 groups only, so fp32 weights (megatron's local-spec norms unless cast, see
+    :func:`nemo_prorl.policy.megatron.model.cast_params_to_dtype`) shift the mapping and megatron fails
+    on a shape mismatch; the distributed optimizer fails too (megatron-core 0.16.1: size mismatch in
+    ``DistributedOptimizer.get_parameter_state_dp_zero``). This names the parameters instead.
+    """
+    dtype = policy.model.config.params_dtype
+    if dtype == torch.float32:
+        return
+    odd = _params_not_in(policy.model, dtype)
+    if odd:
+        names = ", ".join(odd[:4]) + (", ..." if len(odd) > 4 else "")
+        raise ValueError(
+            f"policy.params_dtype={policy.config.params_dtype}: {len(odd)} parameter(s) are not in it "
+            f"({names}); megatron's checkpoint would misalign their optimizer state. Build the model "
+            "with nemo_prorl.policy.megatron.model.build_gpt_model, which casts them"
+        )
+
+
 def _sharded_state(policy: MegatronPolicy, *, is_loading: bool, with_optimizer: bool) -> dict[str, Any]:
+    if with_optimizer:
+        _check_uniform_dtype(policy)
     model_sd = policy.model.sharded_state_dict()
     state: dict[str, Any] = {
         "model": model_sd,

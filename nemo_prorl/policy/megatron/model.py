@@ -37,6 +37,7 @@ __all__ = [
     "rope_settings",
     "transformer_config_from_hf",
     "build_gpt_model",
+    "cast_params_to_dtype",
     "te_available",
 ]
 
@@ -231,6 +232,37 @@ def transformer_config_from_hf(
     return TransformerConfig(**kwargs)
 
 
+def cast_params_to_dtype(model: torch.nn.Module, params_dtype: torch.dtype) -> list[str]:
+    """Give every floating-point parameter ``params_dtype``, as megatron's ``Float16Module`` does.
+
+    Megatron-core builds its linear layers in ``config.params_dtype`` but leaves the local spec's norms
+    (``WrappedTorchNorm`` -> ``torch.nn.RMSNorm``, or Apex ``FusedLayerNorm``) in fp32: megatron's own
+    training loop (``megatron/training/training.py``, ``get_model``) wraps every bf16/fp16 model in
+    ``Float16Module`` (``megatron/core/transformer/module.py``), whose constructor casts the whole
+    module with ``module.bfloat16()`` / ``.half()``. With Transformer Engine every layer, norms
+    included, takes ``params_dtype`` at construction (``megatron/core/extensions/transformer_engine.py``:
+    ``TENorm`` and the fused layer-norm linears get it from ``_get_extra_te_kwargs``). This engine does
+    not wrap the model in ``Float16Module`` (it takes the final hidden states itself), so the cast is
+    done here. Without it a bf16 model keeps fp32 norm weights, which
+    ``Float16OptimizerWithFloat16Params`` puts in its fp32 groups, and its ``sharded_state_dict`` (which
+    maps optimizer state over the float16 groups only) misaligns state and weights on save.
+
+    Forward numerics do not change: torch's RMSNorm with matching input and weight dtypes computes in
+    fp32 and rounds once, as TE's RMSNorm does. Buffers are left alone (the GPT stack has none). No-op
+    for fp32 models and for TE-spec models.
+
+    Returns:
+        The names of the parameters that were cast.
+
+    """
+    cast = []
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and param.dtype != params_dtype:
+            param.data = param.data.to(params_dtype)
+            cast.append(name)
+    return cast
+
+
 def build_gpt_model(
     hf_config: Any,
     *,
@@ -247,7 +279,7 @@ def build_gpt_model(
 
     Args:
         hf_config: ``transformers.PretrainedConfig`` or a ``config.json`` dict.
-        params_dtype: parameter dtype.
+        params_dtype: parameter dtype of every parameter (norms included, see :func:`cast_params_to_dtype`).
         use_te: Transformer Engine layer spec; ``None`` = TE when importable and CUDA is available,
             else megatron's local spec. ``True`` without TE raises.
         parallel_output: keep logits split over TP (``[b, s, padded_vocab / tp]``); ``False``
@@ -308,6 +340,7 @@ def build_gpt_model(
         rope_scaling=rope_type == "llama3",
         rope_scaling_factor=factor if rope_type == "llama3" else 8.0,
     )
+    cast_params_to_dtype(model, params_dtype)
     model.hf_vocab_size = vocab
     model.padded_vocab_size = padded
     model.hf_model_type = str(_get(hf_config, "model_type"))

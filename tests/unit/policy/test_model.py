@@ -112,3 +112,54 @@ def test_build_gpt_model_shapes(mp, tied):
     assert ("output_layer.weight" in sd) != tied
     logits = model(torch.randint(0, 300, (2, 8)), torch.arange(8).expand(2, -1), attention_mask=None)
     assert logits.shape == (2, 8, 384) and torch.isfinite(logits).all()
+
+
+def test_megatron_local_norm_is_built_in_fp32(mp):
+    """The upstream behaviour :func:`M.cast_params_to_dtype` compensates: megatron-core 0.16's local-spec
+    norm without Apex (``megatron/core/transformer/torch_norm.py``, ``WrappedTorchNorm``) ignores
+    ``config.params_dtype``; megatron's training loop relies on ``Float16Module`` to cast it."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    tc = M.transformer_config_from_hf(_cfg(), params_dtype=torch.bfloat16)
+    norm = WrappedTorchNorm(tc, tc.hidden_size, eps=tc.layernorm_epsilon)
+    assert norm.weight.dtype == torch.float32
+
+
+def test_bf16_model_has_every_parameter_in_bf16(mp):
+    """A bf16 build has no fp32 parameter left (as with Transformer Engine, whose ``RMSNorm`` takes
+    ``params_dtype``, or megatron's ``Float16Module`` cast of a local-spec model), so megatron's
+    ``Float16OptimizerWithFloat16Params`` holds every weight in its float16 groups; fp32 builds keep fp32."""
+    bf16 = M.build_gpt_model(_cfg(), params_dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert M.cast_params_to_dtype(bf16, torch.bfloat16) == []  # idempotent
+    fp32 = M.build_gpt_model(_cfg())
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert M.cast_params_to_dtype(fp32, torch.float32) == []
+
+
+def test_cast_params_to_dtype_names_what_it_cast():
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4).bfloat16(), torch.nn.RMSNorm(4))
+    layer.register_buffer("counts", torch.zeros(2, dtype=torch.int64))
+    assert M.cast_params_to_dtype(layer, torch.bfloat16) == ["1.weight"]
+    assert layer[1].weight.dtype == torch.bfloat16 and layer.counts.dtype == torch.int64
+
+
+def test_bf16_rmsnorm_computes_like_transformer_engine(mp):
+    """With bf16 weights, the local spec's ``torch.nn.RMSNorm`` normalises and scales in fp32 and rounds
+    once, what TE's ``RMSNorm`` kernel does (``transformer_engine/pytorch/module/rmsnorm.py``: fp32
+    compute type, output cast to the input dtype) -- not HF ``Qwen2RMSNorm``'s order, which rounds the
+    normalised activations to bf16 before the weight multiply. Hand formula, final norm of a bf16 build."""
+    if M.te_available():
+        pytest.skip("the TE spec is built here: its kernel is the reference itself")
+    norm = M.build_gpt_model(_cfg(), params_dtype=torch.bfloat16).decoder.final_layernorm
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(64, generator=g))
+        x = (3 * torch.randn(16, 64, generator=g)).bfloat16()
+        y = norm(x)
+    xf, w = x.float(), norm.weight.float()
+    inv_rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+    te_order = (xf * inv_rms * w).bfloat16()
+    hf_order = norm.weight * (xf * inv_rms).bfloat16()
+    assert y.dtype == torch.bfloat16 and torch.equal(y, te_order)
+    assert not torch.equal(y, hf_order)  # the two orders are distinguishable on this input

@@ -12,8 +12,15 @@ that context sets the names megatron-core binds when ``transformer_engine`` impo
 read by ``DistributedOptimizer.state_dict``/``load_state_dict`` "for TE FusedAdam support").
 
 Wrappers: ``FP32Optimizer`` (fp32 weights), ``Float16OptimizerWithFloat16Params`` (bf16 weights, fp32
-master copies), ``DistributedOptimizer`` (one process: DP = 1), each inside the ``ChainedOptimizer``
-megatron-core 0.16 always returns.
+master copies), ``DistributedOptimizer`` (one process: DP = 1) over fp32 and over bf16 weights, each
+inside the ``ChainedOptimizer`` megatron-core 0.16 always returns.
+
+bf16 here uses megatron's local layer spec (no Transformer Engine on CPU), whose torch ``RMSNorm`` is
+built in fp32; :func:`~nemo_prorl.policy.megatron.model.cast_params_to_dtype` gives it bf16 weights,
+emulating what a bf16 run gets upstream: TE's ``RMSNorm`` takes ``config.params_dtype`` at construction
+(``transformer_engine/pytorch/module/rmsnorm.py``) and megatron's training loop casts a local-spec model
+whole with ``Float16Module`` (``megatron/core/transformer/module.py``). Every weight is then in the
+float16 groups, the only ones ``Float16OptimizerWithFloat16Params.sharded_state_dict`` maps.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 
 VOCAB = 320
 ADAMS = ["torch", "fused"]
-WRAPPERS = ["fp32", "bf16", "distopt"]
+WRAPPERS = ["fp32", "bf16", "distopt", "bf16-distopt"]
 
 
 @pytest.fixture(scope="module", params=[(a, w) for a in ADAMS for w in WRAPPERS], ids=lambda p: "-".join(p))
@@ -45,8 +52,8 @@ def policy(request, tmp_path_factory):
         micro_batch_size=2,
         lr=1e-3,
         adam_eps=1e-6,
-        params_dtype="bf16" if wrapper == "bf16" else "fp32",
-        use_distributed_optimizer=wrapper == "distopt",
+        params_dtype="bf16" if wrapper.startswith("bf16") else "fp32",
+        use_distributed_optimizer=wrapper.endswith("distopt"),
     )
     ctx = megatron_builds_fused_adam_emulation() if adam == "fused" else contextlib.nullcontext()
     with ctx:
@@ -137,6 +144,7 @@ def test_megatron_builds_the_adam_asked_for(policy):
         "fp32": "FP32Optimizer",
         "bf16": "Float16OptimizerWithFloat16Params",
         "distopt": "DistributedOptimizer",
+        "bf16-distopt": "DistributedOptimizer",
     }
     assert [type(o).__name__ for o in policy.optimizer.chained_optimizers] == [inner[wrapper]]
 
@@ -162,7 +170,7 @@ def test_reset_then_next_update_equals_a_fresh_optimizer(policy):
     assert all(float(m.abs().max()) == 0.0 for m in _moments(policy))
     masters = _masters(policy)
     assert all(torch.equal(a, b) for a, b in zip(masters, masters_before, strict=True))
-    if wrapper == "bf16":  # the fp32 masters carry bits the bf16 weights do not: they must survive
+    if wrapper.startswith("bf16"):  # the fp32 masters carry bits the bf16 weights do not: they must survive
         model = torch.cat([p.detach().float().flatten() for p in policy.model.parameters()])
         assert not torch.equal(torch.cat([m.flatten() for m in masters]).sort()[0], model.sort()[0])
 
@@ -183,19 +191,9 @@ def test_reset_then_next_update_equals_a_fresh_optimizer(policy):
     assert any(not torch.equal(after_reset[k], weights[k]) for k in weights)
 
 
-def _skip_bf16_checkpoints(policy) -> None:
-    if policy.test_kind[1] == "bf16":
-        pytest.skip(
-            "CPU only: without TE/Apex megatron's torch-norm fallback keeps norm weights in fp32 inside a "
-            "bf16 model, and Float16OptimizerWithFloat16Params.sharded_state_dict numbers optimizer states "
-            "over its float16 groups only, so states and weights misalign (on GPU, TE norms are bf16)"
-        )
-
-
 def test_checkpoint_resume_is_exact(policy, tmp_path):
     """save at step k -> the uninterrupted run's next two steps; then wreck the state, load, and
     repeat them: identical weights and metrics, counters restored where the layout keeps them."""
-    _skip_bf16_checkpoints(policy)
     adam, _ = policy.test_kind
     for i in range(2):
         policy.train_step(_batch(20 + i), _loss)
@@ -220,7 +218,6 @@ def test_checkpoint_resume_is_exact(policy, tmp_path):
 
 def test_checkpoint_after_a_reset_resumes_with_restarted_counters(policy, tmp_path):
     """A save right after reset_optimizer (counters 0, megatron writes no common step) resumes at step 1."""
-    _skip_bf16_checkpoints(policy)
     policy.train_step(_batch(50), _loss)
     policy.reset_optimizer()
     ckpt = policy.save_checkpoint(tmp_path / "after_reset", {})
@@ -233,3 +230,19 @@ def test_checkpoint_after_a_reset_resumes_with_restarted_counters(policy, tmp_pa
     assert resumed["loss"] == cont["loss"] and resumed["grad_norm"] == cont["grad_norm"]
     weights = _params(policy)
     assert all(torch.equal(weights[n], weights_cont[n]) for n in weights)
+
+
+def test_save_names_weights_outside_a_bf16_model_dtype(policy, tmp_path):
+    """A bf16 model holding an fp32 weight (what megatron's local spec builds for its norms without
+    ``cast_params_to_dtype``) is refused by name before megatron's opaque shape assertion."""
+    if not policy.test_kind[1].startswith("bf16"):
+        pytest.skip("fp32 models: every weight is fp32 by construction")
+    norm = policy.model.decoder.final_layernorm.weight
+    kept = norm.data
+    norm.data = kept.float()
+    try:
+        with pytest.raises(ValueError, match=r"policy.params_dtype=bf16: 1 parameter.*final_layernorm"):
+            policy.save_checkpoint(tmp_path / "mixed", {})
+    finally:
+        norm.data = kept
+    assert (policy.save_checkpoint(tmp_path / "uniform", {}) / "metadata.json").is_file()
