@@ -1,0 +1,111 @@
+"""A tripwire that forbids code evaluation and process/network side effects while a scorer runs.
+
+Scorers must never execute model text: the reasoning-gym scorers that did (``eval``, sympy
+``parse_expr``) are replaced by parsers with no code path (:mod:`nemo_prorl.rewards.safe_parse`). This
+module is the defence in depth behind that, for any path that was missed or that a new upstream
+version adds. Inside :func:`no_code_execution`, a process-wide audit hook (PEP 578,
+:func:`sys.addaudithook`) raises :class:`CodeExecutionBlocked` *before* any of these happen:
+
+* ``exec`` of a code object that was not loaded from a file. ``eval``/``exec`` of a string (and so
+  sympy's ``parse_expr``/``sympify`` of a string) raise the ``exec`` audit event with a code object
+  whose ``co_filename`` is ``"<string>"``; module imports raise it with the module's real path (or
+  ``"<frozen ...>"``), which stays allowed so that lazy imports keep working.
+* starting processes (``os.system``, ``os.exec*``, ``os.posix_spawn``, ``os.spawn*``, ``os.fork``,
+  ``subprocess.Popen``), sending signals (``os.kill``, ``os.killpg``), opening or binding sockets,
+  unpickling classes (``pickle.find_class``), ``marshal.loads``, loading shared libraries
+  (``ctypes.dlopen``) and building code or function objects by hand (``code.__new__``,
+  ``function.__new__``).
+
+The hook stays installed for the life of the process (audit hooks cannot be removed) but acts only
+while a guard is active in the calling thread, so rewards that legitimately start processes (the code
+reward's sandbox) are unaffected. A scorer that swallows the exception (a bare ``except:``) still
+cannot run the payload: the event is refused before the code runs, and :func:`blocked_events` reports
+it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+
+#: audit events refused while a guard is active (``exec`` is decided by the code object's origin)
+FORBIDDEN_EVENTS: frozenset[str] = frozenset({
+    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
+    "subprocess.Popen", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
+    "pickle.find_class", "marshal.loads", "ctypes.dlopen", "ctypes.cdata", "code.__new__",
+    "function.__new__", "os.putenv", "os.unsetenv",
+})
+
+#: standard-library modules that generate and ``exec`` their own source (``namedtuple``, ``@dataclass``);
+#: a lazy import during scoring may run them, and they never see model text
+_CODEGEN_CALLERS: tuple[str, ...] = ("/collections/__init__.py", "/dataclasses.py")
+
+
+class CodeExecutionBlocked(RuntimeError):
+    """Raised inside a guarded scorer when it tries to evaluate code or cause a side effect."""
+
+
+_local = threading.local()
+_installed = False
+_install_lock = threading.Lock()
+
+
+def _from_file(filename: str) -> bool:
+    return bool(filename) and (not filename.startswith("<") or filename.startswith("<frozen "))
+
+
+def _hook(event: str, args: tuple) -> None:
+    if not getattr(_local, "depth", 0):
+        return
+    if event == "exec":
+        code = args[0] if args else None
+        filename = getattr(code, "co_filename", "")
+        if _from_file(filename) or sys._getframe(1).f_code.co_filename.endswith(_CODEGEN_CALLERS):
+            return
+        why = f"exec of code compiled from {filename or 'a string'!r}"
+    elif event in FORBIDDEN_EVENTS:
+        why = event
+    else:
+        return
+    _local.blocked.append(why)
+    raise CodeExecutionBlocked(f"blocked while scoring: {why}")
+
+
+def _install() -> None:
+    global _installed
+    with _install_lock:
+        if not _installed:
+            sys.addaudithook(_hook)
+            _installed = True
+
+
+@contextlib.contextmanager
+def no_code_execution() -> Iterator[list[str]]:
+    """Run the body with code evaluation and side effects refused; yields the list of refused events.
+
+    Example::
+
+        with no_code_execution() as blocked:
+            value = scorer(answer, entry)
+        if blocked:
+            ...  # the scorer tried to evaluate something: do not trust ``value``
+
+    Nested guards share the outer guard's list.
+    """
+    _install()
+    depth = getattr(_local, "depth", 0)
+    if depth == 0:
+        _local.blocked = []
+    blocked = _local.blocked
+    _local.depth = depth + 1
+    try:
+        yield blocked
+    finally:
+        _local.depth = depth
+
+
+def guard_active() -> bool:
+    """Whether the calling thread is inside :func:`no_code_execution`."""
+    return bool(getattr(_local, "depth", 0))
