@@ -12,11 +12,15 @@ version adds. Inside :func:`no_code_execution`, a process-wide audit hook (PEP 5
   ``"<frozen ...>"``), which stays allowed so that lazy imports keep working.
 * starting processes (``os.system``, ``os.exec*``, ``os.posix_spawn``, ``os.spawn*``, ``os.fork``,
   ``subprocess.Popen``), sending signals (``os.kill``, ``os.killpg``), opening or binding sockets,
-  unpickling classes (``pickle.find_class``), ``marshal.loads``, loading shared libraries
+  unpickling classes (``pickle.find_class``), loading shared libraries
   (``ctypes.dlopen``) and building code or function objects by hand (``code.__new__``,
-  ``function.__new__``).
+  ``function.__new__``);
+* patching a class or a function: CPython raises ``object.__setattr__``/``object.__delattr__`` when
+  an attribute of a *type* is set or deleted and when a function's ``__code__``/``__defaults__`` is
+  replaced (module attributes are not audited; :mod:`nemo_prorl.rewards.rgym` fingerprints those).
 
-The hook stays installed for the life of the process (audit hooks cannot be removed) but acts only
+The hook is installed when this module is imported and stays for the life of the process (audit hooks
+cannot be removed), but it acts only
 while a guard is active in the calling thread, so rewards that legitimately start processes (the code
 reward's sandbox) are unaffected. A scorer that swallows the exception (a bare ``except:``) still
 cannot run the payload: the event is refused before the code runs, and :func:`blocked_events` reports
@@ -34,13 +38,16 @@ from collections.abc import Iterator
 FORBIDDEN_EVENTS: frozenset[str] = frozenset({
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
     "subprocess.Popen", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
-    "pickle.find_class", "marshal.loads", "ctypes.dlopen", "ctypes.cdata", "code.__new__",
-    "function.__new__", "os.putenv", "os.unsetenv",
+    "pickle.find_class", "ctypes.dlopen", "ctypes.cdata", "code.__new__",
+    "function.__new__", "os.putenv", "os.unsetenv", "object.__setattr__", "object.__delattr__",
 })
 
-#: standard-library modules that generate and ``exec`` their own source (``namedtuple``, ``@dataclass``);
-#: a lazy import during scoring may run them, and they never see model text
-_CODEGEN_CALLERS: tuple[str, ...] = ("/collections/__init__.py", "/dataclasses.py")
+#: modules that generate and ``exec`` their own source from fixed templates (``namedtuple``,
+#: ``@dataclass``; sympy's monomial arithmetic, built per number of generators the first time a
+#: polynomial ring of that size is used, e.g. inside ``simplify``); they never see model text
+_CODEGEN_CALLERS: tuple[str, ...] = (
+    "/collections/__init__.py", "/dataclasses.py", "/sympy/polys/monomials.py",
+)
 
 
 class CodeExecutionBlocked(RuntimeError):
@@ -48,8 +55,6 @@ class CodeExecutionBlocked(RuntimeError):
 
 
 _local = threading.local()
-_installed = False
-_install_lock = threading.Lock()
 
 
 def _from_file(filename: str) -> bool:
@@ -73,14 +78,6 @@ def _hook(event: str, args: tuple) -> None:
     raise CodeExecutionBlocked(f"blocked while scoring: {why}")
 
 
-def _install() -> None:
-    global _installed
-    with _install_lock:
-        if not _installed:
-            sys.addaudithook(_hook)
-            _installed = True
-
-
 @contextlib.contextmanager
 def no_code_execution() -> Iterator[list[str]]:
     """Run the body with code evaluation and side effects refused; yields the list of refused events.
@@ -94,7 +91,6 @@ def no_code_execution() -> Iterator[list[str]]:
 
     Nested guards share the outer guard's list.
     """
-    _install()
     depth = getattr(_local, "depth", 0)
     if depth == 0:
         _local.blocked = []
@@ -109,3 +105,7 @@ def no_code_execution() -> Iterator[list[str]]:
 def guard_active() -> bool:
     """Whether the calling thread is inside :func:`no_code_execution`."""
     return bool(getattr(_local, "depth", 0))
+
+
+# Installed at import (the hook is inert outside a guard), so this module's globals never change after.
+sys.addaudithook(_hook)

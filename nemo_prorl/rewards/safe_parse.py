@@ -362,15 +362,14 @@ SYMPY_FUNCTIONS: tuple[str, ...] = (
 #: sympy constants by name
 SYMPY_CONSTANTS: tuple[str, ...] = ("E", "pi", "I", "oo")
 
-_SYMPY_NAMESPACE: frozenset[str] | None = None
+_SYMPY_NAMESPACE: set[str] = set()  # filled on first use (module globals never change after import)
 
 
-def _sympy_namespace() -> frozenset[str]:
-    global _SYMPY_NAMESPACE
-    if _SYMPY_NAMESPACE is None:
+def _sympy_namespace() -> set[str]:
+    if not _SYMPY_NAMESPACE:
         import sympy
 
-        _SYMPY_NAMESPACE = frozenset(getattr(sympy, "__all__", dir(sympy)))
+        _SYMPY_NAMESPACE.update(getattr(sympy, "__all__", dir(sympy)))
     return _SYMPY_NAMESPACE
 
 
