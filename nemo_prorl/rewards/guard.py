@@ -9,7 +9,10 @@ version adds. Inside :func:`no_code_execution`, a process-wide audit hook (PEP 5
 * ``exec`` of a code object that was not loaded from a file. ``eval``/``exec`` of a string (and so
   sympy's ``parse_expr``/``sympify`` of a string) raise the ``exec`` audit event with a code object
   whose ``co_filename`` is ``"<string>"``; module imports raise it with the module's real path (or
-  ``"<frozen ...>"``), which stays allowed so that lazy imports keep working.
+  ``"<frozen ...>"``), which stays allowed so that lazy imports keep working. Two exceptions, neither
+  of which ever sees model text: code executed while a module is being imported (a lazily imported
+  module's top level may ``sympify`` constant strings: ``sympy.physics.units`` does, and ``simplify``
+  imports it on demand), and the template code generators in :data:`_CODEGEN_CALLERS`.
 * starting processes (``os.system``, ``os.exec*``, ``os.posix_spawn``, ``os.spawn*``, ``os.fork``,
   ``subprocess.Popen``), sending signals (``os.kill``, ``os.killpg``), opening or binding sockets,
   unpickling classes (``pickle.find_class``), loading shared libraries
@@ -33,6 +36,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 #: audit events refused while a guard is active (``exec`` is decided by the code object's origin)
 FORBIDDEN_EVENTS: frozenset[str] = frozenset({
@@ -61,13 +65,24 @@ def _from_file(filename: str) -> bool:
     return bool(filename) and (not filename.startswith("<") or filename.startswith("<frozen "))
 
 
+def _in_import_or_codegen(frame: Any) -> bool:
+    """Whether the exec comes from a template code generator or runs inside a module's import."""
+    if frame.f_code.co_filename.endswith(_CODEGEN_CALLERS):
+        return True
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _hook(event: str, args: tuple) -> None:
     if not getattr(_local, "depth", 0):
         return
     if event == "exec":
         code = args[0] if args else None
         filename = getattr(code, "co_filename", "")
-        if _from_file(filename) or sys._getframe(1).f_code.co_filename.endswith(_CODEGEN_CALLERS):
+        if _from_file(filename) or _in_import_or_codegen(sys._getframe(1)):
             return
         why = f"exec of code compiled from {filename or 'a string'!r}"
     elif event in FORBIDDEN_EVENTS:
