@@ -18,9 +18,9 @@ version adds. Inside :func:`no_code_execution`, a process-wide audit hook (PEP 5
   unpickling classes (``pickle.find_class``), loading shared libraries
   (``ctypes.dlopen``) and building code or function objects by hand (``code.__new__``,
   ``function.__new__``);
-* patching a class or a function: CPython raises ``object.__setattr__``/``object.__delattr__`` when
-  an attribute of a *type* is set or deleted and when a function's ``__code__``/``__defaults__`` is
-  replaced (module attributes are not audited; :mod:`nemo_prorl.rewards.rgym` fingerprints those).
+* replacing a function's code: CPython raises ``object.__setattr__`` when a function's ``__code__``
+  (or ``__defaults__``...) is replaced. Setting attributes of modules and of ordinary classes is not
+  audited; :mod:`nemo_prorl.rewards.rgym` fingerprints the scorer's class and module instead.
 
 The hook is installed when this module is imported and stays for the life of the process (audit hooks
 cannot be removed), but it acts only

@@ -238,7 +238,7 @@ class ReasoningGymReward(Reward):
         gold = entry.get("answer")
         if isinstance(exc, GoldParseError):
             return RewardResult(0.0, "error", info)
-        if gold is None and isinstance(entry.get("metadata"), Mapping):
+        if "answer" in entry and gold is None and isinstance(entry.get("metadata"), Mapping):
             # boxnet, graph_color, rubiks_cube... check the answer against the metadata; no reference
             info["reason"] += " (the task has no reference answer: counted as a wrong answer)"
             return RewardResult(0.0, "ok", info)
