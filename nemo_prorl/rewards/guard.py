@@ -17,17 +17,18 @@ version adds. Inside :func:`no_code_execution`, a process-wide audit hook (PEP 5
   ``subprocess.Popen``), sending signals (``os.kill``, ``os.killpg``), opening or binding sockets,
   unpickling classes (``pickle.find_class``), loading shared libraries
   (``ctypes.dlopen``) and building code or function objects by hand (``code.__new__``,
-  ``function.__new__``);
-* replacing a function's code: CPython raises ``object.__setattr__`` when a function's ``__code__``
-  (or ``__defaults__``...) is replaced. Setting attributes of modules and of ordinary classes is not
-  audited; :mod:`nemo_prorl.rewards.rgym` fingerprints the scorer's class and module instead.
+  ``function.__new__``).
+
+Patches to modules, classes or functions are not refused here (``object.__setattr__`` is audited only
+for a few special attributes, and sympy sets some of those legitimately while simplifying);
+:mod:`nemo_prorl.rewards.rgym` fingerprints the scorer's class, module and code objects after each row
+instead.
 
 The hook is installed when this module is imported and stays for the life of the process (audit hooks
-cannot be removed), but it acts only
-while a guard is active in the calling thread, so rewards that legitimately start processes (the code
-reward's sandbox) are unaffected. A scorer that swallows the exception (a bare ``except:``) still
-cannot run the payload: the event is refused before the code runs, and :func:`blocked_events` reports
-it afterwards.
+cannot be removed), but it acts only while a guard is active in the calling thread, so rewards that
+legitimately start processes (the code reward's sandbox) are unaffected. A scorer that swallows the
+exception (a bare ``except:``) still cannot run the payload: the event is refused before the code
+runs, and the list that :func:`no_code_execution` yields reports it afterwards.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ FORBIDDEN_EVENTS: frozenset[str] = frozenset({
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
     "subprocess.Popen", "socket.__new__", "socket.connect", "socket.bind", "socket.sendto",
     "pickle.find_class", "ctypes.dlopen", "ctypes.cdata", "code.__new__",
-    "function.__new__", "os.putenv", "os.unsetenv", "object.__setattr__", "object.__delattr__",
+    "function.__new__", "os.putenv", "os.unsetenv",
 })
 
 #: modules that generate and ``exec`` their own source from fixed templates (``namedtuple``,

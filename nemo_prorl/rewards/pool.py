@@ -84,6 +84,9 @@ class RewardPool:
 
     """
 
+    #: module run as each worker (``python -m``)
+    worker_module = "nemo_prorl.rewards.worker"
+
     def __init__(self, config: RewardsConfig | None = None) -> None:
         self.config = config or RewardsConfig()
         self.config.validate()
@@ -128,7 +131,7 @@ class RewardPool:
 
     def _spawn(self, kind: str = "user") -> _Worker:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nemo_prorl.rewards.worker"],
+            [sys.executable, "-m", self.worker_module],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.worker_env(), start_new_session=True,
             cwd=self._home,
         )

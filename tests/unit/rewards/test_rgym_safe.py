@@ -111,18 +111,17 @@ def test_guard_refuses_an_upstream_eval_path(tmp_path, monkeypatch):
     assert reward.score(f"<answer>{row['entry']['answer']}</answer>", row).score == 1.0
 
 
-def test_guard_refuses_processes_code_swaps_and_string_code():
-    def target():
-        return 1
+def test_guard_refuses_processes_unpickling_and_string_code():
+    import pickle
 
     with no_code_execution() as blocked:
         with pytest.raises(CodeExecutionBlocked):
             os.system("true")
         with pytest.raises(CodeExecutionBlocked):
-            target.__code__ = (lambda: 2).__code__
+            pickle.loads(pickle.dumps(pytest.raises))  # any class lookup while unpickling is refused
         with pytest.raises(CodeExecutionBlocked):
             eval("1 + 1")  # noqa: S307 - a constant, to show the guard refuses any string code
-    assert target() == 1 and len(blocked) == 3
+    assert len(blocked) == 3
     assert eval("1 + 1") == 2  # noqa: S307 - outside a guard nothing is refused
 
 
