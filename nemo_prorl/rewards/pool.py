@@ -267,7 +267,21 @@ class RewardPool:
                 elif not w.ready and now > w.started + cfg.load_timeout_s:
                     self._kill(w)
                     self._note_start_failure("did not start within load_timeout_s")
+        self._drain(out)
         return [r for r in out if r is not None]
+
+    def _drain(self, out: list[ScoredRow | None]) -> None:
+        """Read what idle workers already sent: anything there is out of protocol (e.g. a second result)."""
+        for key, _ in self._sel.select(timeout=0):
+            w = key.data
+            if w not in self._workers or not w.ready or w.task is not None:
+                continue
+            try:
+                w.buf.extend(os.read(w.proc.stdout.fileno(), 1 << 16))
+            except BlockingIOError:
+                continue
+            if w.buf.strip():
+                self._on_tampered(w, out, "a message after its sample's result")
 
     def _note_start_failure(self, why: str) -> None:
         self._start_failures += 1
