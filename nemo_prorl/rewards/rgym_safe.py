@@ -228,9 +228,45 @@ def score_integration(answer: str, entry: dict) -> float:
         return 0.0
     integrand = _gold(parse_sympy, metadata["integrand"], {var: x})
     try:
+        if _clearly_not_antiderivative(user, integrand, x):
+            return 0.0
         return 1.0 if sympy.simplify(sympy.diff(user, x) - integrand) == 0 else 0.0
     except Exception:
         return 0.0
+
+
+#: points where a candidate antiderivative is checked numerically before ``simplify`` is tried
+_PROBES = (0.3183098861837907, 0.7390851332151607, 1.4142135623730951, 2.718281828459045)
+
+
+def _clearly_not_antiderivative(user: Any, integrand: Any, x: Any) -> bool:
+    """Whether ``d(user)/dx`` differs from ``integrand`` at one of a few points (central differences).
+
+    ``simplify`` on a wrong hostile answer can take minutes (``Abs(x)/sinh(x)/atan(x)**2`` took 180 s);
+    a clear numerical difference at one point decides "not an antiderivative" in milliseconds, as
+    ``simplify(diff(user) - integrand) == 0`` would: a function whose derivative differs from the
+    integrand at a point is not an antiderivative. The answer is evaluated to 60 digits at ``p +- h``
+    with ``h = 1e-15`` (truncation error about ``h**2``), and a difference must exceed
+    ``1e-6 * (1 + |integrand|)``. Points where either side is undefined, infinite or not a number
+    decide nothing; then, and for every correct answer, ``simplify`` decides as before.
+    """
+    import sympy
+
+    others = sorted(user.free_symbols - {x}, key=str)
+    h = sympy.Float("1e-15", 80)
+    for k, p in enumerate(_PROBES):
+        point = sympy.Float(p, 80)
+        fixed = {sym: sympy.Float(p + 0.1 * (j + 1) + 0.01 * k, 80) for j, sym in enumerate(others)}
+        hi = user.evalf(60, subs={**fixed, x: point + h})
+        lo = user.evalf(60, subs={**fixed, x: point - h})
+        want = integrand.evalf(60, subs={x: point})
+        values = (hi, lo, want)
+        if not all(v.is_number and not v.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo) for v in values):
+            continue
+        gap = complex((hi - lo) / (2 * h) - want)
+        if abs(gap) > 1e-6 * (1 + abs(complex(want))):
+            return True
+    return False
 
 
 #: task -> scorer that reads the answer without evaluating it

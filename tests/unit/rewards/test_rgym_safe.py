@@ -158,3 +158,16 @@ def test_scorer_raising_on_a_wrong_answer_is_a_wrong_answer_not_a_fault():
     del broken["entry"]["answer"]
     res = ReasoningGymReward().score("<answer>12</answer>", broken)
     assert res.status == "error" and "KeyError" in res.info["reason"]
+
+
+def test_wrong_integration_answers_do_not_reach_a_slow_simplify():
+    # sympy's simplify took 180 s on the first of these; the numerical pre-check rejects them at once
+    import time
+
+    e = json.loads(json.dumps(reasoning_gym.create_dataset("simple_integration", size=1, seed=11)[0]))
+    v = e["metadata"]["variable"]
+    for answer in (f"Abs({v})/sinh({v})/atan({v})**2", f"asin({v}/2)/sinh({v}) + {v}"):
+        t0 = time.perf_counter()
+        assert SAFE_SCORERS["simple_integration"](answer, e) == 0.0
+        assert time.perf_counter() - t0 < 2.0
+    assert SAFE_SCORERS["simple_integration"](e["answer"].replace("+ C", "+ K*C + 5"), e) == 1.0
