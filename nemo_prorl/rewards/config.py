@@ -14,7 +14,8 @@ class RewardsConfig:
     """Options of the reward worker pool and of every reward domain.
 
     Attributes:
-        num_workers: reward worker processes (each scores one sample at a time).
+        num_workers: reward worker processes (each scores one sample at a time). When the pool runs
+            as root, rows of ``privileged_domains`` get up to this many workers of their own.
         timeout_s: hard wall-clock deadline per sample, enforced by the parent: a worker still busy
             after it is SIGKILLed and replaced, and the sample gets status ``timeout``.
         load_timeout_s: extra time granted the first time a worker loads a domain (imports such as

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nemo_prorl
-from nemo_prorl.rewards.base import RewardResult
+from nemo_prorl.rewards.base import RewardResult, registered_rewards
 from nemo_prorl.rewards.config import RewardsConfig
 
 _MAX_START_FAILURES = 5
@@ -101,6 +101,7 @@ class RewardPool:
             os.chown(self._home, *self._ids)
         #: domains seen so far; new workers build their rewards before dropping privileges
         self._domains: set[str] = set()
+        self._registered = frozenset(registered_rewards())
         self._warned_root = False
         #: counts of replaced workers, for logging/metrics
         self.restarts = {"timeout": 0, "died": 0, "tainted": 0}
@@ -211,7 +212,7 @@ class RewardPool:
                 done += 1
                 continue
             pending[self._kind(row)].append(i)
-            if isinstance(row, dict) and isinstance(row.get("domain"), str):
+            if isinstance(row, dict) and row.get("domain") in self._registered:
                 self._domains.add(row["domain"])
         attempts = [0] * n
         cfg = self.config
