@@ -160,3 +160,16 @@ def test_patched_scorer_restarts_the_worker_before_the_next_row(tmp_path):
     assert res[1].status == "violation" and res[1].score == 0.0  # the patched scorer is caught
     assert res[2].status == "ok" and res[2].score == 0.0  # a fresh worker: the patch is gone
     assert res[3].score == 1.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="worker kinds split only when the pool runs as root")
+def test_code_rows_get_their_own_root_workers():
+    fence = "`" * 3
+    code = {"domain": "code", "response": f"{fence}python\nprint(sum(map(int, input().split())))\n{fence}",
+            "tests": [{"input": "1 2\n", "output": "3\n"}]}
+    cfg = RewardsConfig(num_workers=1, code_sandbox={"allow_unsafe": False})
+    with RewardPool(cfg) as pool:
+        res = pool.score([math_row(4), code, math_row(5)])
+        kinds = {w.kind: pool.worker_uids[w.proc.pid] for w in pool._workers}
+    assert [r.score for r in res] == [1.0, 1.0, 1.0], res
+    assert kinds["root"] == 0 and set(kinds) == {"root", "user"}
