@@ -247,11 +247,14 @@ def _clearly_not_antiderivative(user: Any, integrand: Any, x: Any) -> bool:
     ``simplify(diff(user) - integrand) == 0`` would: a function whose derivative differs from the
     integrand at a point is not an antiderivative. The answer is evaluated to 60 digits at ``p +- h``
     with ``h = 1e-15`` (truncation error about ``h**2``), and a difference must exceed
-    ``1e-6 * (1 + |integrand|)``. Points where either side is undefined, infinite or not a number
-    decide nothing; then, and for every correct answer, ``simplify`` decides as before.
+    ``1e-6 * (1 + |integrand|)``. Points where either side is undefined, infinite or not a number,
+    and answers holding an unevaluated ``Integral``, decide nothing; then, and for every correct
+    answer, ``simplify`` decides as before.
     """
     import sympy
 
+    if user.has(sympy.Integral):  # evalf would integrate numerically: not the antiderivative's value
+        return False
     others = sorted(user.free_symbols - {x}, key=str)
     h = sympy.Float("1e-15", 80)
     for k, p in enumerate(_PROBES):

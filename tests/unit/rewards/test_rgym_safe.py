@@ -171,3 +171,15 @@ def test_wrong_integration_answers_do_not_reach_a_slow_simplify():
         assert SAFE_SCORERS["simple_integration"](answer, e) == 0.0
         assert time.perf_counter() - t0 < 2.0
     assert SAFE_SCORERS["simple_integration"](e["answer"].replace("+ C", "+ K*C + 5"), e) == 1.0
+
+
+def test_agrees_on_answers_holding_an_unevaluated_integral():
+    # intermediate_integration references such as "-Integral(x**2*cos(x), x) + C" (entries 3 and 10 of
+    # seed 7): the numerical pre-check must not decide them
+    original = reasoning_gym.get_score_answer_fn("intermediate_integration")
+    ds = reasoning_gym.create_dataset("intermediate_integration", size=40, seed=7)
+    for i in (3, 10):
+        entry = json.loads(json.dumps(ds[i]))
+        assert "Integral" in entry["answer"]
+        for answer in variants("intermediate_integration", entry)[:8]:
+            assert SAFE_SCORERS["intermediate_integration"](answer, entry) == original(answer, entry), answer
