@@ -2,11 +2,13 @@
 
 Every non-blank input line yields exactly one output line, in input order: the input object plus
 ``reward`` (float), ``status`` (``ok``/``no_answer``/``timeout``/``error``/``violation``) and
-``reward_info``. A line that is not UTF-8, not JSON, not an object, misses a field, names an unknown
-domain or carries bad ground truth gets ``status: error`` and ``error``: a reason naming the file, the
-1-based line and the field. The exit code is the number of lines that failed validation (capped at
-255); 0 when all were valid. The output is streamed to a temporary file next to ``--output`` and
-renamed into place at the end, so a reader never sees half a file.
+``reward_info``. A line that is not UTF-8, not JSON (including JSON nested too deep or integers past
+Python's digit limit), longer than ``--max-row-bytes``, not an object, misses a field, names an
+unknown domain or carries bad ground truth gets ``status: error`` and ``error``: a reason naming the
+file, the 1-based line and the field. No row makes the command crash. The exit code is the number
+of lines that failed validation (capped at 255); 0 when all were valid. The output is streamed to a
+temporary file next to ``--output`` and renamed into place at the end, so a reader never sees half a
+file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rewards-config", default=None,
                    help="YAML/JSON file with RewardsConfig fields (num_workers, timeout_s, domains, ...)")
     p.add_argument("--chunk", type=int, default=256, help="rows scored per batch (memory bound)")
+    p.add_argument("--max-row-bytes", type=int, default=MAX_ROW_BYTES,
+                   help="longer lines become error rows without being parsed (default 64 MiB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -53,24 +57,69 @@ def _load_config(args: argparse.Namespace) -> RewardsConfig:
     return RewardsConfig.from_dict(data)
 
 
-def _read_rows(path: str) -> Iterator[tuple[int, Any, str | None]]:
+MAX_ROW_BYTES = 64 << 20
+
+
+def _lines(f: Any, max_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """``(line, too_long)`` for each line of a binary file; a line past ``max_bytes`` is skipped unread."""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) <= max_bytes or raw.endswith(b"\n"):
+            yield raw, False
+            continue
+        while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield raw[:64], True
+
+
+def _decode_row(raw: bytes) -> tuple[Any, str | None]:
+    """``(object, None)`` or ``(None, reason)`` for one line; never raises."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"<row>: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"<row>: not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "<row>: JSON nested too deeply"
+    except (ValueError, MemoryError) as exc:  # e.g. an integer past Python's digit limit
+        return None, f"<row>: unreadable JSON ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _read_rows(path: str, max_bytes: int = MAX_ROW_BYTES) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, decoded_object_or_None, error_or_None)`` for each non-blank line."""
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, (raw, too_long) in enumerate(_lines(f, max_bytes), start=1):
+            if too_long:
+                yield lineno, None, f"<row>: longer than {max_bytes} bytes (--max-row-bytes)"
+                continue
             if not raw.strip():
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, None, (f"<row>: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-                                     f"{exc.start})")
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"<row>: not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            yield lineno, obj, None
+            obj, err = _decode_row(raw)
+            yield lineno, obj, err
+
+
+def _dump_line(row: dict[str, Any], lineno: int) -> str:
+    """One output line; a row that cannot be written back whole is replaced by its error fields."""
+    try:
+        text = json.dumps(row, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates in a string: escape them
+        return json.dumps(row, default=str)
+    except (ValueError, TypeError, RecursionError) as exc:
+        slim = {k: row[k] for k in ("reward", "status", "reward_info", "error") if k in row}
+        slim["line"] = lineno
+        slim.setdefault("error", f"row cannot be written back: {type(exc).__name__}")
+        try:
+            return json.dumps(slim, default=str)
+        except (ValueError, TypeError, RecursionError):
+            return json.dumps({"line": lineno, "reward": 0.0, "status": "error", "reward_info": {},
+                               "error": "row cannot be written back"})
 
 
 def _count_lines(path: str) -> int:
@@ -104,7 +153,7 @@ class _Summary:
 
 
 def score_file(in_path: str, out_path: str, config: RewardsConfig, chunk: int = 256,
-               progress: bool = True) -> _Summary:
+               progress: bool = True, max_row_bytes: int = MAX_ROW_BYTES) -> _Summary:
     """Score ``in_path`` into ``out_path`` (atomically); returns the per-domain/status summary."""
     summary = _Summary()
     out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -143,12 +192,12 @@ def score_file(in_path: str, out_path: str, config: RewardsConfig, chunk: int = 
                             reason = res.result.info.get("reason", "reward error")
                             row["error"] = f"{in_path}:{lineno}: {reason}"
                     summary.add(obj.get("domain") if isinstance(obj, dict) else None, row["status"])
-                    out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    out.write(_dump_line(row, lineno) + "\n")
                 if bar is not None:
                     bar.update(batch[-1][0] - bar.n if batch else 0)
                 batch.clear()
 
-            for item in _read_rows(in_path):
+            for item in _read_rows(in_path, max_row_bytes):
                 batch.append(item)
                 if len(batch) >= chunk:
                     flush()
@@ -178,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nemo-prorl score: bad configuration: {exc}", file=sys.stderr)
         return 2
     summary = score_file(args.input, args.output, config, chunk=max(1, args.chunk),
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, max_row_bytes=max(1, args.max_row_bytes))
     print(summary.table(), file=sys.stderr)
     if summary.invalid:
         print(f"{summary.invalid} row(s) failed validation; see the 'error' field in {args.output}",

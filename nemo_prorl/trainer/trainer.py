@@ -41,6 +41,7 @@ from nemo_prorl.algorithms.dynamic_sampling import (
 from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
+from nemo_prorl.rewards.pool import is_grader_fault
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
 from nemo_prorl.trainer.preflight import (
@@ -53,6 +54,11 @@ from nemo_prorl.trainer.resets import ResetController
 
 #: metrics of the loss that are sums of globally normalised terms (already correct after the engine's sum)
 _NORMALISED = ("pg_loss", "kl_loss", "entropy", "token_mult_prob_error")
+
+
+def _status_rate(results: list, status: str) -> float:
+    """Fraction of reward results with ``status`` (0.0 for none)."""
+    return sum(r.status == status for r in results) / max(1, len(results))
 
 
 def skip_old_logprobs(mode: str, updates_per_batch: int, policy: Any) -> bool:
@@ -458,17 +464,18 @@ class ProRLTrainer:
         groups, stats = buf.pop_batch()
         if stats.partial:  # a short batch: its last mini-batch must still split over the DP ranks
             groups = groups[:dp_divisible_groups(len(groups), self._n, tc.mini_batch_prompts, self.dp_size)]
-        bad = sum(r.status in ("error", "timeout") for r in all_results)
+        bad = sum(map(is_grader_fault, all_results))  # the policy's timeouts/violations are not faults
         generated = [float(r.score) for r in all_results]
         metrics = {"time/generate": t_gen, "time/score": t_score,
                    "reward/error_rate": bad / max(1, len(all_results)),
+                   "reward/timeout_rate": _status_rate(all_results, "timeout"),
+                   "reward/violation_rate": _status_rate(all_results, "violation"),
                    # mean over every generated sample, before dynamic sampling keeps the informative
                    # groups (reward/mean is over the kept groups, which drifts toward 0.5 by design)
                    "reward/generated_mean": sum(generated) / max(1, len(generated))}
         metrics.update(stats.as_metrics())
         if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
-            failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results)
-                       if r.status in ("error", "timeout")][:5]
+            failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results) if is_grader_fault(r)][:5]
             metrics["_failing"] = json.dumps(failing, default=str)[:2000]
         return groups, metrics
 
@@ -696,7 +703,7 @@ class ProRLTrainer:
                     self.error_steps_in_row += 1
                     if self.error_steps_in_row >= cfg.rewards.error_window_steps:
                         raise TrainingError(
-                            f"reward error/timeout rate {rmetrics['reward/error_rate']:.1%} above "
+                            f"reward error rate {rmetrics['reward/error_rate']:.1%} above "
                             f"rewards.max_error_rate={cfg.rewards.max_error_rate} for "
                             f"{self.error_steps_in_row} steps; failing rows: {failing}")
                 else:

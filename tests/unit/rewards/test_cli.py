@@ -111,3 +111,25 @@ def test_bad_arguments(tmp_path, capsys):
     assert "num_workers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--input", str(src)])
+
+
+def test_unreadable_rows_become_error_rows_never_a_crash(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    deep = b"[" * 300000 + b"]" * 300000 + b"\n"  # json.loads raises RecursionError
+    huge_int = b'{"domain": "math", "response": "x", "answer": ' + b"9" * 5000 + b"}\n"  # digit limit
+    long_row = b'{"domain": "math", "response": "' + b"a" * 2_000_000 + b'", "answer": "1"}\n'
+    deep_field = json.dumps({"domain": "math", "response": "\\boxed{1}", "answer": "1",
+                             "extra": json.loads("[" * 500 + "]" * 500)}).encode() + b"\n"
+    surrogate = b'{"domain": "math", "response": "\\ud800 \\\\boxed{2}", "answer": "2"}\n'  # lone surrogate
+    write(src, [deep, huge_int, long_row, b'"just a string"\n', b"{}\n", deep_field, surrogate,
+                {"domain": "math", "response": "\\boxed{3}", "answer": "3"}])
+    rc = main(["--input", str(src), "--output", str(dst), "--workers", "1", "--no-progress",
+               "--max-row-bytes", "1000000"])
+    rows = read(dst)
+    assert len(rows) == 8 and rc == 5
+    assert "nested too deeply" in rows[0]["error"] and rows[0]["line"] == 1
+    assert "unreadable JSON" in rows[1]["error"] and "longer than 1000000 bytes" in rows[2]["error"]
+    assert rows[3]["status"] == "error" and "field 'domain': missing" in rows[4]["error"]
+    assert rows[5]["status"] == "ok" and rows[5]["reward"] == 1.0  # deep but readable: scored
+    assert rows[6]["status"] == "ok" and rows[6]["reward"] == 1.0 and rows[6]["response"].startswith("\ud800")
+    assert rows[7]["reward"] == 1.0

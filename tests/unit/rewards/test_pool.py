@@ -8,6 +8,7 @@ import time
 import pytest
 
 from nemo_prorl.rewards import RewardPool, RewardResult, RewardsConfig, error_rate
+from nemo_prorl.rewards.pool import is_grader_fault
 
 
 def math_row(i, resp=None):
@@ -169,14 +170,18 @@ def test_config_validation():
         RewardsConfig(domain_timeout_s={"math": 0}).validate()
 
 
-def test_error_rate():
+def test_error_rate_counts_only_grader_faults():
+    # the policy's own timeouts, violations and missing answers are zero rewards, not grader faults:
+    # a policy that writes slow or hostile output must not reach rewards.max_error_rate
     res = [
         RewardResult(1.0),
         RewardResult(0.0, "error"),
         RewardResult(0.0, "timeout"),
         RewardResult(0.0, "no_answer"),
+        RewardResult(0.0, "violation"),
     ]
-    assert error_rate(res) == pytest.approx(0.5)
+    assert error_rate(res) == pytest.approx(1 / 5)
+    assert [is_grader_fault(r) for r in res] == [False, True, False, False, False]
     assert error_rate([]) == 0.0
 
 

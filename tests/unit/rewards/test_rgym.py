@@ -69,10 +69,12 @@ def test_game_of_life_halting_hole_fixed():
     assert parse_bool(" TRUE. ") is True and parse_bool("no") is False and parse_bool("maybe") is None
 
 
-def test_scorer_exception_becomes_error():
+def test_scorer_exception_on_a_wrong_answer_is_a_zero_not_an_error():
+    # prime_factorization raises on "definitely wrong" but scores its own reference: the policy's answer
+    # is wrong (status ok, 0), not a grader fault (see test_rgym_safe.py for a broken row)
     row = rows("prime_factorization", n=1)[0]
     res = R.score("<answer>definitely wrong</answer>", row)
-    assert res.status == "error" and "raised" in res.info["reason"]
+    assert res.status == "ok" and res.score == 0.0 and "raised" in res.info["reason"]
 
 
 def test_unknown_task_and_missing_tag():
