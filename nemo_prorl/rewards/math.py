@@ -312,8 +312,14 @@ class MathReward(Reward):
         on_main = threading.current_thread() is threading.main_thread()
         timeout = self.mv_timeout_s if on_main else None
         mv = self._mv
-        gold_parsed = mv.parse("\\boxed{" + gold_clean + "}", parsing_timeout=timeout)
-        pred_parsed = mv.parse("\\boxed{" + pred_clean + "}", parsing_timeout=timeout)
+        # LaTeX extraction only: math-verify's plain-expression extraction (ExprExtractionConfig) hands
+        # the matched text to sympy's parse_expr, which evaluates it as Python; its LaTeX path parses with
+        # an ANTLR grammar and evaluates nothing. The answer is boxed, so the LaTeX path sees all of it.
+        latex_only = [mv.LatexExtractionConfig()]
+        gold_parsed = mv.parse("\\boxed{" + gold_clean + "}", extraction_config=latex_only,
+                               parsing_timeout=timeout)
+        pred_parsed = mv.parse("\\boxed{" + pred_clean + "}", extraction_config=latex_only,
+                               parsing_timeout=timeout)
         info["path"] = "math_verify"
         if not gold_parsed:
             info["reason"] = "reference answer could not be parsed"

@@ -184,3 +184,26 @@ def test_hostile_inputs_score_fast(name):
     assert time.perf_counter() - t < 1.0, name
     assert res.score == (1.0 if name == "unclosed boxes then an answer" else 0.0)
     assert res.status in ("ok", "no_answer")
+
+
+def test_math_verify_fallback_never_evaluates_text(monkeypatch):
+    """math-verify's plain-expression extraction calls sympy's ``parse_expr`` (math_verify/parser.py,
+    ``parse_expr_cached``), which evaluates a string as Python. The reward asks math-verify for LaTeX
+    extraction only (ANTLR grammar, no evaluation): with ``parse_expr`` made to fail, answers that go
+    to math-verify score as before, and a Python payload scores 0 without being evaluated."""
+    import math_verify.parser as mvp
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("math-verify evaluated text with parse_expr")
+
+    monkeypatch.setattr(mvp, "parse_expr", refuse)
+    mvp.parse_expr_cached.cache_clear()
+    r = MathReward()
+    paths = []
+    for gold, pred, want in [("\\sqrt[3]{8}", "2", 1.0), ("x\\sqrt{x}", "x^{3/2}", 1.0),
+                             ("2", "__import__('os').system('true')", 0.0),
+                             ("6", "(2*3)", 1.0)]:
+        res = r.score(f"\\boxed{{{pred}}}", {"domain": "math", "answer": gold})
+        assert res.score == want, (gold, pred, res)
+        paths.append(res.info.get("path"))
+    assert paths[:2] == ["math_verify", "math_verify"], paths
