@@ -98,7 +98,7 @@ def check_options(opts: dict[str, Any]) -> list[str]:
 
 @register_reward("reward_model")
 class RewardModelReward(Reward):
-    """Scores responses with a local Hugging Face Bradley-Terry reward model, batched.
+    r"""Scores responses with a local Hugging Face Bradley-Terry reward model, batched.
 
     Args:
         path: local directory of an ``AutoModelForSequenceClassification`` checkpoint (safetensors) and its
@@ -111,7 +111,7 @@ class RewardModelReward(Reward):
         shift, scale: ``z = (logit - shift) / scale`` before the squash (e.g. the RM's mean and std on
             reference responses).
         template: ``auto`` (chat template when the prompt is a message list and the tokenizer has one),
-            ``chat`` (always; a string prompt becomes one user message) or ``plain`` (``prompt\\nresponse``).
+            ``chat`` (always; a string prompt becomes one user message) or ``plain`` (``prompt\nresponse``).
 
     """
 
@@ -122,8 +122,9 @@ class RewardModelReward(Reward):
     def __init__(self, path: str = "", device: str = "cpu", batch_size: int = 8, max_length: int = 4096,
                  dtype: str = "float32", squash: str = "sigmoid", shift: float = 0.0, scale: float = 1.0,
                  template: str = "auto") -> None:
-        problems = check_options(dict(path=path, device=device, batch_size=batch_size, max_length=max_length,
-                                      dtype=dtype, squash=squash, shift=shift, scale=scale, template=template))
+        problems = check_options(dict(path=path, device=device, batch_size=batch_size,
+                                      max_length=max_length, dtype=dtype, squash=squash, shift=shift,
+                                      scale=scale, template=template))
         if problems:
             raise ValueError("; ".join(problems))
         self.path, self.device, self.batch_size, self.max_length = path, device, batch_size, max_length
@@ -198,7 +199,8 @@ class RewardModelReward(Reward):
         """A reward-model row needs nothing but a response; a prompt, when given, is text or messages."""
         prompt = row.get("prompt")
         if prompt is not None and not isinstance(prompt, (str, list)):
-            return [Problem("prompt", f"expected a string or a list of messages, got {type(prompt).__name__}")]
+            got = type(prompt).__name__
+            return [Problem("prompt", f"expected a string or a list of messages, got {got}")]
         return []
 
     def score_batch(self, responses: list[str], rows: list[dict]) -> list[RewardResult]:
