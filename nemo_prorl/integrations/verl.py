@@ -178,7 +178,8 @@ def code_tests(ground_truth: Any) -> tuple[list[dict], str | None]:
     return [{"input": text(i), "output": text(o)} for i, o in zip(inputs, outputs)], None
 
 
-def to_row(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
+def to_row(data_source: str, solution_str: str, ground_truth: Any,
+           extra_info: Mapping[str, Any] | None = None,
            domain_map: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The scoring row of one verl row (see the module docstring).
 
@@ -237,11 +238,12 @@ def _as_verl(result: RewardResult, domain: str, failure_score: float) -> dict[st
     return {"score": score, "status": result.status, "domain": domain}
 
 
-def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str],
+                        ground_truths: Sequence[Any],
                         extra_infos: Sequence[Mapping[str, Any] | None] | None = None, *,
                         rewards: Mapping[str, Any] | None = None, domain_map: Mapping[str, str] | None = None,
                         **_unused: Any) -> list[dict[str, Any]]:
-    """verl ``BatchRewardManager`` form: one ``{"score", "status", "domain"}`` dict per row, in order.
+    """The verl ``BatchRewardManager`` form: one ``{"score", "status", "domain"}`` dict per row, in order.
 
     Args:
         data_sources, solution_strs, ground_truths, extra_infos: as verl passes them (same length; verl
@@ -271,7 +273,7 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
 def compute_score(data_source: str, solution_str: str, ground_truth: Any,
                   extra_info: Mapping[str, Any] | None = None, *, rewards: Mapping[str, Any] | None = None,
                   domain_map: Mapping[str, str] | None = None, **_unused: Any) -> dict[str, Any]:
-    """verl ``NaiveRewardManager`` form: score one row; returns ``{"score", "status", "domain"}``.
+    """The verl ``NaiveRewardManager`` form: score one row; returns ``{"score", "status", "domain"}``.
 
     Goes through the same pool as :func:`compute_score_batch` (one sample in flight at a time; prefer
     the batch form, ``reward_model.reward_manager=batch``, for throughput). Extra keyword arguments

@@ -98,7 +98,8 @@ def test_naive_manager_call_every_verifiable_domain():
          _verl_extra(domain="ifeval"), 0.0),
     ]
     for ds, sol, gt, extra, want in cases:
-        out = compute_score(data_source=ds, solution_str=sol, ground_truth=gt, extra_info=extra, rewards=REWARDS)
+        out = compute_score(data_source=ds, solution_str=sol, ground_truth=gt, extra_info=extra,
+                            rewards=REWARDS)
         assert set(out) == {"score", "status", "domain"}, out
         assert out["score"] == want, (ds, sol, out)
     miss = compute_score(data_source="openai/gsm8k", solution_str="no answer", ground_truth="7",
@@ -160,7 +161,8 @@ def test_batch_mixes_reward_model_and_verifiable_rows(tmp_path):
 def test_import_pulls_in_neither_megatron_nor_torch():
     """A rewards-only user (verl) imports the rewards and this adapter without megatron-core or torch."""
     code = ("import sys, nemo_prorl.rewards, nemo_prorl.integrations.verl; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('megatron', 'torch', 'transformer_engine')]; "
+            "heavy = ('megatron', 'torch', 'transformer_engine'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in heavy]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
