@@ -160,7 +160,7 @@ def test_batch_mixes_reward_model_and_verifiable_rows(tmp_path):
 
 def test_import_pulls_in_neither_megatron_nor_torch():
     """A rewards-only user (verl) imports the rewards and this adapter without megatron-core or torch."""
-    code = ("import sys, nemo_prorl.rewards, nemo_prorl.integrations.verl; "
+    code = ("import sys, nemo_prorl.rewards, nemo_prorl.integrations.verl, nemo_prorl.integrations.nemo_rl; "
             "heavy = ('megatron', 'torch', 'transformer_engine'); "
             "bad = [m for m in sys.modules if m.split('.')[0] in heavy]; "
             "print(bad); sys.exit(1 if bad else 0)")
