@@ -73,13 +73,13 @@ def test_hand_computed_case():
     # another micro-batch holds 2 more tokens: the same sum divided by the global count 4
     loss4, _ = fn(data=data, global_valid_seqs=torch.tensor(2.0), global_valid_toks=torch.tensor(4.0),
                   next_token_logprobs=lp)
-    assert float(loss4) == pytest.approx(-0.15, abs=1e-6)
+    assert loss4.item() == pytest.approx(-0.15, abs=1e-6)
     k3 = [(1 / 1.5) + math.log(1.5) - 1, 2.0 - math.log(2.0) - 1]
     assert k3 == pytest.approx([0.0721318, 0.3068528], abs=1e-6)
     fn_kl = ProRLLossFn({"loss": {"clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1, "estimator": "k3"}})
     loss_kl, metrics_kl = fn_kl(data=data, global_valid_seqs=torch.tensor(1.0),
                                 global_valid_toks=torch.tensor(2.0), next_token_logprobs=lp)
-    assert float(loss_kl) == pytest.approx(-0.3 + 0.1 * sum(k3) / 2, abs=1e-6)
+    assert loss_kl.item() == pytest.approx(-0.3 + 0.1 * sum(k3) / 2, abs=1e-6)
     assert metrics_kl["kl_loss"] == pytest.approx(sum(k3) / 2, abs=1e-6)
     assert metrics["pg_loss"] == pytest.approx(-0.3, abs=1e-6) and metrics["num_valid_samples"] == 1.0
     loss_kl.backward()
