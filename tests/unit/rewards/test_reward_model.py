@@ -147,3 +147,14 @@ def test_mixed_math_and_reward_model_rows_in_one_pool_call(rm_dir):
     got = [res[1].score, res[2].score, res[4].score, res[5].score]
     assert got == pytest.approx(expect, abs=1e-6)
     assert scored[6].problems == [("response", "expected a string, got int")]
+
+
+@pytest.mark.gpu
+def test_cuda_device_matches_cpu(rm_dir):
+    """``device: cuda:0`` gives the CPU scores (float32; cuBLAS vs CPU GEMM differ only in rounding)."""
+    rows = _rows()
+    cpu = RewardModelReward(path=str(rm_dir), max_length=64).score_batch([r["response"] for r in rows], rows)
+    gpu = RewardModelReward(path=str(rm_dir), device="cuda:0", max_length=64, batch_size=3)
+    got = gpu.score_batch([r["response"] for r in rows], rows)
+    assert next(gpu._model.parameters()).device.type == "cuda"
+    assert [g.info["logit"] for g in got] == pytest.approx([c.info["logit"] for c in cpu], abs=1e-3)
