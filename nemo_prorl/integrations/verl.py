@@ -93,6 +93,23 @@ _GSM8K = re.compile(r"#### (-?[0-9.,]+)")
 _DAPO = re.compile(r"(?im)^[ \t]*Answer[ \t]*:[ \t]*(.+?)[ \t]*$")
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON-like Python (lists, dicts, Python numbers).
+
+    verl's ``non_tensor_batch`` holds parquet columns as numpy object arrays, and Hydra's ``reward_kwargs``
+    nest OmegaConf containers; neither survives the pool's JSON protocol as is.
+    """
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return plain(value.tolist())
+    if isinstance(value, Sequence):
+        return [plain(v) for v in value]
+    return value
+
+
 def domain_of(data_source: str, extra_info: Mapping[str, Any] | None = None,
               domain_map: Mapping[str, str] | None = None) -> str:
     """Our domain for a verl row (see the module docstring for the order of the rules).
@@ -187,7 +204,8 @@ def to_row(data_source: str, solution_str: str, ground_truth: Any,
         ValueError: for an unmapped ``data_source`` or unusable code ground truth.
 
     """
-    extra = dict(extra_info or {})
+    extra = plain(dict(extra_info or {}))
+    ground_truth = plain(ground_truth)
     domain = domain_of(data_source, extra, domain_map)
     row: dict[str, Any] = {"domain": domain}
     if isinstance(ground_truth, Mapping):
@@ -219,7 +237,10 @@ _POOLS: dict[str, RewardPool] = {}
 
 
 def _pool(rewards: Mapping[str, Any] | RewardsConfig | None) -> RewardPool:
-    cfg = rewards if isinstance(rewards, RewardsConfig) else RewardsConfig.from_dict(dict(rewards or {}))
+    if isinstance(rewards, RewardsConfig):
+        cfg = rewards
+    else:
+        cfg = RewardsConfig.from_dict(plain(dict(rewards or {})))
     key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     if key not in _POOLS:
         _POOLS[key] = RewardPool(cfg)

@@ -166,3 +166,18 @@ def test_import_pulls_in_neither_megatron_nor_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_numpy_and_omegaconf_values_as_verl_hands_them():
+    """Parquet list columns arrive as numpy object arrays in ``non_tensor_batch``; Hydra's
+    ``reward_kwargs`` nest OmegaConf containers (``get_custom_reward_fn`` only ``dict()``s the top)."""
+    from omegaconf import OmegaConf
+
+    instructions = np.array([{"id": "change_case:english_lowercase", "kwargs": {}}], dtype=object)
+    extra = _verl_extra(domain="mcq", options=np.array(["red", "blue"], dtype=object))
+    rewards = dict(OmegaConf.create({"num_workers": 1, "domains": {"math": {"max_nesting": 40}}}))
+    out = compute_score_batch(np.array(["ifeval", "q"], dtype=object), ["lower case", "\\boxed{blue}"],
+                              np.array([instructions, "B"], dtype=object),
+                              np.array([_verl_extra(domain="ifeval"), extra], dtype=object), rewards=rewards)
+    assert [o["score"] for o in out] == [1.0, 1.0], out
+    assert verl.plain({"a": np.int64(3), "b": np.array([1.5, 2.0])}) == {"a": 3, "b": [1.5, 2.0]}
