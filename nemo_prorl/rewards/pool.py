@@ -221,7 +221,14 @@ class RewardPool:
                                        [(p.field, p.reason) for p in problems])
                 else:
                     todo.append(i)
-            results = reward.score_batch([rows[i]["response"] for i in todo], [rows[i] for i in todo])
+            try:
+                batch = [rows[i] for i in todo]
+                results = list(reward.score_batch([r["response"] for r in batch], batch))
+                if len(results) != len(todo):
+                    raise ValueError(f"score_batch returned {len(results)} results for {len(todo)} rows")
+            except Exception as exc:  # an in-process reward must not take the caller down
+                reason = f"{domain} score_batch: {type(exc).__name__}: {exc}"[:500]
+                results = [RewardResult(0.0, "error", {"reason": reason}) for _ in todo]
             for i, result in zip(todo, results):
                 out[i] = ScoredRow(result, [])
         return {i for idx in groups.values() for i in idx}
