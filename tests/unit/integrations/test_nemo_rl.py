@@ -98,7 +98,7 @@ def test_equals_prorl_loss_on_the_same_inputs(agg):
     mask = data["token_mask"][:, 1:] * data["sample_mask"][:, None]
     ref = prorl_loss(curr, data["prev_logprobs"][:, 1:], data["advantages"][:, 1:], mask, cfg,
                      ref_logprobs=data["reference_policy_logprobs"][:, 1:], num_tokens=toks, num_seqs=seqs)
-    assert float(loss) == pytest.approx(float(ref.loss), abs=1e-7)
+    assert loss.item() == pytest.approx(ref.loss.item(), abs=1e-7)
     g1 = torch.autograd.grad(loss, curr)[0]
     g2 = torch.autograd.grad(ref.loss, curr)[0]
     assert torch.allclose(g1, g2)
@@ -116,7 +116,7 @@ def test_micro_batches_sum_to_the_global_batch_loss():
         mb = {k: v[sl] for k, v in data.items()}
         parts.append(fn(data=mb, global_valid_seqs=seqs, global_valid_toks=toks,
                         next_token_logprobs=curr[sl])[0])
-    assert float(sum(parts)) == pytest.approx(float(full), abs=1e-6)
+    assert sum(parts).item() == pytest.approx(full.item(), abs=1e-6)
 
 
 def test_entropy_bonus_is_refused():
