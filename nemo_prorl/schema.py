@@ -15,6 +15,7 @@ domain                    fields
 ``reasoning_gym``         ``task``: reasoning-gym dataset name; ``entry``: the generated item
                           (``{"question", "answer", "metadata"}``)
 ``ifeval``                ``instructions``: list of ``{"id": str, "kwargs": dict}``
+``reward_model``          none (a learned reward model reads ``prompt`` and ``response``)
 ========================  =====================================================================
 
 This module only checks *structure*; each reward checks the meaning of its own fields (for example
@@ -27,7 +28,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-DOMAINS: tuple[str, ...] = ("math", "code", "mcq", "reasoning_gym", "ifeval")
+DOMAINS: tuple[str, ...] = ("math", "code", "mcq", "reasoning_gym", "ifeval", "reward_model")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
         "e.g. <answer>your answer</answer>."
     ),
     "ifeval": "{prompt}",
+    "reward_model": "{prompt}",
 }
 
 _PLACEHOLDERS = frozenset({"prompt", "options"})

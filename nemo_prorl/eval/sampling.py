@@ -22,6 +22,8 @@ GROUND_TRUTH_KEYS = ("domain", "answer", "options", "tests", "entry_point", "tas
 def scoring_row(row: Mapping[str, Any], response: str) -> dict[str, Any]:
     """The row a reward scores: the ground-truth fields of ``row`` plus ``response``."""
     out = {k: row[k] for k in GROUND_TRUTH_KEYS if k in row}
+    if row.get("domain") == "reward_model" and "prompt" in row:
+        out["prompt"] = row["prompt"]  # a learned reward model reads the prompt too
     out["response"] = response
     return out
 

@@ -170,3 +170,10 @@ class RewardsConfig:
                 if key not in params or key == "self":
                     allowed = sorted(k for k in params if k != "self")
                     raise ValueError(f"rewards.domains.{domain}: unknown option {key!r}; allowed: {allowed}")
+        for domain in self.domains:
+            # a reward may check its option values up front (e.g. reward_model: a local safetensors path)
+            check = getattr(rewards.get(domain), "check_options", None)
+            if callable(check):
+                problems = check(self.reward_kwargs(domain))
+                if problems:
+                    raise ValueError("; ".join(problems))

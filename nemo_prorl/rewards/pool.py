@@ -105,6 +105,8 @@ class RewardPool:
         self._warned_root = False
         #: counts of replaced workers, for logging/metrics
         self.restarts = {"timeout": 0, "died": 0, "tainted": 0}
+        #: rewards scored in this process (``in_process`` domains such as ``reward_model``), built lazily
+        self._local: dict[str, Any] = {}
 
     # ---------------------------------------------------------------------------------------- workers
 
@@ -194,15 +196,23 @@ class RewardPool:
         return [s.result for s in self.score_detailed(rows)]
 
     def score_detailed(self, rows: list[Any]) -> list[ScoredRow]:
-        """Like :meth:`score` but also returns each row's validation problems."""
+        """Like :meth:`score` but also returns each row's validation problems.
+
+        Rows of an *in-process* domain (a reward class with ``in_process = True``, e.g. ``reward_model``)
+        are scored here, in this process, as one batch per domain (``score_batch``); the other rows go
+        to the workers. Results keep the input order either way.
+        """
         if self._closed:
             raise RuntimeError("RewardPool is closed")
         n = len(rows)
         out: list[ScoredRow | None] = [None] * n
         payloads: list[bytes | None] = [None] * n
         pending: dict[str, collections.deque[int]] = {k: collections.deque() for k in ("user", "root")}
-        done = 0
+        local = self._score_in_process(rows, out)  # in-process domains (e.g. reward_model), batched here
+        done = len(local)
         for i, row in enumerate(rows):
+            if i in local:
+                continue
             try:
                 text = json.dumps(row, ensure_ascii=False, default=str)
                 payloads[i] = text.encode("utf-8", "surrogatepass")
@@ -283,6 +293,46 @@ class RewardPool:
                 continue
             if w.buf.strip():
                 self._on_tampered(w, out, "a message after its sample's result")
+
+    def _score_in_process(self, rows: list[Any], out: list[ScoredRow | None]) -> set[int]:
+        """Score the rows of in-process domains into ``out``; returns their indices."""
+        from nemo_prorl.rewards.base import registered_rewards
+        from nemo_prorl.schema import check_scoring_row
+
+        classes = registered_rewards()
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            domain = row.get("domain") if isinstance(row, dict) else None
+            if isinstance(domain, str) and getattr(classes.get(domain), "in_process", False):
+                groups.setdefault(domain, []).append(i)
+        for domain, idx in groups.items():
+            try:
+                reward = self._local.get(domain) or classes[domain](**self.config.reward_kwargs(domain))
+                self._local[domain] = reward
+            except Exception as exc:
+                reason = f"could not build reward {domain!r}: {type(exc).__name__}: {exc}"[:500]
+                for i in idx:
+                    out[i] = ScoredRow(RewardResult(0.0, "error", {"reason": reason}), [])
+                continue
+            todo = []
+            for i in idx:
+                problems = check_scoring_row(rows[i]) or reward.validate(rows[i])
+                if problems:
+                    out[i] = ScoredRow(RewardResult(0.0, "error", {"reason": "; ".join(map(str, problems))}),
+                                       [(p.field, p.reason) for p in problems])
+                else:
+                    todo.append(i)
+            try:
+                batch = [rows[i] for i in todo]
+                results = list(reward.score_batch([r["response"] for r in batch], batch))
+                if len(results) != len(todo):
+                    raise ValueError(f"score_batch returned {len(results)} results for {len(todo)} rows")
+            except Exception as exc:  # an in-process reward must not take the caller down
+                reason = f"{domain} score_batch: {type(exc).__name__}: {exc}"[:500]
+                results = [RewardResult(0.0, "error", {"reason": reason}) for _ in todo]
+            for i, result in zip(todo, results):
+                out[i] = ScoredRow(result, [])
+        return {i for idx in groups.values() for i in idx}
 
     def _note_start_failure(self, why: str) -> None:
         self._start_failures += 1

@@ -46,7 +46,8 @@ def expected_messages(f: str) -> list[str]:
         f"{f}:4:answer: missing (required for domain 'math')",
         f"{f}:5:prompt: null",
         f"{f}:6:answer: expected a string or number, got list",
-        f"{f}:7:domain: unknown domain 'poetry' (known: math, code, mcq, reasoning_gym, ifeval)",
+        f"{f}:7:domain: unknown domain 'poetry' "
+        "(known: math, code, mcq, reasoning_gym, ifeval, reward_model)",
         f"{f}:8:tests: not valid JSON (Expecting ',' delimiter at char 12)",
         f"{f}:9:id: duplicate id 'a' (first at {f}:1)",
         f"{f}:11:id: missing",
