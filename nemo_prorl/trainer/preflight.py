@@ -310,13 +310,13 @@ def check_phase_shaping(plan: PhasePlan) -> None:
 
 
 def check_phase_batches(plan: PhasePlan, cfg: ProRLConfig, dp_size: int) -> None:
-    """The phase's batch splits into mini-batches, each over the DP ranks (and into micro-batches under PP).
+    """The phase's batch splits into mini-batches, each over the DP ranks.
 
     ``prompts_per_step * n`` sequences per step, ``mini_batch_prompts * n`` per optimizer update,
     ``mini_batch_prompts * n / dp_size`` per rank per update.
 
     Raises:
-        ConfigError: naming ``trainer.*``, the phase's ``n`` or ``policy.micro_batch_size``.
+        ConfigError: naming ``trainer.*`` or the phase's ``n``.
 
     """
     tc = cfg.trainer
@@ -329,12 +329,8 @@ def check_phase_batches(plan: PhasePlan, cfg: ProRLConfig, dp_size: int) -> None
                           f"{tc.mini_batch_prompts} x n {plan.n} = {seqs} sequences does not split over "
                           f"{dp_size} data-parallel ranks; make mini_batch_prompts * n a multiple of "
                           f"{dp_size}")
-    per_rank = seqs // dp_size
-    mbs = cfg.policy.micro_batch_size
-    if cfg.policy.pipeline_model_parallel_size > 1 and per_rank % mbs:
-        raise ConfigError("policy.micro_batch_size", f"phase {plan.name!r}: {per_rank} sequences per rank "
-                          f"per update is not a multiple of micro_batch_size {mbs}, which pipeline "
-                          "parallelism needs (fixed-shape micro-batches)")
+    # Under PP a rank's rows need not fill whole micro-batches: the engine pads the last fixed-count
+    # micro-batch with empty rows, and token-budget micro-batches exchange their shapes.
 
 
 def data_parallel_size(cfg: ProRLConfig, world_size: int) -> int:
