@@ -97,7 +97,9 @@ def check_batch_divisible(key: str, batch: int, mini_batch: int) -> int:
 class AdvantageConfig:
     """How per-sample advantages are computed from group rewards."""
 
-    #: registered advantage estimator (``grpo``: group-relative baseline; see ``advantages.py``).
+    #: registered advantage estimator: ``grpo`` (group-relative baseline, ProRL v1), ``reinforce_pp_baseline``
+    #: (group-mean baseline, then whitening over all response tokens of the batch, ProRL v2) or
+    #: ``reinforce_pp`` (whitening only); see ``advantages.py``.
     estimator: str = "grpo"
     #: divide the centred reward by the group's unbiased std (+ ``eps``); ProRL/verl: true.
     norm_std: bool = True
@@ -105,6 +107,8 @@ class AdvantageConfig:
     leave_one_out: bool = False
     #: added to the std before dividing (verl: 1e-6).
     eps: float = 1e-6
+    #: ``reinforce_pp*`` only: floor of the batch variance before its square root (NeMo-RL 1e-8).
+    global_var_floor: float = 1e-8
 
     def validate(self, prefix: str = "algorithm.advantage") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -114,6 +118,8 @@ class AdvantageConfig:
         eps = _nonneg(f"{prefix}.eps", self.eps)
         if self.norm_std and eps == 0:
             raise ConfigError(f"{prefix}.eps", "must be > 0 when norm_std is true")
+        if _finite(f"{prefix}.global_var_floor", self.global_var_floor) <= 0:
+            raise ConfigError(f"{prefix}.global_var_floor", f"must be > 0 (got {self.global_var_floor!r})")
 
 
 @dataclass

@@ -496,8 +496,9 @@ class ProRLTrainer:
             mask[b, start:end] = 1.0
             if roll_lp[b] is not None and end > start:
                 rollout_lp[b, start:end] = torch.as_tensor(roll_lp[b], dtype=torch.float32)[: end - start]
+        # every rank holds the whole batch here, so batch-level estimators need no DP reduction (dp_group)
         adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
-                                 self.cfg.algorithm.advantage)
+                                 self.cfg.algorithm.advantage, num_tokens=mask.sum(dim=1))
         return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
 
     def _dp_slice(self, batch, start: int, stop: int):
