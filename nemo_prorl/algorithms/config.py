@@ -23,6 +23,7 @@ AGG_MODES: tuple[str, ...] = (
 )
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+TIS_MODES: tuple[str, ...] = ("none", "tis", "icepop")
 
 
 class ConfigError(ValueError):
@@ -140,6 +141,15 @@ class LossConfig:
     #: constant length that divides each sequence's token sum in ``seq-mean-token-sum-norm``;
     #: null = the padded length of the batch (set it to the max response length when micro-batching).
     norm_len: int | None = None
+    #: truncated importance sampling against the rollout engine's log-probs (NeMo-RL
+    #: ``truncated_importance_sampling_type``): ``none``; ``tis`` clamps each token weight
+    #: exp(old_logp - rollout_logp) to [tis_min or 0, tis_max]; ``icepop`` zeroes weights outside
+    #: [tis_min, tis_max] (ProRL v2 / NeMo-RL prorlv2.v2.yaml: icepop, 0.5, 5.0).
+    tis: str = "none"
+    #: upper bound of the importance weight (NeMo-RL ``truncated_importance_sampling_ratio``; > 0).
+    tis_max: float = 5.0
+    #: lower bound (NeMo-RL ``truncated_importance_sampling_ratio_min``): icepop needs it; null = 0 for tis.
+    tis_min: float | None = None
 
     def validate(self, prefix: str = "algorithm.loss") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -157,6 +167,15 @@ class LossConfig:
         _choice(f"{prefix}.agg", self.agg, AGG_MODES)
         if self.norm_len is not None and _int(f"{prefix}.norm_len", self.norm_len) < 1:
             raise ConfigError(f"{prefix}.norm_len", f"must be >= 1 or null (got {self.norm_len!r})")
+        _choice(f"{prefix}.tis", self.tis, TIS_MODES)
+        if _finite(f"{prefix}.tis_max", self.tis_max) <= 0:
+            raise ConfigError(f"{prefix}.tis_max", f"must be > 0 (got {self.tis_max!r})")
+        if self.tis_min is not None:
+            lo = _nonneg(f"{prefix}.tis_min", self.tis_min)
+            if lo > self.tis_max:
+                raise ConfigError(f"{prefix}.tis_min", f"must be <= tis_max={self.tis_max} (got {lo!r})")
+        elif self.tis == "icepop":
+            raise ConfigError(f"{prefix}.tis_min", "must be set when tis is 'icepop' (ProRL v2 uses 0.5)")
 
 
 @dataclass

@@ -114,7 +114,8 @@ def make_loss_fn(alg: Any):
             old = logprobs.detach()
         out = prorl_loss(logprobs, old, micro["advantages"], micro["response_mask"],
                          alg, ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
-                         num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
+                         num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"],
+                         rollout_logprobs=micro.get("rollout_logprobs"))
         n_tokens = max(float(norm["num_tokens"]), 1.0)
         share = micro["response_mask"].float().sum() / n_tokens
         metrics = {}
@@ -126,7 +127,7 @@ def make_loss_fn(alg: Any):
         if "rollout_logprobs" in micro:
             with torch.no_grad():
                 mask = micro["response_mask"].float()
-                gap = (micro["rollout_logprobs"].float() - logprobs.detach()).abs() * mask
+                gap = (micro["rollout_logprobs"].float() - old.float()).abs() * mask
                 metrics["token_mult_prob_error"] = (torch.exp(gap) * mask).sum() / n_tokens
         return out.loss, metrics
 
@@ -496,6 +497,11 @@ class ProRLTrainer:
             mask[b, start:end] = 1.0
             if roll_lp[b] is not None and end > start:
                 rollout_lp[b, start:end] = torch.as_tensor(roll_lp[b], dtype=torch.float32)[: end - start]
+            tis = self.cfg.algorithm.loss.tis
+            if tis != "none" and (roll_lp[b] is None or len(roll_lp[b]) < end - start):
+                raise TrainingError(f"algorithm.loss.tis={tis} needs the rollout engine's log-prob of every "
+                                    f"response token; sample {b} has none or too few (keep rollout "
+                                    "sampling logprobs on, or set algorithm.loss.tis=none)")
         # every rank holds the whole batch here, so batch-level estimators need no DP reduction (dp_group)
         adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
                                  self.cfg.algorithm.advantage, num_tokens=mask.sum(dim=1))
@@ -539,9 +545,9 @@ class ProRLTrainer:
             ref_lp = self._gather_dp(ref_lp)
         full.extras["ref_logprobs"] = ref_lp.float()
         token_mult = None
-        if reuse:  # old log-probs = the train step's own (see skip_old_logprobs); mismatch measured there
-            full.extras["rollout_logprobs"] = rollout_lp
-        else:
+        # the loss weighs tokens by them (algorithm.loss.tis) and reports the mismatch metrics
+        full.extras["rollout_logprobs"] = rollout_lp
+        if not reuse:  # with reused old log-probs (skip_old_logprobs) the mismatch is measured in the loss
             old_lp, _ = self.policy.logprobs(mine)
             if self.dp_size > 1:
                 old_lp = self._gather_dp(old_lp)
