@@ -23,6 +23,7 @@ AGG_MODES: tuple[str, ...] = (
 )
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+LENGTH_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 TIS_MODES: tuple[str, ...] = ("none", "tis", "icepop")
 
 
@@ -264,6 +265,18 @@ class RewardShapingConfig:
     #: the maximum response length the ramp ends at; null (recommended) = the ``max_response_tokens`` in
     #: force, i.e. each phase's; when set, the trainer refuses a phase whose limit differs.
     max_response_len: int | None = None
+    #: ProRL v2 scheduled cosine length penalty: its weight w (0 = off). A response of L tokens gets
+    #: ``-w * (1 - cos(pi * min(L, length_penalty_len) / length_penalty_len)) / 2`` added to its reward.
+    length_penalty_coef: float = 0.0
+    #: how w moves through the phase: ``cosine`` (from ``length_penalty_coef`` down to
+    #: ``length_penalty_coef_end`` over ``length_penalty_steps``, restarting at each phase) or ``constant``.
+    length_penalty_schedule: str = "cosine"
+    #: w at the end of the cosine schedule (>= 0).
+    length_penalty_coef_end: float = 0.0
+    #: length of the cosine schedule in steps; null = the phase's steps (the run's for a phase-less run).
+    length_penalty_steps: int | None = None
+    #: the length at which the penalty reaches -w; null = the ``max_response_len`` in force.
+    length_penalty_len: int | None = None
 
     def validate(self, prefix: str = "algorithm.reward_shaping") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -278,6 +291,13 @@ class RewardShapingConfig:
             raise ConfigError(
                 f"{prefix}.overlong_buffer_len", f"must be >= 1 (got {self.overlong_buffer_len!r})"
             )
+        _nonneg(f"{prefix}.length_penalty_coef", self.length_penalty_coef)
+        _nonneg(f"{prefix}.length_penalty_coef_end", self.length_penalty_coef_end)
+        _choice(f"{prefix}.length_penalty_schedule", self.length_penalty_schedule, LENGTH_SCHEDULES)
+        for name in ("length_penalty_steps", "length_penalty_len"):
+            value = getattr(self, name)
+            if value is not None and _int(f"{prefix}.{name}", value) < 1:
+                raise ConfigError(f"{prefix}.{name}", f"must be >= 1 or null (got {value!r})")
         if self.overlong_enable and self.max_response_len is not None:
             if _int(f"{prefix}.max_response_len", self.max_response_len) <= self.overlong_buffer_len:
                 raise ConfigError(

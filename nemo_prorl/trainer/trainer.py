@@ -39,7 +39,7 @@ from nemo_prorl.algorithms.dynamic_sampling import (
     prompts_per_round,
 )
 from nemo_prorl.algorithms.policy_loss import prorl_loss
-from nemo_prorl.algorithms.reward_shaping import shape_rewards
+from nemo_prorl.algorithms.reward_shaping import length_penalty_weight, phase_position, shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
@@ -405,6 +405,8 @@ class ProRLTrainer:
         buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable, tol=ds.tol,
                                     partial_ok=ds.on_exhausted == "partial")
         t_gen = t_score = 0.0
+        # the length-penalty schedule's place: a function of the global step only (resumes exactly)
+        position = phase_position([ph.steps for ph in cfg.phases], self.step, tc.max_steps)
         all_results = []
         all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
@@ -438,6 +440,7 @@ class ProRLTrainer:
                     raw, self._shaping,
                     truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
                     lengths=torch.tensor([len(s.token_ids) for s in samples]),
+                    step_in_phase=position[0], phase_steps=position[1],
                 )
                 groups.append(Group(row, prompts[i], samples, raw.tolist(), shaped.tolist(),
                                     [r.status for r in res]))
@@ -467,6 +470,8 @@ class ProRLTrainer:
                    # groups (reward/mean is over the kept groups, which drifts toward 0.5 by design)
                    "reward/generated_mean": sum(generated) / max(1, len(generated))}
         metrics.update(stats.as_metrics())
+        if self._shaping.length_penalty_coef > 0:
+            metrics["reward/length_penalty_coef"] = length_penalty_weight(self._shaping, *position)
         if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
             failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results)
                        if r.status in ("error", "timeout")][:5]
