@@ -27,6 +27,7 @@ All reductions run in float64 and the result is cast back to the rewards' dtype.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -321,11 +322,14 @@ def compute_advantages(
 
     """
     fn = get_advantage_estimator(cfg.estimator)
-    extra: dict[str, Any] = {}
-    if num_tokens is not None:  # plug-in estimators with the 3-argument signature keep working
-        extra["num_tokens"] = num_tokens
-    if dp_group is not None:
-        extra["dp_group"] = dp_group
+    extra = {k: v for k, v in (("num_tokens", num_tokens), ("dp_group", dp_group)) if v is not None}
+    if extra:  # plug-in estimators with the 3-argument signature get only what they accept
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            if dp_group is not None and "dp_group" not in params:
+                raise ValueError(f"advantage estimator {cfg.estimator!r} takes no dp_group, so it cannot "
+                                 "reduce its statistics over data-parallel ranks")
+            extra = {k: v for k, v in extra.items() if k in params}
     return fn(rewards, group_ids, cfg, **extra)
 
 

@@ -111,3 +111,21 @@ def test_group_mean_baseline_and_errors():
         compute_advantages(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]), CFG)
     with pytest.raises(ConfigError, match="algorithm.advantage.global_var_floor"):
         AdvantageConfig(estimator="reinforce_pp_baseline", global_var_floor=0.0).validate()
+
+
+def test_three_argument_plugin_estimators_still_work():
+    from nemo_prorl.algorithms.registry import _ADVANTAGE_ESTIMATORS, register_advantage_estimator
+
+    @register_advantage_estimator("test_plain_three_args")
+    def plain(rewards, group_ids, cfg):
+        return rewards * 2
+
+    try:
+        cfg = AdvantageConfig(estimator="test_plain_three_args")
+        out = compute_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]), cfg,
+                                 num_tokens=torch.tensor([3, 4]))
+        torch.testing.assert_close(out, torch.tensor([2.0, 4.0]))
+        with pytest.raises(ValueError, match="takes no dp_group"):
+            compute_advantages(torch.tensor([1.0]), torch.tensor([0]), cfg, dp_group=object())
+    finally:
+        del _ADVANTAGE_ESTIMATORS["test_plain_three_args"]
