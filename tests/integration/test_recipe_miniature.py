@@ -117,9 +117,10 @@ def test_recipe_miniature_runs_every_phase_to_the_end(tmp_path, capsys, name):
     # a longer last phase (v1's 16k: 32 tokens) used its cap: the engine was sized for it
     if recipe[-1].get("max_response_tokens", 0) > full["rollout"]["max_response_tokens"]:
         assert max(s["response_length/max"] for s in steps if s["phase"] == len(recipe) - 1) > 16
-    if full["algorithm"]["loss"].get("tis", "none") != "none":  # the CPU engine's log-probs are usable
+    alg = full["algorithm"]
+    if alg.get("loss", {}).get("tis", "none") != "none":  # the CPU engine's log-probs are usable
         assert all(s["is_oob_ratio"] == 0.0 for s in steps)
-    if full["algorithm"]["reward_shaping"].get("length_penalty_coef", 0) > 0:  # restarts at each phase
+    if alg.get("reward_shaping", {}).get("length_penalty_coef", 0) > 0:  # restarts at each phase
         assert all(s["reward/length_penalty_coef"] == pytest.approx(0.1 if (s["step"] - 1) % 2 == 0 else 0.05)
                    for s in steps)
     # validation ran, checkpoints were written, and the run ended with a final checkpoint and HF export
