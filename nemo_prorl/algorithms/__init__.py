@@ -4,7 +4,7 @@ Advantages (GRPO, REINFORCE++-baseline), the clipped policy loss with decoupled 
 aggregation modes, truncated importance sampling, KL estimators, chunked and vocab-parallel log-probs,
 dynamic sampling and reward shaping (with the scheduled cosine length penalty), plus their
 validated configs. Nothing here imports other ``nemo_prorl`` packages except the torch-only leaf
-:mod:`nemo_prorl.collectives` (device placement of the vocab-parallel collectives).
+:mod:`nemo_prorl.collectives` (the vocab-parallel log-probs and the global advantage statistics).
 """
 
 from nemo_prorl.algorithms.advantages import (
