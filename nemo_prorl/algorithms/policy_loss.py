@@ -325,9 +325,10 @@ def prorl_loss(
                                                   max_ratio=cfg.loss.tis_max, min_ratio=cfg.loss.tis_min)
             fkeep = mask.to(w.dtype)
             metrics["sampling_importance_ratio"] = masked_mean(w, fkeep)
+            # in float64: k3 of a float32 log-ratio near 0 rounds to tiny negative values
             metrics["gen_kl_error"] = masked_mean(
-                kl_penalty(rollout_logprobs.to(old_d.dtype), old_d, cfg.kl.estimator, mask=mask,
-                           input_clamp=None, output_clamp=None), fkeep)
+                kl_penalty(rollout_logprobs.double(), old_d.double(), cfg.kl.estimator, mask=mask,
+                           input_clamp=None, output_clamp=None), fkeep).to(w.dtype)
             if cfg.loss.tis != "none":
                 metrics["is_oob_ratio"] = masked_mean(oob.to(w.dtype), fkeep)
         if cfg.loss.tis != "none":
