@@ -34,8 +34,9 @@ device argument in torch 2.13 and rely on the current device.
 Without an initialised process group every function acts as in a world of one process (the collective
 is the identity), so single-process code paths need no ``is_initialized()`` guards.
 
-Layering: a leaf module that imports only torch. The trainer, ``policy.megatron``, ``launch`` and
-``algorithms.logprobs`` use it; it is the one module of the package that ``algorithms`` may import.
+Layering: a leaf module that imports only torch. The trainer, ``policy.megatron``, ``launch``,
+``algorithms.logprobs`` and ``algorithms.advantages`` use it; it is the one module of the package that
+``algorithms`` may import.
 ``tests/unit/test_collectives.py`` fails if a collective is called anywhere else in the package.
 """
 

@@ -1,9 +1,10 @@
 """The ProRL algorithm core: pure torch functions behind small registries.
 
-Advantages (GRPO), the clipped policy loss with decoupled / dual clip and its aggregation modes, KL
-estimators, chunked and vocab-parallel log-probs, dynamic sampling and reward shaping, plus their
+Advantages (GRPO, REINFORCE++-baseline), the clipped policy loss with decoupled / dual clip and its
+aggregation modes, truncated importance sampling, KL estimators, chunked and vocab-parallel log-probs,
+dynamic sampling and reward shaping (with the scheduled cosine length penalty), plus their
 validated configs. Nothing here imports other ``nemo_prorl`` packages except the torch-only leaf
-:mod:`nemo_prorl.collectives` (device placement of the vocab-parallel collectives).
+:mod:`nemo_prorl.collectives` (the vocab-parallel log-probs and the global advantage statistics).
 """
 
 from nemo_prorl.algorithms.advantages import (
@@ -12,6 +13,8 @@ from nemo_prorl.algorithms.advantages import (
     group_advantages,
     group_ids_from_size,
     grpo_advantage,
+    reinforce_pp_advantage,
+    reinforce_pp_baseline_advantage,
 )
 from nemo_prorl.algorithms.config import (
     AGG_MODES,
@@ -43,6 +46,7 @@ from nemo_prorl.algorithms.policy_loss import (
     loss_normalisers,
     masked_mean,
     prorl_loss,
+    truncated_importance_weights,
 )
 from nemo_prorl.algorithms.registry import (
     get_advantage_estimator,
@@ -52,7 +56,13 @@ from nemo_prorl.algorithms.registry import (
     registered_advantage_estimators,
     registered_policy_losses,
 )
-from nemo_prorl.algorithms.reward_shaping import overlong_penalty, shape_rewards, stop_properly_penalty
+from nemo_prorl.algorithms.reward_shaping import (
+    cosine_length_penalty,
+    length_penalty_weight,
+    overlong_penalty,
+    shape_rewards,
+    stop_properly_penalty,
+)
 
 __all__ = [
     "AGG_MODES",
@@ -76,6 +86,7 @@ __all__ = [
     "chunked_logprobs",
     "clipped_policy_loss",
     "compute_advantages",
+    "cosine_length_penalty",
     "entropy_from_logits",
     "filter_groups",
     "get_advantage_estimator",
@@ -86,6 +97,7 @@ __all__ = [
     "has_reward_variance",
     "kl_penalty",
     "kl_reward_penalty",
+    "length_penalty_weight",
     "loss_normalisers",
     "masked_mean",
     "naive_logprobs",
@@ -95,7 +107,10 @@ __all__ = [
     "register_policy_loss",
     "registered_advantage_estimators",
     "registered_policy_losses",
+    "reinforce_pp_advantage",
+    "reinforce_pp_baseline_advantage",
     "shape_rewards",
     "stop_properly_penalty",
+    "truncated_importance_weights",
     "vocab_parallel_logprobs",
 ]

@@ -23,6 +23,8 @@ AGG_MODES: tuple[str, ...] = (
 )
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+LENGTH_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+TIS_MODES: tuple[str, ...] = ("none", "tis", "icepop")
 
 
 class ConfigError(ValueError):
@@ -97,7 +99,9 @@ def check_batch_divisible(key: str, batch: int, mini_batch: int) -> int:
 class AdvantageConfig:
     """How per-sample advantages are computed from group rewards."""
 
-    #: registered advantage estimator (``grpo``: group-relative baseline; see ``advantages.py``).
+    #: registered advantage estimator: ``grpo`` (group-relative baseline, ProRL v1), ``reinforce_pp_baseline``
+    #: (group-mean baseline, then whitening over all response tokens of the batch, ProRL v2) or
+    #: ``reinforce_pp`` (whitening only); see ``advantages.py``.
     estimator: str = "grpo"
     #: divide the centred reward by the group's unbiased std (+ ``eps``); ProRL/verl: true.
     norm_std: bool = True
@@ -105,6 +109,8 @@ class AdvantageConfig:
     leave_one_out: bool = False
     #: added to the std before dividing (verl: 1e-6).
     eps: float = 1e-6
+    #: ``reinforce_pp*`` only: floor of the batch variance before its square root (NeMo-RL 1e-8).
+    global_var_floor: float = 1e-8
 
     def validate(self, prefix: str = "algorithm.advantage") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -114,6 +120,8 @@ class AdvantageConfig:
         eps = _nonneg(f"{prefix}.eps", self.eps)
         if self.norm_std and eps == 0:
             raise ConfigError(f"{prefix}.eps", "must be > 0 when norm_std is true")
+        if _finite(f"{prefix}.global_var_floor", self.global_var_floor) <= 0:
+            raise ConfigError(f"{prefix}.global_var_floor", f"must be > 0 (got {self.global_var_floor!r})")
 
 
 @dataclass
@@ -134,6 +142,15 @@ class LossConfig:
     #: constant length that divides each sequence's token sum in ``seq-mean-token-sum-norm``;
     #: null = the padded length of the batch (set it to the max response length when micro-batching).
     norm_len: int | None = None
+    #: truncated importance sampling against the rollout engine's log-probs (NeMo-RL
+    #: ``truncated_importance_sampling_type``): ``none``; ``tis`` clamps each token weight
+    #: exp(old_logp - rollout_logp) to [tis_min or 0, tis_max]; ``icepop`` zeroes weights outside
+    #: [tis_min, tis_max] (ProRL v2 / NeMo-RL prorlv2.v2.yaml: icepop, 0.5, 5.0).
+    tis: str = "none"
+    #: upper bound of the importance weight (NeMo-RL ``truncated_importance_sampling_ratio``; > 0).
+    tis_max: float = 5.0
+    #: lower bound (NeMo-RL ``truncated_importance_sampling_ratio_min``): icepop needs it; null = 0 for tis.
+    tis_min: float | None = None
 
     def validate(self, prefix: str = "algorithm.loss") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -151,6 +168,15 @@ class LossConfig:
         _choice(f"{prefix}.agg", self.agg, AGG_MODES)
         if self.norm_len is not None and _int(f"{prefix}.norm_len", self.norm_len) < 1:
             raise ConfigError(f"{prefix}.norm_len", f"must be >= 1 or null (got {self.norm_len!r})")
+        _choice(f"{prefix}.tis", self.tis, TIS_MODES)
+        if _finite(f"{prefix}.tis_max", self.tis_max) <= 0:
+            raise ConfigError(f"{prefix}.tis_max", f"must be > 0 (got {self.tis_max!r})")
+        if self.tis_min is not None:
+            lo = _nonneg(f"{prefix}.tis_min", self.tis_min)
+            if lo > self.tis_max:
+                raise ConfigError(f"{prefix}.tis_min", f"must be <= tis_max={self.tis_max} (got {lo!r})")
+        elif self.tis == "icepop":
+            raise ConfigError(f"{prefix}.tis_min", "must be set when tis is 'icepop' (ProRL v2 uses 0.5)")
 
 
 @dataclass
@@ -239,6 +265,18 @@ class RewardShapingConfig:
     #: the maximum response length the ramp ends at; null (recommended) = the ``max_response_tokens`` in
     #: force, i.e. each phase's; when set, the trainer refuses a phase whose limit differs.
     max_response_len: int | None = None
+    #: ProRL v2 scheduled cosine length penalty: its weight w (0 = off). A response of L tokens gets
+    #: ``-w * (1 - cos(pi * min(L, length_penalty_len) / length_penalty_len)) / 2`` added to its reward.
+    length_penalty_coef: float = 0.0
+    #: how w moves through the phase: ``cosine`` (from ``length_penalty_coef`` down to
+    #: ``length_penalty_coef_end`` over ``length_penalty_steps``, restarting at each phase) or ``constant``.
+    length_penalty_schedule: str = "cosine"
+    #: w at the end of the cosine schedule (>= 0).
+    length_penalty_coef_end: float = 0.0
+    #: length of the cosine schedule in steps; null = the phase's steps (the run's for a phase-less run).
+    length_penalty_steps: int | None = None
+    #: the length at which the penalty reaches -w; null = the ``max_response_len`` in force.
+    length_penalty_len: int | None = None
 
     def validate(self, prefix: str = "algorithm.reward_shaping") -> None:
         """Raise :class:`ConfigError` for invalid values."""
@@ -253,6 +291,13 @@ class RewardShapingConfig:
             raise ConfigError(
                 f"{prefix}.overlong_buffer_len", f"must be >= 1 (got {self.overlong_buffer_len!r})"
             )
+        _nonneg(f"{prefix}.length_penalty_coef", self.length_penalty_coef)
+        _nonneg(f"{prefix}.length_penalty_coef_end", self.length_penalty_coef_end)
+        _choice(f"{prefix}.length_penalty_schedule", self.length_penalty_schedule, LENGTH_SCHEDULES)
+        for name in ("length_penalty_steps", "length_penalty_len"):
+            value = getattr(self, name)
+            if value is not None and _int(f"{prefix}.{name}", value) < 1:
+                raise ConfigError(f"{prefix}.{name}", f"must be >= 1 or null (got {value!r})")
         if self.overlong_enable and self.max_response_len is not None:
             if _int(f"{prefix}.max_response_len", self.max_response_len) <= self.overlong_buffer_len:
                 raise ConfigError(

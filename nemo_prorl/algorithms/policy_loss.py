@@ -18,6 +18,21 @@ mini-batch (all micro-batches, all data-parallel ranks) makes the partial losses
 full-batch loss.
 
 The ProRL loss is ``pg + kl_coef * agg(kl) - entropy_coef * agg(entropy)``, each aggregated the same way.
+
+Truncated importance sampling (ProRL v2; NeMo-RL ``ClippedPGLossFn.__call__`` in
+``nemo_rl/algorithms/loss/loss_functions.py``, ``docs/guides/prorlv2.md``): the rollout engine samples
+from pi_gen, whose log-probs differ from the trainer's pi_old by numerics (kernels, precision). Each token's
+policy-gradient loss is multiplied by the weight ``w_t = exp(old_logp_t - rollout_logp_t)``, truncated:
+
+* ``tis``:    ``w_t <- clamp(w_t, tis_min or 0, tis_max)``;
+* ``icepop``: ``w_t <- w_t if tis_min <= w_t <= tis_max else 0`` (the token is dropped).
+
+The weights are constants of the objective (no gradient flows through them), the KL and entropy terms
+are not weighted (NeMo-RL's default ``use_on_policy_kl_approximation: false``), and ``is_oob_ratio`` is
+the fraction of valid tokens whose raw weight was outside the bounds (clamped for tis, dropped for
+icepop). With rollout log-probs the mismatch metric ``gen_kl_error`` (NeMo-RL: the KL estimator of
+``algorithm.kl.estimator`` applied to KL(pi_gen || pi_old), i.e. ``kl_penalty(rollout, old)`` without
+clamps) and ``sampling_importance_ratio`` (mean truncated weight) are reported too.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nemo_prorl.algorithms.config import AGG_MODES, AlgorithmConfig, LossConfig
+from nemo_prorl.algorithms.config import AGG_MODES, TIS_MODES, AlgorithmConfig, LossConfig
 from nemo_prorl.algorithms.kl import kl_penalty
 from nemo_prorl.algorithms.registry import get_policy_loss, register_policy_loss
 
@@ -189,6 +204,62 @@ def clipped_policy_loss(
     return loss, metrics
 
 
+def truncated_importance_weights(
+    old_logprobs: torch.Tensor,
+    rollout_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    max_ratio: float,
+    min_ratio: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token truncated importance weights of the trainer's old policy against the rollout engine.
+
+    Args:
+        old_logprobs: ``[B, T]`` log-probs of the sampled tokens under the trainer's old policy.
+        rollout_logprobs: ``[B, T]`` the rollout engine's log-probs of the same tokens (same temperature).
+        mask: ``[B, T]`` 1 for valid response tokens.
+        mode: ``none`` (weights 1), ``tis`` (clamp) or ``icepop`` (zero outside the bounds).
+        max_ratio: upper bound (> 0).
+        min_ratio: lower bound; None = 0 for tis, required for icepop.
+
+    Returns:
+        ``(weights [B, T], out_of_bounds [B, T] bool)``: weights are 0 at masked positions (differentiable
+        in ``old_logprobs``: ``d w / d old = w`` inside the bounds, 0 where clamped or dropped; a
+        non-finite raw weight counts as out of bounds and gets the clamp value (tis) or 0 (icepop));
+        ``out_of_bounds`` is True on valid tokens whose raw weight lies outside ``[min, max]``.
+
+    """
+    _check_2d("old_logprobs", old_logprobs)
+    _check_2d("rollout_logprobs", rollout_logprobs, old_logprobs.shape)
+    _check_2d("mask", mask, old_logprobs.shape)
+    if mode not in TIS_MODES:
+        raise ValueError(f"unknown truncated importance sampling mode {mode!r}; expected one of: "
+                         f"{', '.join(TIS_MODES)}")
+    keep = mask.bool()
+    zero = torch.zeros((), dtype=old_logprobs.dtype, device=old_logprobs.device)
+    if mode == "none":
+        return keep.to(old_logprobs.dtype), torch.zeros_like(keep)
+    lo = 0.0 if min_ratio is None else float(min_ratio)
+    if mode == "icepop" and min_ratio is None:
+        raise ValueError("icepop needs a lower bound (algorithm.loss.tis_min)")
+    if not 0 <= lo <= max_ratio:
+        raise ValueError(f"need 0 <= min_ratio <= max_ratio (got {lo}, {max_ratio})")
+    old = torch.where(keep, old_logprobs, zero)
+    roll = torch.where(keep, rollout_logprobs.to(old_logprobs.dtype), zero)
+    log_w = old - roll
+    # a NaN log-ratio (an engine that returned NaN) is out of bounds: +inf sends it to the upper side
+    log_w = torch.nan_to_num(log_w, nan=float("inf"))
+    raw = torch.exp(log_w.clamp(max=LOG_RATIO_CLAMP * 4))
+    inside = (raw >= lo) & (raw <= max_ratio) & torch.isfinite(log_w)
+    oob = keep & ~inside
+    if mode == "tis":
+        w = raw.clamp(lo, max_ratio)
+    else:
+        w = torch.where(inside, raw, zero)
+    return torch.where(keep, w, zero), oob
+
+
 @dataclass
 class LossOutput:
     """Result of :func:`prorl_loss`.
@@ -214,6 +285,7 @@ def prorl_loss(
     entropy: torch.Tensor | None = None,
     num_tokens: float | int | torch.Tensor | None = None,
     num_seqs: float | int | torch.Tensor | None = None,
+    rollout_logprobs: torch.Tensor | None = None,
 ) -> LossOutput:
     """The full ProRL objective for one (micro-)batch.
 
@@ -230,6 +302,10 @@ def prorl_loss(
         entropy: ``[B, T]`` per-token entropy (differentiable when ``entropy.coef > 0``); optional.
         num_tokens: global valid-token count of the mini-batch (see :func:`aggregate_loss`).
         num_seqs: global non-empty sequence count of the mini-batch.
+        rollout_logprobs: ``[B, T]`` the rollout engine's log-probs of the sampled tokens; required when
+            ``cfg.loss.tis`` is not ``none`` (the pg loss is then weighted, see the module docstring);
+            when given, the mismatch metrics ``gen_kl_error``, ``sampling_importance_ratio`` and (with
+            truncation) ``is_oob_ratio`` are reported.
 
     Returns:
         :class:`LossOutput`.
@@ -238,9 +314,27 @@ def prorl_loss(
     agg = cfg.loss.agg
     kw = {"num_tokens": num_tokens, "num_seqs": num_seqs, "norm_len": cfg.loss.norm_len}
     loss_mat, metrics = get_policy_loss(cfg.loss.name)(logprobs, old_logprobs, advantages, mask, cfg.loss)
+    metrics = dict(metrics)
+    if cfg.loss.tis != "none" and rollout_logprobs is None:
+        raise ValueError(f"algorithm.loss.tis={cfg.loss.tis} needs the rollout engine's log-probs "
+                         "(rollout_logprobs); set algorithm.loss.tis=none to train without them")
+    if rollout_logprobs is not None:
+        with torch.no_grad():  # the weights are constants of the objective
+            old_d = old_logprobs.detach().to(logprobs.dtype)
+            w, oob = truncated_importance_weights(old_d, rollout_logprobs, mask, cfg.loss.tis,
+                                                  max_ratio=cfg.loss.tis_max, min_ratio=cfg.loss.tis_min)
+            fkeep = mask.to(w.dtype)
+            metrics["sampling_importance_ratio"] = masked_mean(w, fkeep)
+            # in float64: k3 of a float32 log-ratio near 0 rounds to tiny negative values
+            metrics["gen_kl_error"] = masked_mean(
+                kl_penalty(rollout_logprobs.double(), old_d.double(), cfg.kl.estimator, mask=mask,
+                           input_clamp=None, output_clamp=None), fkeep).to(w.dtype)
+            if cfg.loss.tis != "none":
+                metrics["is_oob_ratio"] = masked_mean(oob.to(w.dtype), fkeep)
+        if cfg.loss.tis != "none":
+            loss_mat = loss_mat * w
     pg = aggregate_loss(loss_mat, mask, agg, **kw)
     total = pg
-    metrics = dict(metrics)
     metrics["pg_loss"] = pg.detach()
     use_kl = cfg.kl.where == "loss" and cfg.kl.coef > 0
     if use_kl:

@@ -39,7 +39,9 @@ def register_advantage_estimator(name: str) -> Callable[[F], F]:
     """Decorator registering an advantage estimator under ``name``.
 
     The function has the signature ``fn(rewards: Tensor [B], group_ids: Tensor [B], cfg) -> Tensor [B]``
-    where ``cfg`` is an :class:`~nemo_prorl.algorithms.config.AdvantageConfig`.
+    where ``cfg`` is an :class:`~nemo_prorl.algorithms.config.AdvantageConfig`. Batch-level estimators
+    also take the keywords ``num_tokens`` (``[B]`` response tokens per sample) and ``dp_group`` (the
+    data-parallel group holding the rest of the batch); ``compute_advantages`` passes them only when set.
     """
     return _register(_ADVANTAGE_ESTIMATORS, "advantage estimator", name)
 

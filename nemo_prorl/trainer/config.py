@@ -428,13 +428,23 @@ def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | 
         # the trigger reads validation results: without validation it would silently never fire
         raise ConfigError("reset.on_val_plateau", "the validation trigger needs validation: set "
                           "trainer.val_interval > 0 and data.val_files, or reset.on_val_plateau=false")
-    if cfg.algorithm.advantage.estimator == "grpo":
+    if cfg.algorithm.loss.tis != "none":
+        # the weights compare the engine's log-probs with the trainer's log_softmax(logits / T): the engine
+        # must return those of the untruncated, temperature-scaled distribution
+        r = cfg.rollout
+        if r.top_p < 1 or r.top_k not in (-1, 0) or r.logprobs_mode != "processed_logprobs":
+            raise ConfigError("algorithm.loss.tis", f"{cfg.algorithm.loss.tis} needs rollout.top_p=1, "
+                              "rollout.top_k=-1 and rollout.logprobs_mode=processed_logprobs (got "
+                              f"{r.top_p}, {r.top_k}, {r.logprobs_mode}): the trainer's log-probs are of "
+                              "the untruncated distribution at the sampling temperature")
+    if cfg.algorithm.advantage.estimator in ("grpo", "reinforce_pp_baseline"):
         # the n in force in each phase (a phase without its own n uses rollout.n)
         used = [(f"phases[{i}].n", ph.n) if ph.n is not None else ("rollout.n", cfg.rollout.n)
                 for i, ph in enumerate(cfg.phases)] or [("rollout.n", cfg.rollout.n)]
         for key, n in used:
             if n < 2:
-                raise ConfigError(key, f"GRPO needs at least 2 rollouts per prompt, got {n}")
+                raise ConfigError(key, f"{cfg.algorithm.advantage.estimator} needs at least 2 rollouts per "
+                                  f"prompt (a group-mean baseline), got {n}")
     world = world_size if world_size is not None else preflight.world_size_from_env()
     preflight.check_recipe(cfg, arch, world)
 

@@ -60,6 +60,11 @@ def format_schedule(plans: list[PhasePlan]) -> list[str]:
         if s.overlong_enable:
             end = s.max_response_len
             shaping.append(f"overlong ramp {end - s.overlong_buffer_len}..{end}")
+        if s.length_penalty_coef > 0:
+            cap = s.length_penalty_len or s.max_response_len
+            end = f"->{s.length_penalty_coef_end:g}" if s.length_penalty_schedule == "cosine" else ""
+            shaping.append(f"length penalty {s.length_penalty_schedule} {s.length_penalty_coef:g}{end} "
+                           f"at {cap}")
         mix = ", ".join(f"{k} {v:g}" for k, v in p.mixture.items()) if p.mixture else "all data"
         steps = f"{p.start}-{p.start + p.steps - 1} ({p.steps})"
         lines.append(f"{max(p.index, 0):>2}  {p.name:<18} {steps:>15}  {p.max_response_tokens:>8} {p.n:>3} "

@@ -39,7 +39,7 @@ from nemo_prorl.algorithms.dynamic_sampling import (
     prompts_per_round,
 )
 from nemo_prorl.algorithms.policy_loss import prorl_loss
-from nemo_prorl.algorithms.reward_shaping import shape_rewards
+from nemo_prorl.algorithms.reward_shaping import length_penalty_weight, phase_position, shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
 from nemo_prorl.rewards.pool import is_grader_fault
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
@@ -120,7 +120,8 @@ def make_loss_fn(alg: Any):
             old = logprobs.detach()
         out = prorl_loss(logprobs, old, micro["advantages"], micro["response_mask"],
                          alg, ref_logprobs=micro.get("ref_logprobs"), entropy=entropy,
-                         num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"])
+                         num_tokens=norm["num_tokens"], num_seqs=norm["num_seqs"],
+                         rollout_logprobs=micro.get("rollout_logprobs"))
         n_tokens = max(float(norm["num_tokens"]), 1.0)
         share = micro["response_mask"].float().sum() / n_tokens
         metrics = {}
@@ -132,7 +133,7 @@ def make_loss_fn(alg: Any):
         if "rollout_logprobs" in micro:
             with torch.no_grad():
                 mask = micro["response_mask"].float()
-                gap = (micro["rollout_logprobs"].float() - logprobs.detach()).abs() * mask
+                gap = (micro["rollout_logprobs"].float() - old.float()).abs() * mask
                 metrics["token_mult_prob_error"] = (torch.exp(gap) * mask).sum() / n_tokens
         return out.loss, metrics
 
@@ -410,6 +411,8 @@ class ProRLTrainer:
         buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable, tol=ds.tol,
                                     partial_ok=ds.on_exhausted == "partial")
         t_gen = t_score = 0.0
+        # the length-penalty schedule's place: a function of the global step only (resumes exactly)
+        position = phase_position([ph.steps for ph in cfg.phases], self.step, tc.max_steps)
         all_results = []
         all_ids: list[Any] = []  # the row id of each entry of all_results (named when rewards fail)
         round_idx = 0
@@ -443,6 +446,7 @@ class ProRLTrainer:
                     raw, self._shaping,
                     truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
                     lengths=torch.tensor([len(s.token_ids) for s in samples]),
+                    step_in_phase=position[0], phase_steps=position[1],
                 )
                 groups.append(Group(row, prompts[i], samples, raw.tolist(), shaped.tolist(),
                                     [r.status for r in res]))
@@ -474,6 +478,8 @@ class ProRLTrainer:
                    # groups (reward/mean is over the kept groups, which drifts toward 0.5 by design)
                    "reward/generated_mean": sum(generated) / max(1, len(generated))}
         metrics.update(stats.as_metrics())
+        if self._shaping.length_penalty_coef > 0:
+            metrics["reward/length_penalty_coef"] = length_penalty_weight(self._shaping, *position)
         if bad / max(1, len(all_results)) > cfg.rewards.max_error_rate:
             failing = [(i, r.status, r.info) for i, r in zip(all_ids, all_results) if is_grader_fault(r)][:5]
             metrics["_failing"] = json.dumps(failing, default=str)[:2000]
@@ -503,8 +509,14 @@ class ProRLTrainer:
             mask[b, start:end] = 1.0
             if roll_lp[b] is not None and end > start:
                 rollout_lp[b, start:end] = torch.as_tensor(roll_lp[b], dtype=torch.float32)[: end - start]
+            tis = self.cfg.algorithm.loss.tis
+            if tis != "none" and (roll_lp[b] is None or len(roll_lp[b]) < end - start):
+                raise TrainingError(f"algorithm.loss.tis={tis} needs the rollout engine's log-prob of every "
+                                    f"response token; sample {b} has none or too few (keep rollout "
+                                    "sampling logprobs on, or set algorithm.loss.tis=none)")
+        # every rank holds the whole batch here, so batch-level estimators need no DP reduction (dp_group)
         adv = compute_advantages(torch.tensor(shaped, dtype=torch.float32), torch.tensor(group_ids),
-                                 self.cfg.algorithm.advantage)
+                                 self.cfg.algorithm.advantage, num_tokens=mask.sum(dim=1))
         return TokenBatch(ids, mask, {"advantages": adv.float()}), rollout_lp
 
     def _dp_slice(self, batch, start: int, stop: int):
@@ -545,9 +557,9 @@ class ProRLTrainer:
             ref_lp = self._gather_dp(ref_lp)
         full.extras["ref_logprobs"] = ref_lp.float()
         token_mult = None
-        if reuse:  # old log-probs = the train step's own (see skip_old_logprobs); mismatch measured there
-            full.extras["rollout_logprobs"] = rollout_lp
-        else:
+        # the loss weighs tokens by them (algorithm.loss.tis) and reports the mismatch metrics
+        full.extras["rollout_logprobs"] = rollout_lp
+        if not reuse:  # with reused old log-probs (skip_old_logprobs) the mismatch is measured in the loss
             old_lp, _ = self.policy.logprobs(mine)
             if self.dp_size > 1:
                 old_lp = self._gather_dp(old_lp)

@@ -72,3 +72,23 @@ def test_dry_run_of_the_embedded_default_reads_the_shipped_model(tmp_path, capsy
     assert rc == 0
     assert "assets/demo/config.json" in out and "rollout hf" in out and "vLLM" not in out
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_plans_the_v2_recipe(tmp_path, monkeypatch, capsys):
+    """``prorl_v2_1p5b`` composes with the v2 algorithm and passes every check at 32 ranks."""
+    from nemo_prorl.trainer.config import build_config, compose
+
+    monkeypatch.chdir(tmp_path)
+    rc = cli_main(["train", "--config-name", "prorl_v2_1p5b", "--dry-run", "--world-size", "32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert _files(tmp_path) == []
+    assert "schedule: 3000 steps" in out
+    assert "checks: passed for 6 phase(s)" in out
+    p6 = next(line for line in out.splitlines() if line.split()[:2] == ["5", "v2_p6"])
+    assert "2500-2999 (500)" in p6 and "yes" in p6 and "length penalty cosine 0.1->0 at 8192" in p6
+    alg = build_config(compose("prorl_v2_1p5b", []), require_model=False).algorithm
+    assert alg.advantage.estimator == "reinforce_pp_baseline"
+    assert (alg.loss.clip_high, alg.loss.dual_clip, alg.loss.tis, alg.loss.tis_min, alg.loss.tis_max) == \
+        (0.27, None, "icepop", 0.5, 5.0)
+    assert (alg.kl.coef, alg.kl.estimator) == (1e-4, "k2")
