@@ -41,6 +41,7 @@ from nemo_prorl.algorithms.dynamic_sampling import (
 from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
+from nemo_prorl.trainer.callbacks import build_callbacks
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
 from nemo_prorl.trainer.preflight import (
@@ -49,7 +50,6 @@ from nemo_prorl.trainer.preflight import (
     phase_plans,
     shaping_for_phase,
 )
-from nemo_prorl.trainer.callbacks import build_callbacks
 from nemo_prorl.trainer.resets import ResetController
 
 #: metrics of the loss that are sums of globally normalised terms (already correct after the engine's sum)
