@@ -1,0 +1,159 @@
+"""A third-party package plugs a reward, a policy loss and a trainer callback in by entry point alone.
+
+The package is written here (``pyproject.toml`` + a module), built and installed by pip
+(``pip install --no-deps --no-build-isolation --target DIR``: a real ``.dist-info`` with an
+``entry_points.txt``), and everything runs in fresh interpreters with ``DIR`` on ``PYTHONPATH``, as after
+``pip install`` of the package: nothing of nemo_prorl is told its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "prorl-wordcount"
+version = "0.1.0"
+
+[tool.setuptools]
+packages = ["prorl_wordcount"]
+
+[project.entry-points."nemo_prorl.rewards"]
+wordcount = "prorl_wordcount:WordCount"
+
+[project.entry-points."nemo_prorl.losses"]
+sign_pg = "prorl_wordcount:sign_pg_loss"
+
+[project.entry-points."nemo_prorl.callbacks"]
+reset_log = "prorl_wordcount:ResetLog"
+"""
+
+MODULE = '''\
+"""Score 1 when the response has exactly ``words`` words."""
+import torch
+
+from nemo_prorl.rewards import Reward, RewardResult
+from nemo_prorl.schema import Problem
+from nemo_prorl.trainer.callbacks import Callback
+
+
+class WordCount(Reward):
+    def validate(self, row):
+        w = row.get("words")
+        return [] if isinstance(w, int) and w > 0 else [Problem("words", "expected a positive integer")]
+
+    def score(self, response, row):
+        n = len(response.split())
+        return RewardResult(float(n == row["words"]), "ok", {"words": n})
+
+
+def sign_pg_loss(logprobs, old_logprobs, advantages, mask, cfg):
+    loss = -torch.sign(advantages)[:, None] * logprobs
+    return loss, {"sign_pg/mean_adv_sign": torch.sign(advantages).mean()}
+
+
+class ResetLog(Callback):
+    def on_reset(self, step, cause):
+        print("reset", step, cause)
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    (src / "prorl_wordcount").mkdir()
+    (src / "pyproject.toml").write_text(PYPROJECT)
+    (src / "prorl_wordcount" / "__init__.py").write_text(MODULE)
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(src)], check=True, timeout=120)
+    assert (target / "prorl_wordcount-0.1.0.dist-info" / "entry_points.txt").exists()
+    return target
+
+
+def _env(plugin: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(plugin)])
+    return env
+
+
+def _run(plugin: Path, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(plugin),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_plugin_registries_row_checks_mixture_config(plugin_dir):
+    out = _run(plugin_dir, """
+        import json
+        import torch
+        from nemo_prorl.algorithms.registry import get_policy_loss
+        from nemo_prorl.data.config import check_weights
+        from nemo_prorl.data.templates import build_messages
+        from nemo_prorl.schema import check_training_row, known_domains
+        from nemo_prorl.trainer.callbacks import build_callbacks
+        from nemo_prorl.trainer.config import load_config
+
+        row = {"id": 1, "domain": "wordcount", "prompt": "Say three words.", "words": 3}
+        loss, metrics = get_policy_loss("sign_pg")(torch.zeros(2, 3), torch.zeros(2, 3),
+                                                   torch.tensor([1.0, -2.0]), torch.ones(2, 3), None)
+        cfg = load_config("demo", ["trainer.callbacks=[reset_log]", "data.mixture={math: 1, wordcount: 2}"])
+        print(json.dumps({
+            "domains": list(known_domains()),
+            "problems": [str(p) for p in check_training_row(row)],
+            "bad": [str(p) for p in check_training_row({**row, "domain": "wordcnt"})],
+            "weights": check_weights({"math": 1, "wordcount": 3}),
+            "messages": build_messages(row),
+            "loss_sign": float(metrics["sign_pg/mean_adv_sign"]),
+            "callbacks": [type(c).__name__ for c in build_callbacks(cfg.trainer.callbacks)],
+            "mixture": dict(cfg.data.mixture),
+        }))
+    """)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["domains"] == ["math", "code", "mcq", "reasoning_gym", "ifeval", "wordcount"]
+    assert got["problems"] == []
+    assert got["bad"] and "unknown domain 'wordcnt'" in got["bad"][0] and "wordcount" in got["bad"][0]
+    assert got["weights"] == {"math": 1.0, "wordcount": 3.0}
+    assert got["messages"] == [{"role": "user", "content": "Say three words."}]
+    assert got["loss_sign"] == 0.0
+    assert got["callbacks"] == ["ResetLog"]
+    assert got["mixture"] == {"math": 1, "wordcount": 2}
+
+
+def test_plugin_domain_scores_through_cli(plugin_dir, tmp_path):
+    rows = [{"domain": "wordcount", "response": "one two three", "words": 3},
+            {"domain": "wordcount", "response": "one two", "words": 3},
+            {"domain": "wordcount", "response": "x", "words": "three"},  # the plug-in's validate() rejects
+            {"domain": "math", "response": "\\boxed{4}", "answer": "4"}]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = subprocess.run([sys.executable, "-m", "nemo_prorl.cli", "score", "--input", str(src), "--output",
+                          str(dst), "--workers", "1", "--no-progress"], env=_env(plugin_dir),
+                         capture_output=True, text=True, timeout=120)
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    got = [(o["reward"], o["status"]) for o in out]
+    assert got == [(1.0, "ok"), (0.0, "ok"), (0.0, "error"), (1.0, "ok")]
+    assert out[0]["reward_info"] == {"words": 3}
+    assert "'words'" in out[2]["error"] and "positive integer" in out[2]["error"]
+    assert run.returncode == 1, run.stderr  # one row failed validation (the plug-in's own check)
+
+
+def test_without_the_package_the_domain_is_unknown():
+    from nemo_prorl.schema import check_scoring_row
+
+    problems = check_scoring_row({"domain": "wordcount", "response": "a", "words": 1})
+    assert [p.field for p in problems] == ["domain"]
+    assert "nemo_prorl.rewards entry points" in problems[0].reason
