@@ -61,8 +61,11 @@ class WordCount(Reward):
 
 
 def sign_pg_loss(logprobs, old_logprobs, advantages, mask, cfg):
-    loss = -torch.sign(advantages)[:, None] * logprobs
-    return loss, {"sign_pg/mean_adv_sign": torch.sign(advantages).mean()}
+    keep = mask.bool()
+    lp = torch.where(keep, logprobs, torch.zeros_like(logprobs))
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(lp)
+    loss = torch.where(keep, -torch.sign(adv) * lp, torch.zeros_like(lp))
+    return loss, {"sign_pg/mean_adv_sign": torch.sign(adv[keep]).mean().detach()}
 
 
 class ResetLog(Callback):
@@ -107,16 +110,20 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
         from nemo_prorl.trainer.config import load_config
 
         row = {"id": 1, "domain": "wordcount", "prompt": "Say three words.", "words": 3}
-        loss, metrics = get_policy_loss("sign_pg")(torch.zeros(2, 3), torch.zeros(2, 3),
-                                                   torch.tensor([1.0, -2.0]), torch.ones(2, 3), None)
-        cfg = load_config("demo", ["trainer.callbacks=[reset_log]", "data.mixture={math: 1, wordcount: 2}"])
+        lp = torch.tensor([[-1.0, -2.0, float("-inf")], [-0.5, -0.25, -4.0]])
+        mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+        loss, metrics = get_policy_loss("sign_pg")(lp, lp, torch.tensor([1.0, -2.0]), mask, None)
+        cfg = load_config("demo", ["trainer.callbacks=[reset_log]", "data.mixture={math: 1, wordcount: 2}",
+                                   "algorithm.loss.name=sign_pg"])
         print(json.dumps({
             "domains": list(known_domains()),
             "problems": [str(p) for p in check_training_row(row)],
             "bad": [str(p) for p in check_training_row({**row, "domain": "wordcnt"})],
             "weights": check_weights({"math": 1, "wordcount": 3}),
             "messages": build_messages(row),
+            "loss": loss.tolist(),
             "loss_sign": float(metrics["sign_pg/mean_adv_sign"]),
+            "loss_name": cfg.algorithm.loss.name,
             "callbacks": [type(c).__name__ for c in build_callbacks(cfg.trainer.callbacks)],
             "mixture": dict(cfg.data.mixture),
         }))
@@ -128,7 +135,9 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
     assert got["bad"] and "unknown domain 'wordcnt'" in got["bad"][0] and "wordcount" in got["bad"][0]
     assert got["weights"] == {"math": 1.0, "wordcount": 3.0}
     assert got["messages"] == [{"role": "user", "content": "Say three words."}]
-    assert got["loss_sign"] == 0.0
+    # -sign(A) * logprob per valid token, 0 at the masked (-inf) one; 2 of 5 valid tokens have A > 0
+    assert got["loss"] == [[1.0, 2.0, 0.0], [-0.5, -0.25, -4.0]]
+    assert got["loss_sign"] == pytest.approx(-0.2) and got["loss_name"] == "sign_pg"
     assert got["callbacks"] == ["ResetLog"]
     assert got["mixture"] == {"math": 1, "wordcount": 2}
 
