@@ -150,3 +150,29 @@ def test_grpo_trainer_reset_at_step_1(tmp_path):
     logs = [h for h in trainer.state.log_history if "rewards/prorl_math/mean" in h]
     assert len(logs) == 2 and all(math.isfinite(h["rewards/prorl_math/mean"]) for h in logs)
     assert all("kl" in h for h in logs)
+
+
+def test_restart_warmup_multiplies_the_schedule_by_a_fresh_ramp():
+    """After a reset at scheduler epoch 5 of ``linear warm-up 2 -> decay to 0 at 10`` (transformers'
+    ``get_linear_schedule_with_warmup``), update j = 1, 2, ... after it gets ``min(1, j/2)`` x schedule,
+    as ``MegatronPolicy.current_lr`` ramps ours (``lr * j / W`` for ``j < W``)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from nemo_prorl.integrations.trl import _restart_warmup
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5 / 8)  # (10 - 5) / (10 - 2)
+    _restart_warmup(sched, 2)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # epochs 5..9: schedule 5/8, 4/8, 3/8, 2/8, 1/8; ramp 1/2, then 1
+    assert lrs == pytest.approx([5 / 16, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+    assert sched.get_last_lr() == pytest.approx([1 / 8])
