@@ -176,3 +176,49 @@ def test_restart_warmup_multiplies_the_schedule_by_a_fresh_ramp():
     # epochs 5..9: schedule 5/8, 4/8, 3/8, 2/8, 1/8; ramp 1/2, then 1
     assert lrs == pytest.approx([5 / 16, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
     assert sched.get_last_lr() == pytest.approx([1 / 8])
+
+
+@pytest.mark.timeout(180)
+def test_grpo_trainer_plateau_reset_with_beta_0(tmp_path):
+    """The paper's trigger inside TRL: evaluation every step, ``reset.metric = eval_reward``,
+    ``patience 1`` and a ``min_delta`` no evaluation can beat. Step 1's evaluation sets the best; step
+    2's does not improve on it, so the decision deferred from step 2's ``on_step_end`` (an evaluation
+    was due, ``control.should_evaluate``) resets in ``on_evaluate``. With ``beta = 0`` TRL builds no
+    reference model, so only the optimizer is restarted."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from nemo_prorl.integrations.trl import ProRLResetCallback
+    from nemo_prorl.policy.megatron.testing import make_tiny_hf_model
+
+    model_dir = make_tiny_hf_model(tmp_path / "tiny", arch="qwen2", seed=1, num_layers=1, hidden_size=32,
+                                   intermediate_size=64)
+    rows = [{"prompt": f"Name a letter after {c}.", "domain": "mcq", "answer": "B"} for c in "abcdefgh"]
+    funcs = reward_funcs(["mcq"], {"num_workers": 1})
+
+    def distinct_chars(completions, **kwargs):
+        return [len(set(c)) / 10.0 for c in completions]
+
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                      per_device_eval_batch_size=4, num_generations=4, max_completion_length=6, max_steps=2,
+                      beta=0.0, learning_rate=1e-2, logging_steps=1, eval_strategy="steps", eval_steps=1,
+                      report_to="none", use_cpu=True, bf16=False, save_strategy="no", seed=0,
+                      steps_per_generation=1, disable_tqdm=True)
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[*funcs, distinct_chars], args=args,
+                          train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:4]))
+    assert trainer.ref_model is None
+    cb = ProRLResetCallback.attach(trainer, {"on_val_plateau": True, "metric": "eval_reward", "patience": 1,
+                                             "min_delta": 100.0})
+    try:
+        trainer.train()
+    finally:
+        funcs[0].close()
+    evals = [h["eval_reward"] for h in trainer.state.log_history if "eval_reward" in h]
+    assert len(evals) == 2
+    assert [h["step"] for h in cb.history] == [2]
+    assert cb.history[0]["cause"].startswith("validation eval_reward plateaued (1 validations without")
+    assert cb.controller.best == pytest.approx(evals[0])
+    opt = unwrap_optimizer(trainer.optimizer)
+    states = list(opt.state.values())
+    assert states and all(float(s["step"]) == 0.0 and not s["exp_avg"].any() for s in states)
