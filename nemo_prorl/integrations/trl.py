@@ -23,6 +23,8 @@ in the same order (step -> validation -> trigger check), whether to reset, and r
   policy is not a PEFT model) gets the policy's state dict. With ``beta == 0`` there is no reference
   (TRL builds none) and only the optimizer is reset. A PEFT policy's reference is the adapter-disabled
   base; resetting it would mean merging the adapter, which the callback refuses (train full weights).
+* scope: single-process and DDP runs (DeepSpeed and FSDP, which shard weights and optimizer state, are
+  refused when the callback is built).
 * optimizer: ``trainer.optimizer`` (accelerate's ``AcceleratedOptimizer``) is unwrapped to the torch
   optimizer and restarted with :func:`~nemo_prorl.policy.megatron.optim_reset.restart_adam` (moments
   zeroed, step counters to 0): the next update equals a fresh AdamW's first update.
@@ -239,6 +241,10 @@ class ProRLResetCallback(_transformers_callback_base()):
         self._pending_step: int | None = None
         self._pending_kl: float | None = None
         self._kl_mark = 0
+        if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+            raise ValueError("ProRLResetCallback: DeepSpeed and FSDP shard the weights and own the optimizer "
+                             "state; the reset here copies full state dicts and restarts a torch Adam/AdamW, "
+                             "so it supports single-process and DDP runs only")
         model = trainer.accelerator.unwrap_model(trainer.model)
         peft = hasattr(model, "peft_config")
         if getattr(trainer, "beta", 0.0) != 0.0 and trainer.ref_model is None and peft:
