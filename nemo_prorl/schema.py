@@ -113,8 +113,7 @@ def check_ground_truth(row: dict) -> list[Problem]:
     if domain not in DOMAINS:
         known = known_domains()
         if domain not in known:
-            return [Problem("domain", f"unknown domain {domain!r} (known: {', '.join(known)}; a reward "
-                                      "package adds one through the nemo_prorl.rewards entry points)")]
+            return [Problem("domain", f"unknown domain {domain!r} (known: {', '.join(known)})")]
         return []  # a plug-in domain: its reward's validate() checks the ground truth
 
     problems: list[Problem] = []
