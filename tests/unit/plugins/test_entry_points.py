@@ -113,6 +113,12 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
         lp = torch.tensor([[-1.0, -2.0, float("-inf")], [-0.5, -0.25, -4.0]])
         mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
         loss, metrics = get_policy_loss("sign_pg")(lp, lp, torch.tensor([1.0, -2.0]), mask, None)
+        from nemo_prorl.eval.sampling import scoring_row
+        from nemo_prorl.rewards import RewardPool, RewardsConfig
+
+        srow = scoring_row(row, "one two three")
+        with RewardPool(RewardsConfig(num_workers=1)) as pool:
+            res = pool.score([srow, scoring_row(row, "one two")])
         cfg = load_config("demo", ["trainer.callbacks=[reset_log]", "data.mixture={math: 1, wordcount: 2}",
                                    "algorithm.loss.name=sign_pg"])
         print(json.dumps({
@@ -126,6 +132,8 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
             "loss_name": cfg.algorithm.loss.name,
             "callbacks": [type(c).__name__ for c in build_callbacks(cfg.trainer.callbacks)],
             "mixture": dict(cfg.data.mixture),
+            "scoring_row": srow,
+            "trainer_scores": [(r.score, r.status) for r in res],
         }))
     """)
     assert out.returncode == 0, out.stderr
@@ -140,6 +148,10 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
     assert got["loss_sign"] == pytest.approx(-0.2) and got["loss_name"] == "sign_pg"
     assert got["callbacks"] == ["ResetLog"]
     assert got["mixture"] == {"math": 1, "wordcount": 2}
+    # the trainer's scoring row of a plug-in domain carries the row's own fields (its ground truth)
+    assert got["scoring_row"] == {"domain": "wordcount", "prompt": "Say three words.", "words": 3,
+                                  "response": "one two three"}
+    assert got["trainer_scores"] == [[1.0, "ok"], [0.0, "ok"]]
 
 
 def test_plugin_domain_scores_through_cli(plugin_dir, tmp_path):
@@ -166,3 +178,27 @@ def test_without_the_package_the_domain_is_unknown():
     problems = check_scoring_row({"domain": "wordcount", "response": "a", "words": 1})
     assert [(p.field, p.reason) for p in problems] == [
         ("domain", "unknown domain 'wordcount' (known: math, code, mcq, reasoning_gym, ifeval)")]
+
+
+def test_plugin_trains_in_the_cli_run(plugin_dir, tmp_path):
+    """``nemo-prorl train`` on the demo model: a plug-in domain in the mixture, the plug-in loss, and the
+    plug-in callback seeing the scheduled reset; the plug-in rows score without errors (2 steps, ~20 s)."""
+    rows = tmp_path / "wordcount.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "domain": "wordcount", "prompt": f"Say {w} words.",
+                                        "words": w}) + "\n" for i, w in enumerate([1, 2, 3, 4])))
+    run_dir = tmp_path / "run"
+    run = subprocess.run([
+        sys.executable, "-m", "nemo_prorl.cli", "train", "--config-name", "demo",
+        f"data.train_files=[{rows},demo:train.jsonl]", "data.mixture={reasoning_gym: 1, wordcount: 1}",
+        "algorithm.loss.name=sign_pg", "trainer.callbacks=[reset_log]", "trainer.max_steps=2",
+        "reset.at_steps=[1]", "reset.on_val_plateau=false", "trainer.prompts_per_step=4",
+        "trainer.mini_batch_prompts=2", "rollout.n=4", "trainer.val_interval=0", "final_eval.enabled=false",
+        "checkpoint.interval=0", "trainer.progress_bar=false", "logging.plots=false", f"run_dir={run_dir}",
+    ], env={**_env(plugin_dir), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "reset 1 scheduled (reset.at_steps contains 1)" in run.stdout  # printed by the plug-in callback
+    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all("sign_pg/mean_adv_sign" in r for r in steps)  # the plug-in loss's own metric
+    assert all(r["reward/error_rate"] == 0.0 for r in steps)  # wordcount rows scored, none rejected
