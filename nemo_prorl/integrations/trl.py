@@ -23,8 +23,6 @@ in the same order (step -> validation -> trigger check), whether to reset, and r
   policy is not a PEFT model) gets the policy's state dict. With ``beta == 0`` there is no reference
   (TRL builds none) and only the optimizer is reset. A PEFT policy's reference is the adapter-disabled
   base; resetting it would mean merging the adapter, which the callback refuses (train full weights).
-* scope: single-process and DDP runs (DeepSpeed and FSDP, which shard weights and optimizer state, are
-  refused when the callback is built).
 * optimizer: ``trainer.optimizer`` (accelerate's ``AcceleratedOptimizer``) is unwrapped to the torch
   optimizer and restarted with :func:`~nemo_prorl.policy.megatron.optim_reset.restart_adam` (moments
   zeroed, step counters to 0): the next update equals a fresh AdamW's first update.
@@ -39,6 +37,10 @@ decides in ``on_evaluate`` with the validation result. Either way the reset happ
 step's generation, whose reference log-probs then come from the new reference. With
 ``steps_per_generation > 1`` TRL generates (and computes reference log-probs) once per generation
 batch, so a reset inside a generation batch reaches the reference log-probs at the next generation.
+
+Scope: single-process and DDP runs; DeepSpeed and FSDP (sharded weights and optimizer state) are refused
+when the callback is built. The controller's state is not part of TRL's checkpoints: a resumed run keeps
+the step triggers but starts the plateau tracking over.
 
 The validation metric is ``reset.metric`` as the trainer logs it, e.g. ``eval_reward`` for TRL. KL for
 ``reset.kl_above`` is the mean of the step's ``kl`` values that ``GRPOTrainer`` records (``beta != 0``).
