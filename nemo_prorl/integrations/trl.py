@@ -10,7 +10,9 @@ float per completion; ``None`` becomes NaN, and the total reward is the weighted
 functions. So :func:`reward_funcs` returns one function per domain, ``prorl_<domain>``: it scores the
 rows whose ``domain`` column is its domain and returns ``None`` for the others. Each row is scored once,
 the total is its domain's reward, and TRL logs ``rewards/prorl_<domain>/mean`` per domain. Scoring goes
-through one shared :class:`~nemo_prorl.rewards.pool.RewardPool`: killable worker processes, the per-sample
+through one shared :class:`~nemo_prorl.rewards.pool.RewardPool`, one pool call per batch for all the
+domains (the first function called scores them, the others read the results kept for that
+``completions`` list, compared by identity): killable worker processes, the per-sample
 deadlines, the code sandbox and the options of :class:`~nemo_prorl.rewards.config.RewardsConfig`; a
 sample whose status is not ``ok`` gets ``failure_score``. Completions may be strings or, for
 conversational datasets, message lists (the assistant messages' text is scored).
@@ -89,11 +91,19 @@ def completion_text(completion: Any) -> str:
 
 
 class _SharedPool:
-    """One :class:`RewardPool` for all the functions of one :func:`reward_funcs` call, started lazily."""
+    """One :class:`RewardPool` for all the functions of one :func:`reward_funcs` call, started lazily.
 
-    def __init__(self, config: RewardsConfig) -> None:
+    TRL calls the functions one after the other with the same ``completions`` list. The first call of a
+    batch scores the rows of *every* chosen domain in one :meth:`RewardPool.score` (so a slow domain's
+    samples and a fast one's share the workers), the others read the cached results of that list.
+    """
+
+    def __init__(self, config: RewardsConfig, domains: Sequence[str]) -> None:
         self.config = config
+        self.domains = frozenset(domains)
         self.pool = None
+        self._batch: Any = None  # the completions list the cache belongs to (compared by identity)
+        self._results: dict[int, Any] = {}
 
     def get(self):
         if self.pool is None:
@@ -103,7 +113,18 @@ class _SharedPool:
             weakref.finalize(self, self.pool.close)
         return self.pool
 
+    def results(self, completions: Sequence[Any], columns: dict[str, list[Any]]) -> dict[int, Any]:
+        """Index -> :class:`RewardResult` of every row of a chosen domain in this batch."""
+        if self._batch is not completions:
+            idx = [i for i in range(len(completions)) if columns["domain"][i] in self.domains]
+            rows = [{**{k: v[i] for k, v in columns.items()}, "response": completion_text(completions[i])}
+                    for i in idx]
+            scored = self.get().score(rows) if rows else []
+            self._batch, self._results = completions, dict(zip(idx, scored))
+        return self._results
+
     def close(self) -> None:
+        self._batch, self._results = None, {}
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -116,20 +137,16 @@ def _make_reward_func(domain: str, shared: _SharedPool) -> Callable[..., list[fl
             raise KeyError(f"reward function prorl_{domain}: the dataset needs a 'domain' column (one of the "
                            "registered rewards) next to the ground-truth columns of that domain")
         columns = {k: v for k, v in kwargs.items() if k not in TRL_EXTRA_KWARGS}
-        n = len(completions)
-        mine = [i for i in range(n) if columns["domain"][i] == domain]
-        out: list[float | None] = [None] * n
-        if not mine:
-            return out
-        rows = [{**{k: v[i] for k, v in columns.items()}, "response": completion_text(completions[i])}
-                for i in mine]
-        results = shared.get().score(rows)
-        for i, res in zip(mine, results):
+        results = shared.results(completions, columns)
+        out: list[float | None] = [None] * len(completions)
+        mine = [i for i in range(len(completions)) if columns["domain"][i] == domain]
+        for i in mine:
+            res = results[i]
             out[i] = res.score if res.status == "ok" else shared.config.failure_score
         log_metric = kwargs.get("log_metric")
-        if callable(log_metric):
-            bad = sum(r.status in ("error", "timeout") for r in results)
-            log_metric(f"prorl/{domain}/error_rate", bad / len(results))
+        if mine and callable(log_metric):
+            bad = sum(results[i].status in ("error", "timeout") for i in mine)
+            log_metric(f"prorl/{domain}/error_rate", bad / len(mine))
         return out
 
     reward_func.__name__ = reward_func.__qualname__ = f"prorl_{domain}"
@@ -165,7 +182,7 @@ def reward_funcs(
     for d in chosen:
         if d not in known:
             raise ValueError(f"reward_funcs: unknown domain {d!r} (known: {', '.join(known)})")
-    shared = _SharedPool(cfg)
+    shared = _SharedPool(cfg, chosen)
     return [_make_reward_func(d, shared) for d in chosen]
 
 

@@ -42,6 +42,11 @@ def test_reward_funcs_score_own_domain_and_none_elsewhere():
         assert logged == [("prorl/math/error_rate", 0.0)]
         got = by_name["prorl_mcq"](prompts=["p"] * 4, completions=completions, **columns)
         assert got == [None, 1.0, None, None]
+        # one pool call per batch: the math call scored the mcq row too, kept for this very list object
+        completions[1] = "The answer is C"
+        assert by_name["prorl_mcq"](prompts=["p"] * 4, completions=completions, **columns)[1] == 1.0
+        fresh = list(completions)  # a new batch (a new list) is scored again
+        assert by_name["prorl_mcq"](prompts=["p"] * 4, completions=fresh, **columns)[1] == 0.0
         with pytest.raises(KeyError, match="'domain' column"):
             by_name["prorl_math"](prompts=["p"], completions=["x"], answer=["1"])
     finally:
