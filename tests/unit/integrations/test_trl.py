@@ -227,3 +227,45 @@ def test_grpo_trainer_plateau_reset_with_beta_0(tmp_path):
     opt = unwrap_optimizer(trainer.optimizer)
     states = list(opt.state.values())
     assert states and all(float(s["step"]) == 0.0 and not s["exp_avg"].any() for s in states)
+
+
+@pytest.mark.timeout(180)
+def test_grpo_trainer_kl_reset_reaches_the_next_steps_kl(tmp_path):
+    """``reset.kl_above`` reads the KL that ``GRPOTrainer`` records (``_metrics["train"]["kl"]``).
+
+    Step 1's KL is 0 (TRL builds the reference from the same checkpoint), step 2's is positive, so the
+    trigger fires after step 2; step 3's reference log-probs then come from the reset reference and its
+    logged KL is 0 again, while without a reset it keeps growing.
+    """
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from nemo_prorl.integrations.trl import ProRLResetCallback
+    from nemo_prorl.policy.megatron.testing import make_tiny_hf_model
+
+    model_dir = make_tiny_hf_model(tmp_path / "tiny", arch="llama", seed=2, num_layers=1, hidden_size=32,
+                                   intermediate_size=64)
+    data = Dataset.from_list([{"prompt": f"Count to {a}.", "domain": "math", "answer": str(a)}
+                              for a in range(8)])
+    funcs = reward_funcs(["math"], {"num_workers": 1})
+
+    def distinct_chars(completions, **kwargs):
+        return [len(set(c)) / 10.0 for c in completions]
+
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=6, max_steps=3, beta=0.1, learning_rate=1e-2, logging_steps=1,
+                      report_to="none", use_cpu=True, bf16=False, save_strategy="no", seed=0,
+                      steps_per_generation=1, disable_tqdm=True)
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[*funcs, distinct_chars], args=args,
+                          train_dataset=data)
+    cb = ProRLResetCallback.attach(trainer, {"kl_above": 1e-9})
+    try:
+        trainer.train()
+    finally:
+        funcs[0].close()
+    kl = [h["kl"] for h in trainer.state.log_history if "kl" in h and "loss" in h]
+    assert len(kl) == 3
+    assert kl[0] == 0.0 and kl[1] > 1e-9 and kl[2] == 0.0  # without the reset: [0, 0.0027, 0.019]
+    assert [h["step"] for h in cb.history] == [2]
+    assert cb.history[0]["cause"].startswith("kl ") and "above reset.kl_above=1e-09" in cb.history[0]["cause"]
