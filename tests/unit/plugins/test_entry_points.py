@@ -116,6 +116,12 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
         from nemo_prorl.eval.sampling import scoring_row
         from nemo_prorl.rewards import RewardPool, RewardsConfig
 
+        import tempfile
+        from nemo_prorl.data.preflight import preflight
+
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            f.write(json.dumps(row) + "\\n" + json.dumps({**row, "id": 2, "words": 0}) + "\\n")
+        rep = preflight([f.name], check_rewards=True)
         srow = scoring_row(row, "one two three")
         with RewardPool(RewardsConfig(num_workers=1)) as pool:
             res = pool.score([srow, scoring_row(row, "one two")])
@@ -133,6 +139,7 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
             "callbacks": [type(c).__name__ for c in build_callbacks(cfg.trainer.callbacks)],
             "mixture": dict(cfg.data.mixture),
             "scoring_row": srow,
+            "preflight": [dict(rep.read_by_domain), len(rep.rows), [i.field for i in rep.issues]],
             "trainer_scores": [(r.score, r.status) for r in res],
         }))
     """)
@@ -152,6 +159,8 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
     assert got["scoring_row"] == {"domain": "wordcount", "prompt": "Say three words.", "words": 3,
                                   "response": "one two three"}
     assert got["trainer_scores"] == [[1.0, "ok"], [0.0, "ok"]]
+    # `nemo-prorl data check` counts the plug-in domain and runs its reward's validate()
+    assert got["preflight"] == [{"wordcount": 2}, 1, ["words"]]
 
 
 def test_plugin_domain_scores_through_cli(plugin_dir, tmp_path):
