@@ -51,13 +51,18 @@ from nemo_prorl.trainer.callbacks import Callback
 
 
 class WordCount(Reward):
+    def __init__(self, ignore_punctuation: bool = True):
+        self.ignore_punctuation = ignore_punctuation
+
     def validate(self, row):
         w = row.get("words")
         return [] if isinstance(w, int) and w > 0 else [Problem("words", "expected a positive integer")]
 
     def score(self, response, row):
-        n = len(response.split())
-        return RewardResult(float(n == row["words"]), "ok", {"words": n})
+        words = response.split()
+        if self.ignore_punctuation:
+            words = [w for w in words if any(ch.isalnum() for ch in w)]
+        return RewardResult(float(len(words) == row["words"]), "ok", {"words": len(words)})
 
 
 def sign_pg_loss(logprobs, old_logprobs, advantages, mask, cfg):
@@ -165,17 +170,20 @@ def test_plugin_registries_row_checks_mixture_config(plugin_dir):
 
 def test_plugin_domain_scores_through_cli(plugin_dir, tmp_path):
     rows = [{"domain": "wordcount", "response": "one two three", "words": 3},
-            {"domain": "wordcount", "response": "one two", "words": 3},
+            {"domain": "wordcount", "response": "one two !", "words": 3},  # "!" is a word: option off
             {"domain": "wordcount", "response": "x", "words": "three"},  # the plug-in's validate() rejects
             {"domain": "math", "response": "\\boxed{4}", "answer": "4"}]
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conf = tmp_path / "rewards.json"
+    conf.write_text(json.dumps({"domains": {"wordcount": {"ignore_punctuation": False}}}))
     run = subprocess.run([sys.executable, "-m", "nemo_prorl.cli", "score", "--input", str(src), "--output",
-                          str(dst), "--workers", "1", "--no-progress"], env=_env(plugin_dir),
+                          str(dst), "--workers", "1", "--no-progress", "--rewards-config", str(conf)],
+                         env=_env(plugin_dir),
                          capture_output=True, text=True, timeout=120)
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     got = [(o["reward"], o["status"]) for o in out]
-    assert got == [(1.0, "ok"), (0.0, "ok"), (0.0, "error"), (1.0, "ok")]
+    assert got == [(1.0, "ok"), (1.0, "ok"), (0.0, "error"), (1.0, "ok")]
     assert out[0]["reward_info"] == {"words": 3}
     assert "'words'" in out[2]["error"] and "positive integer" in out[2]["error"]
     assert run.returncode == 1, run.stderr  # one row failed validation (the plug-in's own check)
