@@ -50,6 +50,7 @@ The validation metric is ``reset.metric`` as the trainer logs it, e.g. ``eval_re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
@@ -253,7 +254,15 @@ class ProRLResetCallback(_transformers_callback_base()):
         from nemo_prorl.trainer.config import ResetConfig
         from nemo_prorl.trainer.resets import ResetController
 
-        cfg = reset if isinstance(reset, ResetConfig) else ResetConfig(**dict(reset or {}))
+        if isinstance(reset, ResetConfig):
+            cfg = reset
+        else:
+            known = {f.name for f in dataclasses.fields(ResetConfig)}
+            unknown = sorted(set(dict(reset or {})) - known)
+            if unknown:
+                raise ValueError(f"ProRLResetCallback: unknown reset option(s) {unknown}; "
+                                 f"known: {sorted(known)}")
+            cfg = ResetConfig(**dict(reset or {}))
         cfg.validate("reset")
         self.trainer = trainer
         self.controller = ResetController(cfg)
