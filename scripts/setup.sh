@@ -26,6 +26,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VPY" -m pip install -q --upgrade pip
   # torch first: the local CPU wheel satisfies torch>=2.6 so nothing pulls a CUDA build.
   "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch==2.13.0"
-  "$VPY" -m pip install -q -e ".[dev]"
+  "$VPY" -m pip install -q -e ".[dev,trl]"  # trl: tests/unit/integrations/test_trl.py runs a real GRPOTrainer
   echo "$want" > "$stamp"
 fi

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nemo_prorl.schema import DOMAINS
+from nemo_prorl.schema import known_domains
 
 POLICIES: tuple[str, ...] = ("skip", "fail")
 
@@ -28,8 +28,8 @@ def check_weights(weights: Mapping[str, float], where: str = "mixture") -> dict[
         raise ValueError(f"{where}: expected a mapping domain -> weight, got {type(weights).__name__}")
     out: dict[str, float] = {}
     for domain, w in weights.items():
-        if domain not in DOMAINS:
-            raise ValueError(f"{where}.{domain}: unknown domain (known: {', '.join(DOMAINS)})")
+        if domain not in (known := known_domains()):
+            raise ValueError(f"{where}.{domain}: unknown domain (known: {', '.join(known)})")
         if isinstance(w, bool) or not isinstance(w, (int, float)):
             raise ValueError(f"{where}.{domain}: weight must be a number, got {w!r}")
         if not math.isfinite(w) or w < 0:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemo_prorl.data.config import POLICIES
-from nemo_prorl.schema import Problem, check_training_row
+from nemo_prorl.schema import Problem, check_training_row, known_domains
 
 DATA_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet")
 
@@ -322,6 +322,7 @@ def preflight(
     from nemo_prorl.data.templates import merged_templates, tokenize_prompt
 
     all_templates = merged_templates(templates)
+    domains = set(known_domains())  # built-in and plug-in (entry point) rewards
     validators = _reward_validators(check_rewards)
     report = PreflightReport(policy=policy, max_prompt_tokens=max_prompt_tokens)
     first_seen: dict[str, str] = {}
@@ -338,7 +339,7 @@ def preflight(
                 continue
             row = rec.value
             domain = row.get("domain") if isinstance(row, dict) else None
-            dkey = domain if isinstance(domain, str) and domain in all_templates else "<unknown>"
+            dkey = domain if isinstance(domain, str) and domain in domains else "<unknown>"
             report.read_by_domain[dkey] += 1
             issues = [
                 Issue(path, rec.row, p.field, p.reason, categorize(p)) for p in check_training_row(row)

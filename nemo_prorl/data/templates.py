@@ -12,7 +12,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from nemo_prorl.schema import DOMAINS
+from nemo_prorl.schema import known_domains
 
 #: ProRL's prompt suffixes (algorithm notes, section 5). Keys are domains.
 DEFAULT_TEMPLATES: dict[str, str] = {
@@ -44,8 +44,8 @@ def check_templates(templates: Mapping[str, str], where: str = "templates") -> N
     """
     for domain, tmpl in templates.items():
         key = f"{where}.{domain}"
-        if domain not in DOMAINS:
-            raise ValueError(f"{key}: unknown domain (known: {', '.join(DOMAINS)})")
+        if domain not in (known := known_domains()):
+            raise ValueError(f"{key}: unknown domain (known: {', '.join(known)})")
         if not isinstance(tmpl, str):
             raise ValueError(f"{key}: expected a format string, got {type(tmpl).__name__}")
         try:
@@ -112,7 +112,7 @@ def build_messages(
         system_prompt: prepended as a system message unless the row already has one.
 
     """
-    tmpl = merged_templates(templates)[row["domain"]]
+    tmpl = merged_templates(templates).get(row["domain"], "{prompt}")  # plug-in domains: bare prompt
     prompt = row["prompt"]
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": _fill(tmpl, prompt, row)}]

@@ -13,6 +13,7 @@ from typing import Any
 
 from nemo_prorl.eval.passk import pass_at_k
 from nemo_prorl.rollout.base import RolloutEngine, SamplingParams
+from nemo_prorl.schema import DOMAINS
 
 #: domains whose reward is binary (pass@k is defined on "reward == 1")
 BINARY_DOMAINS = frozenset({"math", "mcq"})
@@ -20,10 +21,16 @@ GROUND_TRUTH_KEYS = ("domain", "answer", "options", "tests", "entry_point", "tas
 
 
 def scoring_row(row: Mapping[str, Any], response: str) -> dict[str, Any]:
-    """The row a reward scores: the ground-truth fields of ``row`` plus ``response``."""
-    out = {k: row[k] for k in GROUND_TRUTH_KEYS if k in row}
-    if row.get("domain") == "reward_model" and "prompt" in row:
-        out["prompt"] = row["prompt"]  # a learned reward model reads the prompt too
+    """The row a reward scores: the ground-truth fields of ``row`` plus ``response``.
+
+    A built-in domain's fields are :data:`GROUND_TRUTH_KEYS`; a plug-in domain (a reward from the
+    ``nemo_prorl.rewards`` entry points, ``docs/plugins.md``) declares none, so its reward gets every
+    field of the row but ``id`` (its ground truth may use any names; ``prompt`` included).
+    """
+    if row.get("domain") in DOMAINS:
+        out = {k: row[k] for k in GROUND_TRUTH_KEYS if k in row}
+    else:
+        out = {k: v for k, v in row.items() if k != "id"}
     out["response"] = response
     return out
 

@@ -58,6 +58,8 @@ class Reward(abc.ABC):
         """Score ``response`` against the ground truth in ``row``. Must not raise."""
 
 
+ENTRY_POINT_GROUP = "nemo_prorl.rewards"
+
 _REGISTRY: dict[str, type[Reward]] = {}
 _ENTRY_POINTS_LOADED = False
 
@@ -76,14 +78,29 @@ def register_reward(name: str):
 
 
 def _load_entry_points() -> None:
+    """Register every ``nemo_prorl.rewards`` entry point once, at the first registry lookup.
+
+    The entry point's name is the domain; its target is a :class:`Reward` subclass (a module whose
+    ``@register_reward`` already registered it under that name is fine too).
+    """
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plug-in must name itself, not fail deep in importlib
+            raise ImportError(f"cannot load entry point {ep.name!r} = {ep.value!r} of group "
+                              f"{ENTRY_POINT_GROUP!r}: {type(exc).__name__}: {exc}") from exc
+        if ep.name in _REGISTRY:  # the module registered it while importing
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Reward)):
+            raise TypeError(f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} is "
+                            f"{cls!r}, not a subclass of nemo_prorl.rewards.Reward")
+        register_reward(ep.name)(cls)
     _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group="nemo_prorl.rewards"):
-        cls = ep.load()
-        if ep.name not in _REGISTRY:
-            register_reward(ep.name)(cls)
 
 
 def registered_rewards() -> dict[str, type[Reward]]:

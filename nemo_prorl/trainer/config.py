@@ -78,6 +78,9 @@ class TrainerConfig:
         max_nonfinite_in_row: abort after this many consecutive steps with a NaN/inf loss or grad norm
             (each such update is skipped and counted).
         progress_bar: show a tqdm bar with the key numbers.
+        callbacks: registry names of trainer callbacks (:mod:`nemo_prorl.trainer.callbacks`: on step end,
+            on validation, on reset), in call order; packages add names through the
+            ``nemo_prorl.callbacks`` entry points.
 
     """
 
@@ -96,6 +99,7 @@ class TrainerConfig:
     log_samples_interval: int = 0
     max_nonfinite_in_row: int = 3
     progress_bar: bool = True
+    callbacks: list[str] = field(default_factory=list)
 
     def validate(self, p: str = "trainer") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
@@ -116,6 +120,14 @@ class TrainerConfig:
                               f"{p}.prompts_per_step={self.prompts_per_step}")
         if not (0 <= self.val_temperature <= 10 and 0 < self.val_top_p <= 1):
             raise ConfigError(f"{p}.val_temperature", "temperature must be in [0, 10] and top_p in (0, 1]")
+        from nemo_prorl.trainer.callbacks import registered_callbacks
+
+        self.callbacks = list(self.callbacks)
+        for i, name in enumerate(self.callbacks):
+            if name not in (known := registered_callbacks()):
+                raise ConfigError(f"{p}.callbacks[{i}]", f"unknown callback {name!r}; registered: "
+                                  f"{', '.join(sorted(known)) or 'none'} (packages add them through the "
+                                  "nemo_prorl.callbacks entry points)")
 
 
 @dataclass

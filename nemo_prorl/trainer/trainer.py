@@ -42,6 +42,7 @@ from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import length_penalty_weight, phase_position, shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
 from nemo_prorl.rewards.pool import is_grader_fault
+from nemo_prorl.trainer.callbacks import build_callbacks
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
 from nemo_prorl.trainer.preflight import (
@@ -201,6 +202,7 @@ class ProRLTrainer:
         self.nonfinite_total = 0
         self.error_steps_in_row = 0
         self.resets = ResetController(cfg.reset)
+        self.callbacks = build_callbacks(cfg.trainer.callbacks)  # docs: nemo_prorl/trainer/callbacks.py
         self.val_history: list[dict[str, float]] = []
         #: training reward per step of this process's lifetime (for the end-of-run summary)
         self.reward_trace: list[float] = []
@@ -664,6 +666,8 @@ class ProRLTrainer:
         self.resets.record(self.step, cause)
         self._event("reset", cause=cause, reset_optimizer=self.cfg.reset.reset_optimizer,
                     total_resets=len(self.resets.history))
+        for cb in self.callbacks:
+            cb.on_reset(self.step, cause)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``trainer.max_steps``; returns a summary. Raises :class:`TrainingError` on abort."""
@@ -680,6 +684,8 @@ class ProRLTrainer:
             self.resets.observe_validation(m.get(cfg.reset.metric))
             if self.logger:
                 self.logger.log({"step": 0, **m})
+            for cb in self.callbacks:
+                cb.on_validation(0, dict(m))
         base_pass = None
         if cfg.final_eval.enabled and self.final_rows and self.step == 0:
             base_pass = self._final_eval("base")
@@ -738,6 +744,8 @@ class ProRLTrainer:
                     vm = self._validate()
                     record.update(vm)
                     val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
+                    for cb in self.callbacks:
+                        cb.on_validation(self.step, dict(vm))
                 cause = self.resets.check(self.step, record.get("kl"), val_cause)
                 record["time/step"] = time.time() - t_step
                 ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
@@ -745,6 +753,8 @@ class ProRLTrainer:
                 self.reward_trace.append(record["reward/generated_mean"])
                 if self.logger:
                     self.logger.log(record)
+                for cb in self.callbacks:
+                    cb.on_step_end(self.step, dict(record))
                 if cause:
                     self._reset(cause)
                 if tc.log_samples_interval and self.step % tc.log_samples_interval == 0 and _rank() == 0:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from nemo_prorl.cli import main as cli_main
+from nemo_prorl.trainer.callbacks import Callback, register_callback
 
 TINY = ["trainer.prompts_per_step=4", "trainer.mini_batch_prompts=2", "rollout.n=4",
         "trainer.val_interval=0", "final_eval.enabled=false", "checkpoint.interval=0",
@@ -18,6 +19,19 @@ STEP_KEYS = {"step", "reward/mean", "reward/reasoning_gym", "loss", "kl", "entro
              "dynamic_sampling/groups_dropped",
              "time/generate", "time/score", "time/logprobs", "time/train", "time/sync", "time/step",
              "tokens_per_s", "grad_norm", "lr"}
+
+
+#: what the ``cli_recorder`` callback saw (it is built by the trainer from its registry name)
+SEEN: list[tuple] = []
+
+
+@register_callback("cli_recorder")
+class _CliRecorder(Callback):
+    def on_validation(self, step, metrics):
+        SEEN.append(("validation", step, "val/reward/mean" in metrics))
+
+    def on_reset(self, step, cause):
+        SEEN.append(("reset", step, cause.split(" (")[0]))
 
 
 def _lines(run_dir: Path) -> list[dict]:
@@ -32,7 +46,9 @@ def test_two_step_run_end_to_end_then_a_rerun_trains_zero_steps_and_fails(tmp_pa
             "final_eval.enabled=true", "final_eval.n=4", "final_eval.ks=[1,2,4]", "final_eval.max_prompts=4",
             "logging.plots=true", "logging.tensorboard=true",
             # the paper's trigger, made to fire: no validation can improve by 1.0, patience 1
-            "reset.on_val_plateau=true", "reset.patience=1", "reset.min_delta=1.0"]
+            "reset.on_val_plateau=true", "reset.patience=1", "reset.min_delta=1.0",
+            "trainer.callbacks=[cli_recorder]"]
+    SEEN.clear()
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert f"run directory: {run}" in out and "metrics.jsonl" in out
@@ -55,6 +71,9 @@ def test_two_step_run_end_to_end_then_a_rerun_trains_zero_steps_and_fails(tmp_pa
     assert [e["step"] for e in resets] == [1, 2]
     assert all("validation val/reward/mean plateaued" in e["cause"] for e in resets)
     assert "2 reset(s)" in out
+    plateau = "validation val/reward/mean plateaued"
+    assert SEEN == [("validation", 0, True), ("validation", 1, True), ("reset", 1, plateau),
+                    ("validation", 2, True), ("reset", 2, plateau)]
 
     ckpt = run / "checkpoints" / "step_00000002"
     assert (ckpt / "COMPLETE").is_file()

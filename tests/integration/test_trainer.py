@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nemo_prorl.cli import main as cli_main
+from nemo_prorl.trainer.callbacks import Callback, register_callback
 from nemo_prorl.trainer.config import load_config
 from nemo_prorl.trainer.trainer import ProRLTrainer
 
@@ -38,6 +39,23 @@ def _read(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def _untimed(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith(_TIMED)}
+
+
+@register_callback("test_recorder")
+class _Recorder(Callback):
+    """Records the trainer's callback calls (chosen by name: ``trainer.callbacks=[test_recorder]``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_step_end(self, step, metrics):
+        self.calls.append(("step_end", step, metrics["step"], "kl" in metrics))
+
+    def on_validation(self, step, metrics):
+        self.calls.append(("validation", step))
+
+    def on_reset(self, step, cause):
+        self.calls.append(("reset", step, cause))
 
 
 def _train(run_dir: Path, *overrides: str) -> int:
@@ -85,6 +103,7 @@ def test_scheduled_reset_and_phase_transition(tmp_path):
         *TINY, f"run_dir={run}", "trainer.max_steps=4", "trainer.mini_batch_prompts=4",  # one update per step
         "reset.at_steps=[1]", "trainer.generation_prompts=8", "algorithm.dynamic_sampling.max_rounds=8",
         "phases=[{name: warm, steps: 2}, {name: long, steps: 2, reset: true, n: 3, temperature: 1.1}]",
+        "trainer.callbacks=[test_recorder]",
     ])
     trainer = ProRLTrainer(cfg)
     try:
@@ -102,6 +121,11 @@ def test_scheduled_reset_and_phase_transition(tmp_path):
     assert reset2["cause"] == "phase 'long' starts with a reset"
     assert [r["total_resets"] for r in (reset1, reset2)] == [1, 2]
     assert [h["step"] for h in summary["resets"]] == [1, 2]
+    # the configured callback saw every step end and both resets, in order
+    assert trainer.callbacks[0].calls == [
+        ("step_end", 1, 1, True), ("reset", 1, "scheduled (reset.at_steps contains 1)"),
+        ("step_end", 2, 2, True), ("reset", 2, "phase 'long' starts with a reset"),
+        ("step_end", 3, 3, True), ("step_end", 4, 4, True)]
     # n in force: 4 prompts x 4 rollouts, then 4 prompts x 3 rollouts (one update per step)
     assert [r["phase"] for r in steps] == [0, 0, 1, 1]
     assert [r["num_seqs"] for r in steps] == [16, 16, 12, 12]
