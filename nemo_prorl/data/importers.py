@@ -1,4 +1,4 @@
-"""Convert public releases of the ProRL blend into training rows (``nemo-prorl data import``).
+r"""Convert public releases of the ProRL blend into training rows (``nemo-prorl data import``).
 
 Contract: a *converter* is a pure function ``(record: dict, key: str) -> dict`` that turns one source
 record into one row of ``nemo_prorl.schema`` (``id``, ``domain``, ``prompt``, ground truth) or raises
@@ -25,7 +25,7 @@ Formats (``--format``), one converter each:
 ``math``     columns ``problem`` and ``answer`` (DeepScaleR-Preview JSON, AIME).
 ``scp``      SCP-116K: open-ended STEM problems (physics, chemistry, biology) with a textbook solution and
              model solutions; kept when the R1 solution was judged to match the reference, with the last
-             ``\\boxed{}`` of that solution as the answer. A ``math`` row (see docs/data.md).
+             ``\boxed{}`` of that solution as the answer. A ``math`` row (see docs/data.md).
 ``ifeval``   columns ``prompt``, ``instruction_id_list``, ``kwargs`` (IFEval, Llama-Nemotron IF data).
 ``gpqa``     GPQA CSV columns: the four answers are shuffled with a seed per row id into ``options``.
 ===========  ==========================================================================================
@@ -65,8 +65,8 @@ class SourceError(Exception):
 _SUFFIXES: tuple[re.Pattern[str], ...] = (
     re.compile(r"\s*Let's think step by step and output the final answer within \\boxed\{\}\.?\s*$"),
     re.compile(r"\s*Present the answer in LaTe[Xx] format: \\boxed\{Your answer\}\.?\s*$"),
-    re.compile(r"\s*Write Python code to solve the problem\. Present the code in\s*```python\s*Your code\s*```"
-               r"\s*at the end\.?\s*$"),
+    re.compile(r"\s*Write Python code to solve the problem\. Present the code in"
+               r"\s*```python\s*Your code\s*```\s*at the end\.?\s*$"),
 )
 
 
@@ -98,7 +98,9 @@ def _scalar_answer(value: Any, where: str) -> str:
         raise SkipRow(where, "no reference answer", "no answer")
     if isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str):
+        if not value.strip():
+            raise SkipRow(where, "empty answer", "no answer")
         return value.strip()
     if isinstance(value, list) and len(value) == 1:  # some releases wrap the answer in a list
         return _scalar_answer(value[0], where)
@@ -120,7 +122,7 @@ def last_user_content(messages: Any, where: str = "prompt") -> str:
     raise SkipRow(where, "no user message", "missing")
 
 
-def tests_from_ground_truth(gt: Any) -> list[dict[str, str]]:
+def cases_from_ground_truth(gt: Any) -> list[dict[str, str]]:
     """Code ground truth of a verl/PRIME row -> our ``tests`` list (pure).
 
     Accepts a JSON string or the decoded value: ``{"inputs": [...], "outputs": [...]}`` (stdin/stdout;
@@ -136,7 +138,8 @@ def tests_from_ground_truth(gt: Any) -> list[dict[str, str]]:
         try:
             gt = json.loads(gt)
         except json.JSONDecodeError as exc:
-            raise SkipRow(where, f"not valid JSON ({exc.msg} at char {exc.pos})", "unparsable tests") from None
+            raise SkipRow(where, f"not valid JSON ({exc.msg} at char {exc.pos})",
+                          "unparsable tests") from None
     if isinstance(gt, Mapping):
         if gt.get("fn_name"):
             raise SkipRow(where, "call-based tests (fn_name) are not stdin/stdout cases; the code reward "
@@ -165,7 +168,7 @@ def tests_from_ground_truth(gt: Any) -> list[dict[str, str]]:
 
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` in ``text`` (balanced braces), in order."""
+    r"""Contents of every ``\boxed{...}`` in ``text`` (balanced braces), in order."""
     out, i = [], 0
     while True:
         start = text.find("\\boxed{", i)
@@ -201,7 +204,8 @@ def convert_verl(record: Mapping[str, Any], key: str, prefix: str = "verl") -> d
         return {"id": rid, "domain": "math", "prompt": prompt,
                 "answer": _scalar_answer(rm["ground_truth"], "reward_model.ground_truth")}
     if ability == "code":
-        return {"id": rid, "domain": "code", "prompt": prompt, "tests": tests_from_ground_truth(rm["ground_truth"])}
+        return {"id": rid, "domain": "code", "prompt": prompt,
+                "tests": cases_from_ground_truth(rm["ground_truth"])}
     raise SkipRow("ability", f"unsupported ability {ability!r} (math or code)", "unsupported ability")
 
 
@@ -220,12 +224,12 @@ SCP_SOLVERS: tuple[str, ...] = ("r1", "o1", "qwq")
 
 def convert_scp(record: Mapping[str, Any], key: str, prefix: str = "scp",
                 max_answer_chars: int = 100) -> dict[str, Any]:
-    """One SCP-116K record -> a ``math`` row, or :class:`SkipRow`.
+    r"""One SCP-116K record -> a ``math`` row, or :class:`SkipRow`.
 
     SCP-116K holds open-ended problems with the textbook solution (``matched_solution``) and model
     solutions (``r1_solution`` ...) each with a judge verdict ``is_<model>_solution_same_with_matched_
     solution``. ProRL kept the problems whose R1 answer the judge found to match the reference; the
-    answer we keep is the last ``\\boxed{}`` of the first judged-matching solution (``SCP_SOLVERS``
+    answer we keep is the last ``\boxed{}`` of the first judged-matching solution (``SCP_SOLVERS``
     order), or an ``answer`` / ``extracted_answer`` column when the file already has one. Answers longer
     than ``max_answer_chars`` are not checkable by a rule-based verifier and are skipped.
     """
@@ -289,8 +293,8 @@ def convert_gpqa(record: Mapping[str, Any], key: str, prefix: str = "gpqa", seed
     rid = _row_id(prefix, str(record.get("Record ID") or key))
     order = list(range(4))
     random.Random(f"{seed}:{rid}").shuffle(order)
-    return {"id": rid, "domain": "mcq", "prompt": question.strip(), "options": [opts[j].strip() for j in order],
-            "answer": "ABCD"[order.index(0)]}
+    return {"id": rid, "domain": "mcq", "prompt": question.strip(),
+            "options": [opts[j].strip() for j in order], "answer": "ABCD"[order.index(0)]}
 
 
 CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -410,9 +414,11 @@ class ImportReport:
 
     @property
     def skipped(self) -> int:
+        """Records read but not written, all reasons together."""
         return sum(self.skipped_by_reason.values())
 
     def summary(self) -> dict[str, Any]:
+        """The JSON summary printed by the CLI."""
         return {"read": self.read, "written": len(self.rows), "skipped": self.skipped,
                 "skipped_by_reason": dict(self.skipped_by_reason), "by_domain": dict(self.kept_by_domain)}
 
@@ -448,7 +454,8 @@ def import_rows(records: Iterator[SourceRecord], convert: Callable[[Mapping[str,
             report.problems.append(f"{loc}:<row>: expected an object, got {type(rec.value).__name__}")
             report.skipped_by_reason["wrong type"] += 1
             continue
-        key = f"{os.path.splitext(os.path.basename(rec.origin))[0]}-{rec.row - 1}" if multi else str(rec.row - 1)
+        stem = os.path.splitext(os.path.basename(rec.origin))[0]
+        key = f"{stem}-{rec.row - 1}" if multi else str(rec.row - 1)
         try:
             row = convert(rec.value, key)
         except SkipRow as skip:
