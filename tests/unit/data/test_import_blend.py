@@ -399,3 +399,20 @@ def test_reasoning_gym_preset_cli(tmp_path, capsys, monkeypatch):
     assert rc == 0 and seen["tasks"] == ["graph_color"]
     rows = _read(out)
     assert len(rows) == 2 and {r["task"] for r in rows} == {"graph_color"}
+
+
+@pytest.mark.parametrize("recipe", ["prorl_1p5b", "prorl_v2_1p5b"])
+def test_recipe_mixture_weights_only_domains_the_import_produces(recipe):
+    """SCP-116K imports as math rows (open-ended answers), so the recipes must not weight ``mcq``.
+
+    A positive weight on a domain without rows is refused by ``MixtureSampler.set_weights``; the
+    training blend of reproduce.md yields math (DeepScaleR + SCP), code, reasoning_gym and ifeval rows.
+    """
+    from nemo_prorl.trainer.config import compose
+
+    data = compose(recipe, [])["data"]
+    produced = {"math", "code", "reasoning_gym", "ifeval"}
+    mixtures = [data["mixture"], *data.get("phase_mixtures", {}).values()]
+    for mix in mixtures:
+        assert set(mix) <= produced, mix
+        assert mix["math"] == 65  # 40K DeepScaleR + 25K SCP-116K, the paper's sizes
