@@ -179,6 +179,8 @@ def import_main(argv: list[str]) -> int:
     parser.add_argument("--split", default=None, help="split of a dataset with several")
     parser.add_argument("--config", default=None, help="configuration name of a cached dataset")
     parser.add_argument("--only-domain", default=None, help="keep only rows of this domain (e.g. code)")
+    parser.add_argument("--only-source", default=None,
+                        help="keep only records whose data_source column equals this (e.g. codeforces)")
     parser.add_argument("--seed", type=int, default=0, help="gpqa: option shuffle seed")
     parser.add_argument("--limit", type=int, default=None, help="read at most N records (a quick look)")
     parser.add_argument("--policy", choices=POLICIES, default="skip",
@@ -192,11 +194,14 @@ def import_main(argv: list[str]) -> int:
     if args.format == "gpqa":
         kw["seed"] = args.seed
 
+    from nemo_prorl.data.importers import SkipRow
+
     def convert(rec: Any, key: str) -> dict:
+        if args.only_source is not None and rec.get("data_source") != args.only_source:
+            raise SkipRow("data_source", f"{rec.get('data_source')!r} left out by --only-source "
+                          f"{args.only_source}", f"not {args.only_source}")
         row = conv(rec, key, **kw)
         if args.only_domain and row["domain"] != args.only_domain:
-            from nemo_prorl.data.importers import SkipRow
-
             raise SkipRow("domain", f"{row['domain']!r} row left out by --only-domain {args.only_domain}",
                           f"not {args.only_domain}")
         return row

@@ -219,6 +219,11 @@ def test_import_verl_parquet_reports_bad_rows_by_file_row_field(tmp_path, capsys
         capsys, ["import", path, "--format", "verl", "--only-domain", "code", "--out", str(out)]
     )
     assert summary["written"] == 1 and summary["skipped_by_reason"]["not code"] == 1
+    rc, summary, _ = _run(
+        capsys, ["import", path, "--format", "verl", "--only-source", "apps", "--out", str(out)]
+    )
+    assert summary["read"] == 4 and summary["written"] == 1 and summary["skipped_by_reason"]["not apps"] == 2
+    assert [r["id"] for r in _read(out)] == ["verl-1"]
     rc, _, _ = _run(capsys, ["import", path, "--format", "verl", "--policy", "fail", "--out", str(out)])
     assert rc == 1
 
