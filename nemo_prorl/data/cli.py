@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -207,8 +209,11 @@ def import_main(argv: list[str]) -> int:
         return row
 
     def records():
+        several = len(args.sources) > 1  # keep ids unique across sources: the source name joins the key
         for src in args.sources:
-            yield from iter_source(src, split=args.split, config=args.config)
+            name = os.path.splitext(os.path.basename(src.rstrip("/")))[0].replace("/", "_")
+            for rec in iter_source(src, split=args.split, config=args.config):
+                yield dataclasses.replace(rec, key=f"{name}-{rec.key}") if several else rec
 
     try:
         report = import_rows(records(), convert, check_rewards=not args.no_reward_checks, limit=args.limit)

@@ -306,12 +306,17 @@ CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {
 # ------------------------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
 class SourceRecord:
-    """One record of a source: where it is (``origin``, 1-based ``row``) and its value or read problem."""
+    """One record of a source: where it is (``origin``, 1-based ``row``) and its value or read problem.
+
+    ``key`` identifies the record within its source for ids when the source has none: ``row - 1`` for a
+    single file or dataset, ``<file stem>-<row - 1>`` when a folder holds several files.
+    """
 
     origin: str
     row: int
     value: Any = None
     problem: str | None = None
+    key: str = ""
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -321,7 +326,7 @@ def _is_saved_dataset(path: str) -> bool:
 
 def _iter_dataset(ds: Any, origin: str) -> Iterator[SourceRecord]:
     for i, value in enumerate(ds):
-        yield SourceRecord(origin, i + 1, value)
+        yield SourceRecord(origin, i + 1, value, key=str(i))
 
 
 def _pick_split(dd: Any, split: str | None, origin: str) -> tuple[Any, str]:
@@ -361,7 +366,7 @@ def _load_cached(name: str, config: str | None, split: str | None) -> tuple[Any,
 def _iter_csv(path: str) -> Iterator[SourceRecord]:
     with open(path, newline="", encoding="utf-8") as fh:
         for i, rec in enumerate(csv.DictReader(fh)):
-            yield SourceRecord(path, i + 1, dict(rec))
+            yield SourceRecord(path, i + 1, dict(rec), key=str(i))
 
 
 def iter_source(source: str, split: str | None = None, config: str | None = None) -> Iterator[SourceRecord]:
@@ -386,14 +391,16 @@ def iter_source(source: str, split: str | None = None, config: str | None = None
             files += sorted(os.path.join(r, n) for r, _, ns in os.walk(source) for n in ns
                             if n.endswith(".csv") and not n.startswith("."))
         for path in files:
+            stem = f"{os.path.splitext(os.path.basename(path))[0]}-" if len(files) > 1 else ""
             if path.endswith(".csv"):
-                yield from _iter_csv(path)
+                for rec in _iter_csv(path):
+                    yield SourceRecord(rec.origin, rec.row, rec.value, key=stem + rec.key)
                 continue
             for rec in iter_records(path):
                 if rec.issue is not None:
                     yield SourceRecord(path, rec.row, problem=f"{rec.issue.field}: {rec.issue.reason}")
                 else:
-                    yield SourceRecord(path, rec.row, rec.value)
+                    yield SourceRecord(path, rec.row, rec.value, key=f"{stem}{rec.row - 1}")
         return
     if source.endswith(DATA_SUFFIXES + (".csv",)) or source.startswith(("/", "./", "../", "~")):
         raise SourceError(f"{source}: no such file or directory")
@@ -427,10 +434,10 @@ def import_rows(records: Iterator[SourceRecord], convert: Callable[[Mapping[str,
                 check_rewards: bool = True, limit: int | None = None) -> ImportReport:
     """Convert records and validate the rows with preflight; ``read == len(rows) + skipped``.
 
-    The row key passed to the converter (used for ids when the source has none) is ``row - 1`` for a
-    single origin and ``<origin-basename>-<row - 1>`` when several files feed one import, so ids stay
-    unique across shards.
+    Records are streamed (only the converted rows are held); the converter gets ``record.key``
+    (:class:`SourceRecord`) for ids when the source has none.
     """
+    import itertools
     import tempfile
 
     from nemo_prorl.data.preflight import preflight
@@ -439,12 +446,8 @@ def import_rows(records: Iterator[SourceRecord], convert: Callable[[Mapping[str,
     report = ImportReport()
     converted: list[dict[str, Any]] = []
     where: list[str] = []
-    origins: set[str] = set()
-    buffered = list(records) if limit is None else [r for _, r in zip(range(limit), records)]
-    multi = len({r.origin for r in buffered}) > 1
-    for rec in buffered:
+    for rec in records if limit is None else itertools.islice(records, limit):
         report.read += 1
-        origins.add(rec.origin)
         loc = f"{rec.origin}:{rec.row}"
         if rec.problem is not None:
             report.problems.append(f"{loc}:{rec.problem}")
@@ -454,10 +457,8 @@ def import_rows(records: Iterator[SourceRecord], convert: Callable[[Mapping[str,
             report.problems.append(f"{loc}:<row>: expected an object, got {type(rec.value).__name__}")
             report.skipped_by_reason["wrong type"] += 1
             continue
-        stem = os.path.splitext(os.path.basename(rec.origin))[0]
-        key = f"{stem}-{rec.row - 1}" if multi else str(rec.row - 1)
         try:
-            row = convert(rec.value, key)
+            row = convert(rec.value, rec.key or str(rec.row - 1))
         except SkipRow as skip:
             report.problems.append(f"{loc}:{skip.field}: {skip.reason}")
             report.skipped_by_reason[skip.category] += 1

@@ -421,3 +421,17 @@ def test_recipe_mixture_weights_only_domains_the_import_produces(recipe):
     for mix in mixtures:
         assert set(mix) <= produced, mix
         assert mix["math"] == 65  # 40K DeepScaleR + 25K SCP-116K, the paper's sizes
+
+
+def test_import_several_sources_keeps_ids_unique(tmp_path, capsys):
+    a = tmp_path / "aime24.jsonl"
+    b = tmp_path / "aime25.jsonl"
+    a.write_text(json.dumps({"problem": "Q1", "answer": "1"}) + "\n")
+    b.write_text(json.dumps({"problem": "Q2", "answer": 2}) + "\n")
+    out = tmp_path / "o.jsonl"
+    rc, summary, _ = _run(capsys, ["import", str(a), str(b), "--format", "math", "--out", str(out)])
+    assert rc == 0 and summary["written"] == 2
+    assert _read(out) == [
+        {"id": "math-aime24-0", "domain": "math", "prompt": "Q1", "answer": "1"},
+        {"id": "math-aime25-0", "domain": "math", "prompt": "Q2", "answer": "2"},
+    ]
