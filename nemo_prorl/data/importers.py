@@ -201,8 +201,9 @@ def convert_verl(record: Mapping[str, Any], key: str, prefix: str = "verl") -> d
     rid = _row_id(prefix, f"{index}" if index is not None and str(index) != "" else key)
     ability = ability.lower()
     if ability == "math":
-        return {"id": rid, "domain": "math", "prompt": prompt,
-                "answer": _scalar_answer(rm["ground_truth"], "reward_model.ground_truth")}
+        answer = _scalar_answer(rm["ground_truth"], "reward_model.ground_truth")
+        boxed = _boxed_contents(answer)  # some verl-style sets keep the whole solution as ground truth
+        return {"id": rid, "domain": "math", "prompt": prompt, "answer": boxed[-1] if boxed else answer}
     if ability == "code":
         return {"id": rid, "domain": "code", "prompt": prompt,
                 "tests": cases_from_ground_truth(rm["ground_truth"])}

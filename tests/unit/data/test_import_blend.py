@@ -115,6 +115,11 @@ def test_convert_verl_math_and_code_rows():
         "prompt": "Read a and b, print a+b.",
         "tests": [{"input": "1 2\n", "output": "3\n"}],
     }
+    # a whole solution as ground truth (some verl-style sets): its last \boxed{} is the answer
+    sol = convert_verl(
+        _verl("math", "Q", "math", "So $x=\\frac{1}{2}$, i.e. $\\boxed{\\frac{1}{2}}$.", 3), "0"
+    )
+    assert sol["answer"] == "\\frac{1}{2}"
     with pytest.raises(SkipRow, match="unsupported ability 'chemistry'"):
         convert_verl(_verl("x", "q", "chemistry", "a", 1), "0")
 
