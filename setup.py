@@ -75,6 +75,8 @@ setup(
         "nemo_prorl.losses": [],
         "nemo_prorl.rewards": [],
         "nemo_prorl.callbacks": [],
+        "nemo_prorl.rollout_backends": [],
+        "nemo_prorl.policy_backends": [],
     },
     license="Apache-2.0",
 )

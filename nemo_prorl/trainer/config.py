@@ -352,6 +352,8 @@ def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLCon
         cfg.seed = raw["seed"]
     try:
         cfg.policy = MegatronPolicyConfig.from_dict(dict(raw.get("policy") or {}))
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError("policy", str(exc)) from None
     cfg.rollout = RolloutConfig.from_dict(dict(raw.get("rollout") or {}), where="rollout")

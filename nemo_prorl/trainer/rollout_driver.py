@@ -381,16 +381,18 @@ def build_rollout_driver(
         tokenizer: the trainer's tokenizer.
 
     Returns:
-        :class:`RankZeroDriver` for ``backend: hf``, :class:`ColocatedDriver` for ``backend: vllm``.
+        :class:`RankZeroDriver` for a backend registered with ``placement="rank0"`` (``hf``),
+        :class:`ColocatedDriver` for ``placement="every_rank"`` (``vllm``).
 
     Raises:
         ValueError: ``vllm`` with the ``uni`` executor under a multi-rank launch.
 
     """
     from nemo_prorl.rollout.factory import build_rollout_engine
+    from nemo_prorl.rollout.registry import rollout_placement
 
     rank, world = _rank_world()
-    if config.backend == "hf":
+    if rollout_placement(config.backend) == "rank0":
         return RankZeroDriver(build_rollout_engine(config, model_dir, tokenizer) if rank == 0 else None)
     if config.distributed_executor_backend == "uni" and world > 1:
         raise ValueError(f"rollout.distributed_executor_backend: 'uni' runs an isolated engine per process; "

@@ -254,11 +254,11 @@ class ProRLTrainer:
             if cfg.final_eval.max_prompts:
                 self.final_rows = self.final_rows[: cfg.final_eval.max_prompts]
 
-        from nemo_prorl.policy.megatron.engine import MegatronPolicy
+        from nemo_prorl.policy.registry import build_policy
 
         policy_cfg = dataclasses.replace(cfg.policy, temperature=float(cfg.rollout.temperature or 1.0),
                                          seed=cfg.policy.seed)
-        self.policy = MegatronPolicy(cfg.model_dir, policy_cfg)
+        self.policy = build_policy(cfg.model_dir, policy_cfg)  # the engine policy.backend names
         self.dp_rank, self.dp_size = self._dp()
         for plan in phase_plans(cfg):  # every phase's mini-batches split over the actual DP ranks
             check_phase_batches(plan, cfg, self.dp_size)

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from nemo_prorl.policy.registry import POLICY_BACKENDS
+
 __all__ = ["MegatronPolicyConfig", "DTYPES", "RECOMPUTE", "RECOMPUTE_MODULES"]
 
 DTYPES: dict[str, torch.dtype] = {
@@ -33,6 +35,8 @@ class MegatronPolicyConfig:
     """Settings of :class:`nemo_prorl.policy.megatron.engine.MegatronPolicy`.
 
     Attributes:
+        backend: the policy engine that trains with these settings, by registered name
+            (:mod:`nemo_prorl.policy.registry`); ``"megatron"`` is this package's megatron-core engine.
         tensor_model_parallel_size: TP size; must divide the number of attention heads, KV heads and
             the FFN size of the model. ``world_size`` must be a multiple of ``TP * PP``; the rest is DP.
         pipeline_model_parallel_size: PP size (number of pipeline stages); must divide the number of
@@ -118,6 +122,7 @@ class MegatronPolicyConfig:
     recompute: str = "none"
     recompute_num_layers: int | None = None
     recompute_modules: list[str] | None = None
+    backend: str = "megatron"
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -125,6 +130,7 @@ class MegatronPolicyConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MegatronPolicyConfig.{name} must be a positive integer, got {value!r}")
 
+        POLICY_BACKENDS.check(self.backend, "policy.backend")
         for name in (
             "tensor_model_parallel_size",
             "pipeline_model_parallel_size",

@@ -38,6 +38,7 @@ from nemo_prorl import collectives
 from nemo_prorl.policy.interface import LossFn, TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
+from nemo_prorl.policy.registry import register_policy_backend
 
 __all__ = ["MegatronPolicy"]
 
@@ -94,6 +95,7 @@ def _torch_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     return result
 
 
+@register_policy_backend("megatron")
 class MegatronPolicy:
     """A policy trained with megatron-core; implements :class:`nemo_prorl.policy.interface.PolicyInterface`.
 
