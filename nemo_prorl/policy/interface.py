@@ -212,3 +212,7 @@ class PolicyInterface(Protocol):
     def load_checkpoint(self, directory: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save_checkpoint`; return its ``extra_state``."""
         ...
+
+    def load_policy_weights(self, directory: str | Path, *, into_policy: bool = False) -> None:
+        """Reference (and, with ``into_policy``, the policy) := the policy weights of a saved checkpoint."""
+        ...

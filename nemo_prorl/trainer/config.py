@@ -148,6 +148,14 @@ class ResetConfig:
         kl_above: reset when the step's KL to the reference exceeds this (None = off).
         reset_optimizer: also zero the optimizer state (ProRL: yes).
         min_steps_between: do not reset again within this many steps of the last reset.
+        reference: what the reference becomes at a reset. ``current``: the current policy (ProRL v1).
+            ``best``: the policy weights of the best checkpoint by ``metric`` (ProRL v2's reset to the
+            best policy): a checkpoint is saved whenever a validation improves on the best so far, it is
+            kept when older checkpoints rotate out (``checkpoint.keep_last``), and the run state records
+            it; when the policy validated at the reset's step is at least as good, it is the current policy.
+            Needs validation (``trainer.val_interval > 0`` and ``data.val_files``).
+        policy_to_best: with ``reference: best``, also load the best checkpoint's weights into the policy
+            (the run goes back to the best policy; the rollout engine is re-synced).
 
     """
 
@@ -161,6 +169,8 @@ class ResetConfig:
     kl_above: float | None = None
     reset_optimizer: bool = True
     min_steps_between: int = 1
+    reference: str = "current"
+    policy_to_best: bool = False
 
     def validate(self, p: str = "reset") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
@@ -174,6 +184,12 @@ class ResetConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise ConfigError(f"{p}.{name}", f"expected a finite number >= 0, got {v!r}")
+        if self.reference not in ("current", "best"):
+            raise ConfigError(f"{p}.reference", f"expected 'current' or 'best', got {self.reference!r}")
+        if self.policy_to_best and self.reference != "best":
+            raise ConfigError(f"{p}.policy_to_best", "loads the best checkpoint into the policy, which only "
+                              f"reset.reference=best tracks; set {p}.reference=best or "
+                              f"{p}.policy_to_best=false")
 
 
 @dataclass
@@ -442,6 +458,10 @@ def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | 
         # the trigger reads validation results: without validation it would silently never fire
         raise ConfigError("reset.on_val_plateau", "the validation trigger needs validation: set "
                           "trainer.val_interval > 0 and data.val_files, or reset.on_val_plateau=false")
+    if cfg.reset.reference == "best" and not (cfg.trainer.val_interval and cfg.data.val_files):
+        # the best checkpoint is chosen by validation: without it there is none
+        raise ConfigError("reset.reference", "reset.reference=best picks the checkpoint by validation: set "
+                          "trainer.val_interval > 0 and data.val_files, or reset.reference=current")
     if cfg.algorithm.loss.tis != "none":
         # the weights compare the engine's log-probs with the trainer's log_softmax(logits / T): the engine
         # must return those of the untruncated, temperature-scaled distribution

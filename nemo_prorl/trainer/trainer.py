@@ -202,6 +202,7 @@ class ProRLTrainer:
         self.nonfinite_total = 0
         self.error_steps_in_row = 0
         self.resets = ResetController(cfg.reset)
+        self._last_saved_step = -1  # the step of this process's newest checkpoint
         self.callbacks = build_callbacks(cfg.trainer.callbacks)  # docs: nemo_prorl/trainer/callbacks.py
         self.val_history: list[dict[str, float]] = []
         #: training reward per step of this process's lifetime (for the end-of-run summary)
@@ -334,13 +335,15 @@ class ProRLTrainer:
 
         t0 = time.time()
         ckpt_dir = self.run_dir / "checkpoints"
+        self._last_saved_step = self.step
         path = self.policy.save_checkpoint(checkpoint_path(ckpt_dir, self.step),
                                            self._state() if state is None else state)
         if _rank() == 0:
             ckpts = sorted((p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").exists()),
                            key=lambda p: int(p.name.split("_")[1]))
             for old in ckpts[: -self.cfg.checkpoint.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                if int(old.name.split("_")[1]) != self.resets.protected_step():  # the best is kept
+                    shutil.rmtree(old, ignore_errors=True)
             assert latest_checkpoint(self.run_dir / "checkpoints") is not None
             self._event("checkpoint", path=str(path), reason=reason, seconds=round(time.time() - t0, 3),
                         **info)
@@ -660,12 +663,23 @@ class ProRLTrainer:
             print(f"[step {self.step}] {event}: {json.dumps(info, default=str)}", flush=True)
 
     def _reset(self, cause: str) -> None:
-        self.policy.reset_reference()
+        last = self.val_history[-1] if self.val_history and self.val_history[-1]["step"] == self.step else {}
+        src = self.resets.reference_source(self.step, last.get(self.cfg.reset.metric))
+        if src is None:
+            self.policy.reset_reference()
+        else:  # reset.reference=best: the best checkpoint's policy weights (docs/algorithms.md)
+            from nemo_prorl.policy.megatron.checkpoint import checkpoint_path
+
+            self.policy.load_policy_weights(checkpoint_path(self.run_dir / "checkpoints", src),
+                                            into_policy=self.cfg.reset.policy_to_best)
+            if self.cfg.reset.policy_to_best:
+                self._sync_weights()
         if self.cfg.reset.reset_optimizer:
             self.policy.reset_optimizer()
         self.resets.record(self.step, cause)
         self._event("reset", cause=cause, reset_optimizer=self.cfg.reset.reset_optimizer,
-                    total_resets=len(self.resets.history))
+                    total_resets=len(self.resets.history),
+                    reference="current" if src is None else f"best checkpoint (step {src})")
         for cb in self.callbacks:
             cb.on_reset(self.step, cause)
 
@@ -739,11 +753,14 @@ class ProRLTrainer:
                     self._sync_weights()
                 record = {"step": self.step, "phase": self.phase_index, **self._reward_metrics(groups),
                           **rmetrics, **tmetrics, "time/sync": time.time() - t0}
-                val_cause = None
+                val_cause, best_due = None, False
                 if val_due:
                     vm = self._validate()
                     record.update(vm)
                     val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
+                    best_due = self.resets.best_checkpoint_due(vm.get(cfg.reset.metric))
+                    if best_due:  # this step's checkpoint (saved below) becomes the best one
+                        self.resets.mark_best_checkpoint(self.step, vm[cfg.reset.metric])
                     for cb in self.callbacks:
                         cb.on_validation(self.step, dict(vm))
                 cause = self.resets.check(self.step, record.get("kl"), val_cause)
@@ -763,8 +780,8 @@ class ProRLTrainer:
                     bar.update(1)
                     bar.set_postfix(reward=f"{record['reward/generated_mean']:.3f}", kl=f"{record['kl']:.2e}",
                                     loss=f"{record['loss']:.3f}")
-                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
-                    self._save("interval")
+                if best_due or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+                    self._save("best" if best_due else "interval")
                 if preempt.requested_on_any_rank():
                     self._save_on_signal(preempt.signal_name, "end of step")
                     preempted = True
@@ -773,8 +790,7 @@ class ProRLTrainer:
             bar.close()
         if self.step == start_step and not preempted:  # a signal may stop a run before its first step
             raise TrainingError("the run trained zero steps")
-        if not preempted and cfg.checkpoint.save_final and (not cfg.checkpoint.interval
-                                                             or self.step % cfg.checkpoint.interval):
+        if not preempted and cfg.checkpoint.save_final and self._last_saved_step != self.step:
             self._save("final")
         summary: dict[str, Any] = {"steps": self.step, "resets": self.resets.history, "preempted": preempted,
                                    "run_dir": str(self.run_dir)}

@@ -57,6 +57,7 @@ __all__ = [
     "latest_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "load_policy_weights",
 ]
 
 _log = logging.getLogger(__name__)
@@ -558,3 +559,42 @@ def load_checkpoint(
         )
     _barrier()
     return extra_state
+
+
+def load_policy_weights(policy: MegatronPolicy, directory: str | Path, *, into_policy: bool = False) -> None:
+    """Reference (and, with ``into_policy``, the policy) := the policy weights stored in a checkpoint.
+
+    The reset to the best policy (``reset.reference=best``). Only the checkpoint's ``model`` weights are
+    read: its reference weights, optimizer state, RNG states, step counters and ``extra_state`` are not
+    touched, so the run's optimizer, RNG streams and bookkeeping go on from where they are. The weights
+    are read as megatron ``ShardedTensor`` s like :func:`load_checkpoint`'s, so a checkpoint written at
+    one TP/PP layout loads at another. The reference's own sharded state dict without the ``reference.``
+    prefix names exactly the policy's keys (same architecture, same sharding), so the reference reads
+    the stored policy weights directly. With ``into_policy`` the policy is loaded, the optimizer's master
+    copies (fp32 / distributed optimizer) are refreshed from it, and the reference copies the policy.
+
+    Collective: every rank calls it with the same ``directory``.
+
+    Raises:
+        CheckpointError: ``directory`` is missing, partial or unreadable (the message names it).
+
+    """
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException subclass
+
+    path = Path(directory)
+    if not is_complete(path):
+        raise CheckpointError(f"load_policy_weights: {path} is not a complete checkpoint (no {COMPLETE} "
+                              "marker); was it deleted or is it partial?")
+    target = policy.model if into_policy else policy.ref_model
+    try:
+        loaded = dist_checkpointing.load({"model": target.sharded_state_dict()}, str(path / "dist"))
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(
+            f"load_policy_weights: could not read {path / 'dist'}: {type(exc).__name__}: {exc}"
+        ) from exc
+    target.load_state_dict(loaded["model"], strict=True)
+    if into_policy:
+        policy.optimizer.reload_model_params()  # the master copies follow the loaded weights
+        policy.reset_reference()
+    _barrier()

@@ -755,3 +755,12 @@ class MegatronPolicy:
         from nemo_prorl.policy.megatron import checkpoint
 
         return checkpoint.load_checkpoint(self, directory, load_optimizer=load_optimizer)
+
+    def load_policy_weights(self, directory: str | Path, *, into_policy: bool = False) -> None:
+        """Reference (and the policy) := a checkpoint's policy weights (the reset to the best policy).
+
+        See :func:`nemo_prorl.policy.megatron.checkpoint.load_policy_weights`.
+        """
+        from nemo_prorl.policy.megatron import checkpoint
+
+        checkpoint.load_policy_weights(self, directory, into_policy=into_policy)

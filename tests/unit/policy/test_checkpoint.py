@@ -192,3 +192,53 @@ def test_optimizer_kind_mismatch_fails_clearly(policy, tmp_path):
     (ckpt / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(C.CheckpointError, match="load_optimizer=False"):
         policy.load_checkpoint(ckpt)
+
+
+def _ref_params(pol):
+    return {n: p.detach().clone() for n, p in pol.ref_model.named_parameters()}
+
+
+def test_load_policy_weights_sets_the_reference_to_the_saved_policy_bit_for_bit(policy, tmp_path):
+    """reset.reference=best without policy_to_best: only the reference changes, to the saved policy."""
+    policy.train_step(_batch(10), _loss)
+    best = _params(policy)
+    ckpt = policy.save_checkpoint(tmp_path / "best", {"step": 1})
+    policy.train_step(_batch(11), _loss)  # the run goes on; the reference is still the older one
+    params, opt, taken = _params(policy), _opt_state(policy), policy.steps_taken
+    assert not all(torch.equal(params[k], best[k]) for k in best)
+    rng = torch.get_rng_state()
+    policy.load_policy_weights(ckpt)
+    ref = _ref_params(policy)
+    assert ref.keys() == best.keys()
+    assert all(torch.equal(ref[k], best[k]) for k in best)  # not the checkpoint's reference weights
+    # the policy, its optimizer state, the step counter and the RNG stream are untouched
+    assert all(torch.equal(p, params[n]) for n, p in _params(policy).items())
+    assert _same_opt_state(_opt_state(policy), opt) and policy.steps_taken == taken
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_load_policy_weights_into_policy_trains_on_from_the_saved_weights(policy, tmp_path):
+    """With policy_to_best the policy (and its optimizer's master copies) go back to the saved weights."""
+    policy.train_step(_batch(12), _loss)
+    best = _params(policy)
+    ckpt = policy.save_checkpoint(tmp_path / "best2", {"step": 1})
+    policy.train_step(_batch(13), _loss)
+    policy.load_policy_weights(ckpt, into_policy=True)
+    assert all(torch.equal(p, best[n]) for n, p in _params(policy).items())
+    assert all(torch.equal(p, best[n]) for n, p in _ref_params(policy).items())
+    # the next update starts from the saved weights: it equals the update after a weights-only load
+    policy.reset_optimizer()
+    policy.train_step(_batch(14), _loss)
+    after_best = _params(policy)
+    with pytest.warns(UserWarning, match="optimizer state not loaded"):
+        policy.load_checkpoint(ckpt, load_optimizer=False)
+    policy.train_step(_batch(14), _loss)
+    assert all(torch.equal(p, after_best[n]) for n, p in _params(policy).items())
+
+
+def test_load_policy_weights_refuses_a_missing_or_partial_checkpoint(policy, tmp_path):
+    with pytest.raises(C.CheckpointError, match="not a complete checkpoint"):
+        policy.load_policy_weights(tmp_path / "gone")
+    partial = _make_ckpt(tmp_path / "partial", complete=False)
+    with pytest.raises(C.CheckpointError, match=str(partial)):
+        policy.load_policy_weights(partial)

@@ -196,3 +196,17 @@ def test_val_plateau_trigger_needs_validation():
     assert _key_of(["data.val_files=[]"]) == "reset.on_val_plateau"
     cfg = load_config(None, ["trainer.val_interval=0", "reset.on_val_plateau=false"])
     assert cfg.reset.on_val_plateau is False
+
+
+def test_reset_to_best_policy_options_are_validated():
+    assert _key_of(["reset.reference=latest"]) == "reset.reference"
+    assert _key_of(["reset.policy_to_best=true"]) == "reset.policy_to_best"  # needs reference=best
+    # the best checkpoint is picked by validation: without validation there is none
+    assert _key_of(["reset.reference=best", "trainer.val_interval=0", "reset.on_val_plateau=false"]) \
+        == "reset.reference"
+    with pytest.raises(ConfigError, match="trainer.val_interval > 0 and data.val_files"):
+        load_config(None, ["reset.reference=best", "data.val_files=[]", "reset.on_val_plateau=false"])
+    cfg = load_config(None, ["reset.reference=best", "reset.policy_to_best=true"])
+    assert (cfg.reset.reference, cfg.reset.policy_to_best) == ("best", True)
+    assert (load_config(None, []).reset.reference, load_config(None, []).reset.policy_to_best) == \
+        ("current", False)

@@ -119,3 +119,51 @@ def test_state_dict_round_trip_makes_the_same_decisions():
             b.record(step, cb)
     assert a.history == b.history
     assert [h["step"] for h in a.history] == [4, 6, 8]
+
+
+# ------------------------------------------------------------------ reset.reference=best bookkeeping
+
+
+def test_best_checkpoint_is_the_strict_maximum_of_the_validations():
+    ctrl = ResetController(ResetConfig(reference="best"))
+    # step: validation value; the first finite value is a best, ties keep the older checkpoint
+    marked = []
+    for step, value in [(1, 0.25), (2, 0.1875), (3, 0.3125), (4, 0.3125), (5, float("nan")), (6, None)]:
+        if ctrl.best_checkpoint_due(value):
+            ctrl.mark_best_checkpoint(step, value)
+            marked.append(step)
+    assert marked == [1, 3]
+    assert ctrl.best_checkpoint == {"step": 3, "value": 0.3125}
+    assert ctrl.protected_step() == 3
+
+
+def test_reference_current_tracks_no_best_checkpoint():
+    ctrl = ResetController(ResetConfig())
+    assert not ctrl.best_checkpoint_due(0.9)
+    assert ctrl.protected_step() is None
+    assert ctrl.reference_source(4, None) is None
+
+
+def test_reference_source_prefers_a_current_policy_at_least_as_good():
+    ctrl = ResetController(ResetConfig(reference="best"))
+    assert ctrl.reference_source(2, 0.1) is None  # no best checkpoint yet: the current policy
+    ctrl.mark_best_checkpoint(3, 0.5)
+    assert ctrl.reference_source(3, 0.5) is None  # the best checkpoint is this step's policy
+    assert ctrl.reference_source(4, 0.25) == 3    # validated worse: back to the best
+    assert ctrl.reference_source(4, None) == 3    # not validated at this step: the best checkpoint
+    assert ctrl.reference_source(4, 0.5) is None  # a tie: the current policy is as good
+    assert ctrl.reference_source(4, 0.75) is None
+
+
+def test_best_checkpoint_round_trips_through_the_json_state():
+    ctrl = ResetController(ResetConfig(reference="best"))
+    ctrl.mark_best_checkpoint(7, 0.4)
+    ctrl.record(9, "scheduled")
+    restored = ResetController(ResetConfig(reference="best"))
+    restored.load_state_dict(json.loads(json.dumps(ctrl.state_dict())))
+    assert restored.best_checkpoint == {"step": 7, "value": 0.4}
+    assert restored.reference_source(9, 0.3) == 7
+    old = ctrl.state_dict()
+    del old["best_checkpoint"]  # a checkpoint written before reset.reference existed
+    restored.load_state_dict(old)
+    assert restored.best_checkpoint is None
