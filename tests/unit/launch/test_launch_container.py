@@ -14,19 +14,18 @@ def instructions():
 
 
 def test_dockerfile_shape():
+    """One stage on a CUDA base; the CLI as entry point; never the bare transformer-engine meta package.
+
+    The vLLM/torch/TE pins and the install steps are checked in tests/unit/test_dockerfile.py.
+    """
     lines = instructions()
     froms = [line for line in lines if line.startswith("FROM ")]
-    assert froms == ["FROM ${REGISTRY}/nvidia/pytorch:${BASE_TAG}"]
-    assert "ARG BASE_TAG=25.12-py3" in lines
+    assert froms == ["FROM ${BASE_IMAGE}"]
     assert lines[-2:] == ['ENTRYPOINT ["nemo-prorl"]', 'CMD ["--help"]']
     runs = " ".join(line for line in lines if line.startswith("RUN "))
-    assert "apt-get install -y --no-install-recommends bubblewrap" in runs
-    assert 'pip install --no-deps "megatron-core==${MCORE_VERSION}"' in runs
-    assert "use_existing_torch.py" in runs and "--no-build-isolation" in runs
-    assert "RUN pip check" in lines
-    # never the bare transformer-engine meta package, never the CUDA vLLM wheel with its torch pin
-    assert not re.search(r"pip install[^&]*\btransformer[-_]engine\b", runs)
-    assert not re.search(r"pip install[^&]*\bvllm\b", runs)
+    assert "bubblewrap" in runs and "RUN pip check" in lines
+    assert 'megatron-core==${MCORE_VERSION}' in runs
+    assert not re.search(r"pip install[^&]*\btransformer[-_]engine(==|\s|\")", runs)
     assert ".[gpu]" not in runs and ".[vllm]" not in runs
 
 
