@@ -694,6 +694,24 @@ def head_dtypes(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype
     return mm, torch.promote_types(mm, torch.float32)
 
 
+def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` in the inputs' dtype with the result in ``dtype``.
+
+    For bf16/fp16 CUDA inputs and an fp32 result this is one cuBLAS GEMM that accumulates in fp32 and
+    writes fp32 (``torch.mm(..., out_dtype=torch.float32)``, ``aten::mm.dtype``, CUDA-only in PyTorch's
+    ``native_functions.yaml``): the logits are not rounded to bf16, so they match the fp32-promoted head
+    of :func:`vocab_parallel_logprobs` on the same bf16 values up to summation order. Elsewhere (CPU, or
+    a torch without the overload) the product is computed in the inputs' dtype and converted.
+    """
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and dtype == torch.float32:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    out = a @ b
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 class _VocabParallelFusedLoss(torch.autograd.Function):
     """Autograd Function behind :func:`vocab_parallel_fused_loss` (grads in forward, scaled in backward)."""
 
@@ -731,7 +749,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             local = labels[r0:r1][cmask].long() - vocab_start
             in_shard = (local >= 0) & (local < w.shape[0])
             safe = torch.where(in_shard, local, torch.zeros_like(local))
-            z = (hs @ w.T).to(st).mul_(inv_t)  # [c, V_local] logits / T in fp32 (or fp64)
+            z = _mm_to(hs, w.T, st).mul_(inv_t)  # [c, V_local] logits / T in fp32 (or fp64)
             zmax = z.amax(dim=-1) if z.shape[1] else torch.full((z.shape[0],), -torch.inf, dtype=st)
             if parallel:
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
@@ -789,7 +807,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
                 if gz.dtype == st:
                     grad_w.addmm_(gz.T, hs)
                 else:  # bf16 GEMM (fp32 accumulation inside), accumulated over chunks in fp32
-                    grad_w += gz.T @ hs
+                    grad_w += _mm_to(gz.T, hs, st)
             del gz
         if need_h and parallel:
             collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
@@ -840,8 +858,10 @@ def vocab_parallel_fused_loss(
     GEMMs per chunk, as a naive head; :func:`vocab_parallel_logprobs` + a loss needs four.
 
     Precision: GEMMs in the inputs' common dtype (bf16 in, bf16 matmul with fp32 accumulation, no fp32
-    copy of the weight); logits, log-sum-exp and softmax in at least fp32; the weight gradient is
-    accumulated over chunks in fp32 and returned in the weight's dtype.
+    copy of the weight; on CUDA the logits come out of the GEMM in fp32, see :func:`_mm_to`); logits,
+    log-sum-exp and softmax in at least fp32; the logits' gradient enters the two backward GEMMs in bf16
+    (as autograd's bf16 backward would); the weight gradient is accumulated over chunks in fp32 and
+    returned in the weight's dtype.
 
     Args:
         hidden: ``[B, L, H]`` hidden states (``hidden[b, t]`` predicts ``labels[b, t]``); the same on

@@ -207,3 +207,31 @@ def test_bf16_head_matches_fp32_within_tolerance():
     assert abs(float(lb) - float(lf)) <= 0.02 * abs(float(lf))
     assert (ghb.float() - ghf).abs().max() <= 0.03 * ghf.abs().max()
     assert (gwb.float() - gwf).abs().max() <= 0.03 * gwf.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_head_on_cuda_has_fp32_logits_and_no_fp32_weight_copy():
+    """On CUDA the logits GEMM writes fp32 (``aten::mm.dtype``), so the bf16 fused head's log-probs equal
+    the fp32-promoted :func:`vocab_parallel_logprobs` on the same bf16 values to 2e-3 (summation order
+    and TF32 off/on only), and the head's extra memory stays below the size of an fp32 weight copy."""
+    from nemo_prorl.algorithms import vocab_parallel_logprobs
+
+    torch.manual_seed(0)
+    t, hid, vocab, chunk = 1024, 896, 151936, 256
+    h = torch.randn(1, t, hid, device="cuda").bfloat16().requires_grad_(True)
+    w = (torch.randn(vocab, hid, device="cuda") * 0.02).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, vocab, (1, t), device="cuda")
+    mask = torch.ones(1, t, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss, lp, _ = vocab_parallel_fused_loss(h, w, labels, mask, lambda r0, r1, lp, ent: -lp.sum(),
+                                            chunk_size=chunk)
+    loss.backward()
+    extra = torch.cuda.max_memory_allocated() - base
+    with torch.no_grad():
+        ref, _ = vocab_parallel_logprobs(h[0].float(), w, labels[0], vocab_start=0, chunk_size=chunk)
+    assert float((lp[0] - ref.float()).abs().max()) < 2e-3
+    # fp32 grad_w accumulator (4 B/elem) + bf16 grads + two fp32 tiles, but no second fp32 [V, H] copy
+    assert extra < 4 * vocab * hid + 2 * vocab * hid + 3 * 4 * chunk * vocab
