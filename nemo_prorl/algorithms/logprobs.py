@@ -743,21 +743,30 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=st, device=dev) if need_w else None
         total = torch.zeros((), dtype=st, device=dev)
         chunks = _token_chunks(keep, chunk_size, False) or [(0, rows, keep)]
+        most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
+        # one [c, V_local] tile for the whole call (logits, then log-probs or p, then their gradient, all in
+        # place) and a [c, block] scratch for the element-wise passes: no second tile
+        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev) if mm_dtype == st else None
+        scratch = torch.empty((most, min(_VOCAB_BLOCK, max(w.shape[0], 1))), dtype=st, device=dev)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask]  # [c, H]
             hs = hs if hs.dtype == mm_dtype else hs.to(mm_dtype)
+            c = hs.shape[0]
             local = labels[r0:r1][cmask].long() - vocab_start
             in_shard = (local >= 0) & (local < w.shape[0])
             safe = torch.where(in_shard, local, torch.zeros_like(local))
-            z = _mm_to(hs, w.T, st).mul_(inv_t)  # [c, V_local] logits / T in fp32 (or fp64)
-            zmax = z.amax(dim=-1) if z.shape[1] else torch.full((z.shape[0],), -torch.inf, dtype=st)
+            # [c, V_local] logits / T in fp32 (or fp64)
+            z = (torch.mm(hs, w.T, out=tile[:c]) if tile is not None else _mm_to(hs, w.T, st)).mul_(inv_t)
+            zmax = z.amax(dim=-1) if z.shape[1] else torch.full((c,), -torch.inf, dtype=st, device=dev)
             if parallel:
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
             z.sub_(zmax[:, None])  # z' = z - max over the full vocabulary
-            e = torch.exp(z)
             tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1), torch.zeros((), dtype=st))
-            stats = torch.stack([e.sum(dim=-1), tgt, torch.linalg.vecdot(e, z) if with_entropy
-                                 else torch.zeros_like(tgt), in_shard.to(st)])  # [4, c]
+            if with_entropy:
+                sum_e, dot = _exp_stats_blockwise(z, scratch)  # z' stays in the tile
+            else:
+                sum_e, dot = z.exp_().sum(dim=-1), torch.zeros_like(tgt)  # the tile now holds e^z'
+            stats = torch.stack([sum_e, tgt, dot, in_shard.to(st)])  # [4, c]
             if parallel:
                 collectives.all_reduce(stats, op=collectives.ReduceOp.SUM, group=group)
             if bool((stats[3] != 1).any()):
@@ -784,22 +793,21 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             if ent_all is not None:
                 ent_all[r0:r1][cmask] = ent
             g_lp, g_ent = grads[0], (grads[1] if len(grads) > 1 else None)
-            if (g_lp is None and g_ent is None) or not (need_h or need_w) or hs.shape[0] == 0:
+            if (g_lp is None and g_ent is None) or not (need_h or need_w) or c == 0:
+                del z
                 continue
-            # dL/dz' = p * (-g_lp - g_ent * (log p + H)) + g_lp * onehot(y), then * 1/T for d/d(h W^T)
-            p = e.div_(stats[0][:, None])
-            if g_ent is not None:
-                grad_z = z.sub_(log_sum[:, None]).add_(ent[:, None]).mul_(-g_ent[:, None])
-                if g_lp is not None:
-                    grad_z.sub_(g_lp[:, None])
-                grad_z.mul_(p)
+            # dL/dz' = -g_lp * p - g_ent * p * (log p + H) + g_lp * onehot(y); * 1/T for d/d(h W^T)
+            if with_entropy:
+                _softmax_grad_blockwise_(z.sub_(log_sum[:, None]), ent, g_lp, g_ent, scratch)  # log p -> grad
+                grad_z = z
             else:
-                grad_z = p.mul_(-g_lp[:, None])
-            del p, e, z
+                grad_z = z.div_(stats[0][:, None]).mul_(-g_lp[:, None])  # e^z' -> p -> grad
+            del z
             if g_lp is not None:
                 own = torch.nonzero(in_shard).squeeze(1)
                 grad_z[own, safe[own]] += g_lp[own]
-            gz = grad_z.mul_(inv_t).to(mm_dtype)
+            gz = grad_z.mul_(inv_t)
+            gz = gz if gz.dtype == mm_dtype else gz.to(mm_dtype)
             del grad_z
             if need_h:
                 grad_h[r0:r1][cmask] = gz @ w  # this shard's part; summed over the group below
@@ -809,6 +817,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
                 else:  # bf16 GEMM (fp32 accumulation inside), accumulated over chunks in fp32
                     grad_w += _mm_to(gz.T, hs, st)
             del gz
+        del tile, scratch
         if need_h and parallel:
             collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
         out["logprobs"], out["entropy"] = lp_all, ent_all

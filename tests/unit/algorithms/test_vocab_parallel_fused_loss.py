@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nemo_prorl.algorithms import AlgorithmConfig, chunked_logprobs, naive_logprobs, prorl_loss
+from nemo_prorl.algorithms import logprobs as lp_mod
 from nemo_prorl.algorithms.logprobs import head_dtypes, vocab_parallel_fused_loss
 from nemo_prorl.algorithms.policy_loss import loss_normalisers
 
@@ -59,7 +60,8 @@ CASES = list(itertools.product(
 
 
 @pytest.mark.parametrize("agg,estimator,dual_clip,tis", CASES)
-def test_matches_chunked_head_loss_and_grads_float64(agg, estimator, dual_clip, tis):
+def test_matches_chunked_head_loss_and_grads_float64(agg, estimator, dual_clip, tis, monkeypatch):
+    monkeypatch.setattr(lp_mod, "_VOCAB_BLOCK", 4)  # exercise the blocked entropy passes (V=13)
     cfg = AlgorithmConfig()
     cfg.loss.agg, cfg.loss.dual_clip, cfg.loss.tis = agg, dual_clip, tis
     cfg.loss.tis_min = 0.8 if tis == "icepop" else None
