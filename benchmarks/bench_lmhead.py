@@ -10,6 +10,9 @@ Variants (each measured in its own process; see benchmarks/RESULTS.md for the nu
   tiles recomputed in backward).
 * ``ours_fused``: ``fused_prorl_loss(..., with_entropy=True)`` (loss gradient taken inside the chunked
   forward; no recompute GEMM).
+* ``ours_train``: the head ``MegatronPolicy.train_step`` runs (``policy.lm_head: fused``):
+  ``vocab_parallel_fused_loss`` calling the trainer's own ``make_loss_fn`` on each chunk of rows, as the
+  engine's ``_fused_head_loss`` does (TP=1, no megatron model around it).
 
 The loss is the same in all variants: PPO clip 0.2 / 0.2, token-mean, no KL (TRL ``dapo`` with beta=0),
 against fixed old log-probs. Every token is in the loss (mask all ones), so all variants do the same
@@ -44,7 +47,7 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 
-VARIANTS = ("naive", "trl_fused", "ours_chunked", "ours_fused")
+VARIANTS = ("naive", "trl_fused", "ours_chunked", "ours_fused", "ours_train")
 PEER_VARIANTS = {"trl_fused"}
 CLIP = 0.2
 
@@ -87,6 +90,19 @@ def _step(variant: str, args: argparse.Namespace, h, w, labels, mask, adv, old) 
         out, _, _ = fused_prorl_loss(h, w, labels, old, adv, mask, args.cfg, chunk_size=args.chunk,
                                      with_entropy=True)
         loss = out.loss
+    elif variant == "ours_train":
+        from nemo_prorl.algorithms.logprobs import vocab_parallel_fused_loss
+        from nemo_prorl.trainer.trainer import make_loss_fn
+
+        loss_fn = make_loss_fn(args.cfg)
+        data = {"response_mask": mask, "advantages": adv, "old_logprobs": old}
+        norm = {"num_tokens": float(mask.sum()), "num_seqs": float(mask.shape[0])}
+
+        def row_loss(r0, r1, lp, ent):
+            return loss_fn(lp, ent, {k: v[r0:r1] for k, v in data.items()}, norm)[0]
+
+        loss, _, _ = vocab_parallel_fused_loss(h, w, labels, mask, row_loss, chunk_size=args.chunk,
+                                               with_entropy=True)
     elif variant == "trl_fused":
         from trl.kernels import ChunkedLogProbFunction
         from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
@@ -223,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     med = {v: result["variants"][v]["tokens_per_s"]["median"] for v in runs}
     mem = {v: result["variants"][v]["working_set_mb"]["median"] for v in runs}
-    for ours in ("ours_fused", "ours_chunked"):
-        for base in ("trl_fused", "naive"):
-            if ours in med and base in med:
+    for ours in ("ours_train", "ours_fused", "ours_chunked"):
+        for base in ("trl_fused", "naive", "ours_chunked"):
+            if ours in med and base in med and ours != base:
                 result["ratios"][f"{ours}_vs_{base}_speed"] = med[ours] / med[base]
                 result["ratios"][f"{ours}_vs_{base}_memory"] = mem[ours] / mem[base]
     # agreement: every variant computes the same loss and gradients

@@ -671,3 +671,245 @@ def fused_prorl_loss(
         metrics = prorl_loss(lp, old_logprobs, advantages, mask, cfg, ref_logprobs=ref_logprobs, entropy=ent,
                              num_tokens=n_tok, num_seqs=n_seq).metrics
     return LossOutput(loss=loss, metrics=metrics), lp, ent
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fused head of the training path: vocab-parallel, mixed precision, any row-decomposable loss.
+# ----------------------------------------------------------------------------------------------------
+
+#: ``row_loss(r0, r1, logprobs, entropy) -> scalar``: the loss of rows ``r0:r1``; ``logprobs`` /
+#: ``entropy`` are ``[r1 - r0, L]`` (zero outside the mask), differentiable. The loss of a batch must be
+#: the sum of the losses of its row slices (the ``loss_fn`` contract of ``PolicyInterface.train_step``).
+RowLoss = Callable[[int, int, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def head_dtypes(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """``(matmul dtype, statistics dtype)`` of the fused head.
+
+    The GEMMs run in the inputs' common dtype (bf16 weights and hidden states: bf16 matmuls, which
+    accumulate in fp32 on tensor cores and in PyTorch's CPU kernels), so no fp32 copy of the weight is
+    made; the logits tile, log-sum-exp and softmax run in at least fp32.
+    """
+    mm = torch.promote_types(hidden.dtype, weight.dtype)
+    return mm, torch.promote_types(mm, torch.float32)
+
+
+def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` in the inputs' dtype with the result in ``dtype``.
+
+    For bf16/fp16 CUDA inputs and an fp32 result this is one cuBLAS GEMM that accumulates in fp32 and
+    writes fp32 (``torch.mm(..., out_dtype=torch.float32)``, ``aten::mm.dtype``, CUDA-only in PyTorch's
+    ``native_functions.yaml``): the logits are not rounded to bf16, so they match the fp32-promoted head
+    of :func:`vocab_parallel_logprobs` on the same bf16 values up to summation order. Elsewhere (CPU, or
+    a torch without the overload) the product is computed in the inputs' dtype and converted.
+    """
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and dtype == torch.float32:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    out = a @ b
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+class _VocabParallelFusedLoss(torch.autograd.Function):
+    """Autograd Function behind :func:`vocab_parallel_fused_loss` (grads in forward, scaled in backward)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        keep: torch.Tensor,
+        row_loss: object,
+        vocab_start: int,
+        group: dist.ProcessGroup | None,
+        chunk_size: int,
+        temperature: float,
+        with_entropy: bool,
+        out: dict,
+    ) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        mm_dtype, st = head_dtypes(hidden, weight)
+        w = weight if weight.dtype == mm_dtype else weight.to(mm_dtype)
+        parallel = group is not None and dist.get_world_size(group) > 1
+        inv_t = 1.0 / temperature
+        rows, width = keep.shape
+        dev = hidden.device
+        lp_all = torch.zeros(rows, width, dtype=st, device=dev)
+        ent_all = torch.zeros(rows, width, dtype=st, device=dev) if with_entropy else None
+        grad_h = torch.zeros(hidden.shape, dtype=mm_dtype, device=dev) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=st, device=dev) if need_w else None
+        total = torch.zeros((), dtype=st, device=dev)
+        chunks = _token_chunks(keep, chunk_size, False) or [(0, rows, keep)]
+        most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
+        # one [c, V_local] tile for the whole call (logits, then log-probs or p, then their gradient, all in
+        # place) and a [c, block] scratch for the element-wise passes: no second tile
+        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev) if mm_dtype == st else None
+        scratch = torch.empty((most, min(_VOCAB_BLOCK, max(w.shape[0], 1))), dtype=st, device=dev)
+        for r0, r1, cmask in chunks:
+            hs = hidden[r0:r1][cmask]  # [c, H]
+            hs = hs if hs.dtype == mm_dtype else hs.to(mm_dtype)
+            c = hs.shape[0]
+            local = labels[r0:r1][cmask].long() - vocab_start
+            in_shard = (local >= 0) & (local < w.shape[0])
+            safe = torch.where(in_shard, local, torch.zeros_like(local))
+            # [c, V_local] logits / T in fp32 (or fp64)
+            z = (torch.mm(hs, w.T, out=tile[:c]) if tile is not None else _mm_to(hs, w.T, st)).mul_(inv_t)
+            zmax = z.amax(dim=-1) if z.shape[1] else torch.full((c,), -torch.inf, dtype=st, device=dev)
+            if parallel:
+                collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
+            z.sub_(zmax[:, None])  # z' = z - max over the full vocabulary
+            tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1), torch.zeros((), dtype=st))
+            if with_entropy:
+                sum_e, dot = _exp_stats_blockwise(z, scratch)  # z' stays in the tile
+            else:
+                sum_e, dot = z.exp_().sum(dim=-1), torch.zeros_like(tgt)  # the tile now holds e^z'
+            stats = torch.stack([sum_e, tgt, dot, in_shard.to(st)])  # [4, c]
+            if parallel:
+                collectives.all_reduce(stats, op=collectives.ReduceOp.SUM, group=group)
+            if bool((stats[3] != 1).any()):
+                bad = torch.nonzero(stats[3] != 1).flatten()[:5].tolist()
+                raise ValueError(f"labels of chunk tokens {bad} (rows {r0}:{r1}) are not owned by exactly "
+                                 "one vocabulary shard (label outside [0, V) or overlapping shards)")
+            log_sum = stats[0].log()
+            lp = stats[1] - log_sum
+            ent = log_sum - stats[2] / stats[0] if with_entropy else None
+            lp_leaf = lp.detach().requires_grad_(True)
+            ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
+            with torch.enable_grad():
+                lp_rows = torch.zeros(r1 - r0, width, dtype=st, device=dev).masked_scatter(cmask, lp_leaf)
+                ent_rows = (torch.zeros(r1 - r0, width, dtype=st, device=dev).masked_scatter(cmask, ent_leaf)
+                            if ent_leaf is not None else None)
+                loss_c = row_loss(r0, r1, lp_rows, ent_rows)
+                if not isinstance(loss_c, torch.Tensor) or loss_c.dim() != 0:
+                    raise TypeError("vocab_parallel_fused_loss: row_loss must return a scalar tensor")
+                leaves = [lp_leaf] + ([ent_leaf] if ent_leaf is not None else [])
+                grads = (torch.autograd.grad(loss_c, leaves, allow_unused=True) if loss_c.requires_grad
+                         else [None] * len(leaves))
+            total += loss_c.detach().to(st)
+            lp_all[r0:r1][cmask] = lp
+            if ent_all is not None:
+                ent_all[r0:r1][cmask] = ent
+            g_lp, g_ent = grads[0], (grads[1] if len(grads) > 1 else None)
+            if (g_lp is None and g_ent is None) or not (need_h or need_w) or c == 0:
+                del z
+                continue
+            # dL/dz' = -g_lp * p - g_ent * p * (log p + H) + g_lp * onehot(y); * 1/T for d/d(h W^T)
+            if with_entropy:
+                _softmax_grad_blockwise_(z.sub_(log_sum[:, None]), ent, g_lp, g_ent, scratch)  # log p -> grad
+                grad_z = z
+            else:
+                grad_z = z.div_(stats[0][:, None]).mul_(-g_lp[:, None])  # e^z' -> p -> grad
+            del z
+            if g_lp is not None:
+                own = torch.nonzero(in_shard).squeeze(1)
+                grad_z[own, safe[own]] += g_lp[own]
+            gz = grad_z.mul_(inv_t)
+            gz = gz if gz.dtype == mm_dtype else gz.to(mm_dtype)
+            del grad_z
+            if need_h:
+                grad_h[r0:r1][cmask] = gz @ w  # this shard's part; summed over the group below
+            if need_w:
+                if gz.dtype == st:
+                    grad_w.addmm_(gz.T, hs)
+                else:  # bf16 GEMM (fp32 accumulation inside), accumulated over chunks in fp32
+                    grad_w += _mm_to(gz.T, hs, st)
+            del gz
+        del tile, scratch
+        if need_h and parallel:
+            collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
+        out["logprobs"], out["entropy"] = lp_all, ent_all
+        ctx.grads = [grad_h, grad_w]  # attributes, not saved tensors: backward hands them over uncopied
+        ctx.in_dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        if ctx.grads is None:
+            raise RuntimeError("vocab_parallel_fused_loss: backward called twice on the same loss")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
+        h_dtype, w_dtype = ctx.in_dtypes
+        if not bool(grad_out == 1):
+            if grad_h is not None:
+                grad_h.mul_(grad_out.to(grad_h.dtype))
+            if grad_w is not None:
+                grad_w.mul_(grad_out.to(grad_w.dtype))
+        gh = grad_h.to(h_dtype) if grad_h is not None else None
+        gw = grad_w.to(w_dtype) if grad_w is not None else None
+        return (gh, gw) + (None,) * 9
+
+
+def vocab_parallel_fused_loss(
+    hidden: torch.Tensor,
+    weight_shard: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    row_loss: RowLoss,
+    *,
+    vocab_start: int = 0,
+    group: dist.ProcessGroup | None = None,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A loss of the LM head's log-probs with its gradient taken inside the chunked, vocab-parallel forward.
+
+    Per chunk of whole rows (about ``chunk_size`` valid tokens) the ``[c, V_local]`` logits tile is built
+    once: its max and then ``(sum e^z', target logit, sum e^z' z', owner count)`` are all-reduced over
+    ``group`` (two collectives per chunk), giving the full-vocabulary log-probs and entropies;
+    ``row_loss`` is evaluated on them and its per-token gradient is pushed through the softmax in the same
+    tile into ``d hidden`` (this shard's part, all-reduced once at the end) and ``d weight_shard``. Three
+    GEMMs per chunk, as a naive head; :func:`vocab_parallel_logprobs` + a loss needs four.
+
+    Precision: GEMMs in the inputs' common dtype (bf16 in, bf16 matmul with fp32 accumulation, no fp32
+    copy of the weight; on CUDA the logits come out of the GEMM in fp32, see :func:`_mm_to`); logits,
+    log-sum-exp and softmax in at least fp32; the logits' gradient enters the two backward GEMMs in bf16
+    (as autograd's bf16 backward would); the weight gradient is accumulated over chunks in fp32 and
+    returned in the weight's dtype.
+
+    Args:
+        hidden: ``[B, L, H]`` hidden states (``hidden[b, t]`` predicts ``labels[b, t]``); the same on
+            every rank of ``group``.
+        weight_shard: ``[V_local, H]`` rows ``[vocab_start, vocab_start + V_local)`` of the output weight.
+        labels: ``[B, L]`` global token ids (any value outside ``mask``).
+        mask: ``[B, L]`` tokens that enter the loss; only those are computed.
+        row_loss: see :data:`RowLoss`; called once per chunk, in row order.
+        vocab_start: first global id of this rank's shard.
+        group: the vocabulary shards' process group; None = not parallel.
+        chunk_size: about this many tokens per tile (a row is never split).
+        temperature: logits are divided by it.
+        with_entropy: also compute entropies (passed to ``row_loss``).
+
+    Returns:
+        ``(loss, logprobs [B, L], entropy [B, L] | None)``: ``loss`` is the sum of the chunk losses,
+        differentiable w.r.t. ``hidden`` and ``weight_shard``; per-token values detached, in the
+        statistics dtype, zero outside ``mask``.
+
+    Raises:
+        ValueError: on bad shapes, non-integer or negative labels, ``chunk_size < 1``, ``temperature <=
+            0``, or a label under ``mask`` that no shard owns.
+
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, L, H] (got shape {tuple(hidden.shape)})")
+    if labels.shape != hidden.shape[:2] or mask.shape != hidden.shape[:2]:
+        raise ValueError(f"labels and mask must be [B, L] = {tuple(hidden.shape[:2])} "
+                         f"(got {tuple(labels.shape)} and {tuple(mask.shape)})")
+    _check_inputs(hidden.reshape(-1, hidden.shape[-1]), weight_shard, labels.reshape(-1), chunk_size,
+                  temperature)
+    if not callable(row_loss):
+        raise ValueError("row_loss must be callable")
+    if vocab_start < 0:
+        raise ValueError(f"vocab_start must be >= 0 (got {vocab_start})")
+    keep = mask.bool()
+    out: dict = {}
+    loss = _VocabParallelFusedLoss.apply(
+        hidden, weight_shard, labels, keep, row_loss, int(vocab_start), group, int(chunk_size),
+        float(temperature), bool(with_entropy), out,
+    )
+    return loss, out["logprobs"], out["entropy"]

@@ -46,7 +46,7 @@ LAYOUTS = {
     "tp": (["policy.tensor_model_parallel_size=2"],
            {"nemo_prorl.policy.megatron.convert:_gather_tp",
             "nemo_prorl.algorithms.logprobs:_ChunkedLogprobs.forward",
-            "nemo_prorl.algorithms.logprobs:_ChunkedLogprobs.backward"}),
+            "nemo_prorl.algorithms.logprobs:_VocabParallelFusedLoss.forward"}),  # policy.lm_head: fused
     "pp": (["policy.pipeline_model_parallel_size=2"],
            {"nemo_prorl.policy.megatron.engine:MegatronPolicy._broadcast_from_last_stage",
             "nemo_prorl.policy.megatron.engine:MegatronPolicy._broadcast_object_from_last_stage",

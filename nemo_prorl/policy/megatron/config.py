@@ -27,6 +27,8 @@ DTYPES: dict[str, torch.dtype] = {
 RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
 #: ``policy.recompute_modules`` choices for a dense model (megatron's MoE / MLA modules do not apply).
 RECOMPUTE_MODULES: tuple[str, ...] = ("mlp", "core_attn")
+#: ``policy.lm_head`` values (see :class:`MegatronPolicyConfig`)
+LM_HEADS: tuple[str, ...] = ("fused", "chunked")
 DEFAULT_RECOMPUTE_MODULES: tuple[str, ...] = ("mlp",)
 
 
@@ -96,6 +98,12 @@ class MegatronPolicyConfig:
             ``"layernorm"`` is refused: megatron-core 0.16 runs it through Transformer Engine's FP8
             state even without FP8 (``tensor_parallel.random.CheckpointWithoutOutput``), and with
             TE's spec the norms are fused into the linear layers, where there is nothing to recompute.
+        lm_head: how :meth:`train_step` runs the output layer and the loss: ``"fused"`` (default) takes
+            the ``loss_fn`` gradient inside the chunked vocab-parallel head's forward
+            (:func:`nemo_prorl.algorithms.logprobs.vocab_parallel_fused_loss`: three GEMMs per chunk,
+            bf16 GEMMs with fp32 softmax for bf16 weights); ``"chunked"`` computes the log-probs with
+            :func:`~nemo_prorl.algorithms.logprobs.vocab_parallel_logprobs` and recomputes the logits in
+            backward (four GEMMs). Same loss and gradients; the log-prob passes always use the latter.
 
     """
 
@@ -122,6 +130,7 @@ class MegatronPolicyConfig:
     recompute: str = "none"
     recompute_num_layers: int | None = None
     recompute_modules: list[str] | None = None
+    lm_head: str = "fused"
     backend: str = "megatron"
 
     def __post_init__(self) -> None:
@@ -179,6 +188,10 @@ class MegatronPolicyConfig:
                     f"policy.{name} must be null (fixed micro_batch_size rows) or a token count >= 2, "
                     f"got {value!r}; size it >= max_prompt_tokens + max_response_tokens"
                 )
+        if self.lm_head not in LM_HEADS:
+            raise ValueError(f"policy.lm_head must be one of {list(LM_HEADS)}, got {self.lm_head!r}: 'fused' "
+                             "takes the loss gradient inside the chunked head (3 GEMMs), 'chunked' computes "
+                             "log-probs first and recomputes the logits in backward (4 GEMMs)")
         self._check_recompute()
 
     def _check_recompute(self) -> None:

@@ -445,6 +445,65 @@ class MegatronPolicy:
             )
         return full, full_ent
 
+    def _fused_head_loss(
+        self,
+        gpt: torch.nn.Module,
+        hidden: torch.Tensor,
+        micro: _Micro,
+        loss_fn: LossFn,
+        norm: Mapping[str, float],
+        with_entropy: bool,
+        seq_len: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``loss_fn`` of one micro-batch through the fused LM head (``policy.lm_head: fused``).
+
+        The head walks chunks of whole rows; ``loss_fn`` is called on each chunk's rows (its ``micro``
+        sliced to them, log-probs ``[r, seq_len]`` laid out as in the chunked path) and its gradient is
+        taken inside the head's forward (:func:`~nemo_prorl.algorithms.logprobs.vocab_parallel_fused_loss`).
+        Equal to the chunked path because the ``loss_fn`` contract makes the loss (and the summed
+        metrics) a sum over row slices; ``*_max`` / ``*_min`` metrics are reduced with max / min.
+
+        Returns:
+            ``(loss, metrics)`` of the micro-batch.
+
+        """
+        from nemo_prorl.algorithms.logprobs import vocab_parallel_fused_loss
+
+        view = _forward_view(micro)
+        mask = view["response_mask"][:, 1:].bool()
+        labels = view["input_ids"][:, 1:]
+        h = hidden.transpose(0, 1)[:, :-1]  # [b, l-1, H]; position t-1 predicts token t
+        weight, vocab_start = self._output_weight(gpt)
+        rows = int(mask.shape[0])
+        chunk_metrics: list[dict[str, Any]] = []
+
+        def row_loss(r0: int, r1: int, lp: torch.Tensor, ent: torch.Tensor | None) -> torch.Tensor:
+            def lay_out(v: torch.Tensor | None) -> torch.Tensor | None:
+                if v is None:
+                    return None
+                return _pad_positions(torch.nn.functional.pad(v, (1, 0)), seq_len)
+
+            part = {k: (v[r0:r1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows else v)
+                    for k, v in micro.data.items()}
+            loss, metrics = loss_fn(lay_out(lp), lay_out(ent), part, norm)
+            chunk_metrics.append(dict(metrics or {}))
+            return loss
+
+        loss, _, _ = vocab_parallel_fused_loss(
+            h, weight, labels, mask, row_loss,
+            vocab_start=vocab_start,
+            group=self._parallel.tp_group() if self._parallel.tp_size() > 1 else None,
+            chunk_size=self.config.logprob_chunk_size,
+            temperature=self.config.temperature,
+            with_entropy=with_entropy,
+        )
+        merged: dict[str, torch.Tensor] = {}
+        for key in (chunk_metrics[0] if chunk_metrics else {}):
+            vals = torch.stack([torch.as_tensor(m[key]).detach().double().reshape(()) for m in chunk_metrics])
+            reduce = torch.amax if key.endswith("_max") else torch.amin if key.endswith("_min") else torch.sum
+            merged[key] = reduce(vals)
+        return loss, merged
+
     # ------------------------------------------------------------------ log-probs
 
     @contextlib.contextmanager
@@ -585,10 +644,14 @@ class MegatronPolicy:
         norm = {"num_tokens": num_tokens, "num_seqs": num_seqs}
 
         def loss_func(gpt: torch.nn.Module, micro: _Micro, hidden: torch.Tensor) -> Any:
-            lp, ent = self._token_logprobs(gpt, hidden, _forward_view(micro), with_entropy)
-            length = batch.seq_len  # the loss_fn sees [b, L] rows whatever length the forward ran
-            lp, ent = _pad_positions(lp, length), _pad_positions(ent, length)
-            loss, metrics = loss_fn(lp, ent, micro.data, norm)
+            if self.config.lm_head == "fused":
+                loss, metrics = self._fused_head_loss(gpt, hidden, micro, loss_fn, norm, with_entropy,
+                                                      batch.seq_len)
+            else:
+                lp, ent = self._token_logprobs(gpt, hidden, _forward_view(micro), with_entropy)
+                length = batch.seq_len  # the loss_fn sees [b, L] rows whatever length the forward ran
+                lp, ent = _pad_positions(lp, length), _pad_positions(ent, length)
+                loss, metrics = loss_fn(lp, ent, micro.data, norm)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise TypeError(
                     f"loss_fn must return a scalar tensor as its first value, got {type(loss).__name__}"

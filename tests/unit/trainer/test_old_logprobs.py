@@ -82,7 +82,10 @@ def test_reused_old_logprobs_give_the_recompute_paths_loss_and_gradients(policy)
     assert m_b["ratio_min"] == m_b["ratio_max"] == 1.0 and m_b["clip_frac_low"] == 0.0
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(params_b[name], params_a[name], rtol=0, atol=1e-7)
+        # the fused training head (policy.lm_head: fused) and the log-prob pass sum in different orders:
+        # ratios 1 +- 1e-7, which Adam's first update (~lr * g / |g|) amplifies where |g| ~ adam_eps (as in
+        # test_engine.py::test_micro_batches_do_not_change_the_step)
+        torch.testing.assert_close(params_b[name], params_a[name], rtol=0, atol=1e-2 * 1e-3)
     # mismatch metric from the train step's log-probs: exp(0.1) at every response token
     assert m_b["token_mult_prob_error"] == pytest.approx(math.exp(0.1), rel=1e-5)
     assert "token_mult_prob_error" not in m_a
