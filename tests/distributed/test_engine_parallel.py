@@ -8,12 +8,10 @@ continues from. The worker is tests/distributed/scripts/engine_parallel.py.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from worker_launch import run_worker
 
 pytestmark = pytest.mark.distributed
 
@@ -21,16 +19,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "engine_parallel.py"
 
 
 def _run(mode: str, hf: Path, work: Path, nproc: int, timeout: int = 300) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    if nproc == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), str(SCRIPT)]
-    cmd += ["--mode", mode, "--hf", str(hf), "--work", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{mode} failed (rc={proc.returncode}):\n{out[-6000:]}"
-    return proc.stdout
+    return run_worker(SCRIPT, mode, hf, work, nproc, timeout)
 
 
 @pytest.fixture(scope="module")

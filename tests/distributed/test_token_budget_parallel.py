@@ -7,12 +7,10 @@ the updated weights. The worker is tests/distributed/scripts/token_budget_parall
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from worker_launch import run_worker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~35 s per layout on 2 cores
 
@@ -20,17 +18,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "token_budget_parallel.py"
 
 
 def _run(mode: str, hf: Path, work: Path, nproc: int, timeout: int = 300) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    if nproc == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
-               str(SCRIPT)]
-    cmd += ["--mode", mode, "--hf", str(hf), "--work", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{mode} failed (rc={proc.returncode}):\n{out[-6000:]}"
-    return proc.stdout
+    return run_worker(SCRIPT, mode, hf, work, nproc, timeout)
 
 
 @pytest.fixture(scope="module")
