@@ -29,6 +29,8 @@ RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
 RECOMPUTE_MODULES: tuple[str, ...] = ("mlp", "core_attn")
 #: ``policy.lm_head`` values (see :class:`MegatronPolicyConfig`)
 LM_HEADS: tuple[str, ...] = ("fused", "chunked")
+#: ``policy.sequence_packing`` values (see :class:`MegatronPolicyConfig`)
+SEQUENCE_PACKING: tuple[str, ...] = ("auto", "on", "off")
 DEFAULT_RECOMPUTE_MODULES: tuple[str, ...] = ("mlp",)
 
 
@@ -104,6 +106,16 @@ class MegatronPolicyConfig:
             bf16 GEMMs with fp32 softmax for bf16 weights); ``"chunked"`` computes the log-probs with
             :func:`~nemo_prorl.algorithms.logprobs.vocab_parallel_logprobs` and recomputes the logits in
             backward (four GEMMs). Same loss and gradients; the log-prob passes always use the latter.
+        sequence_packing: ``"auto"`` (default), ``"on"`` or ``"off"``: run each micro-batch as one packed
+            row (its sequences concatenated, no padding between them; :mod:`nemo_prorl.policy.packing`)
+            instead of ``[b, longest]`` padded rows. With Transformer Engine's layer spec packing is
+            megatron's ``thd`` format (``PackedSeqParams`` with ``cu_seqlens``: TE's attention keeps each
+            sequence causal within itself, RoPE restarts per sequence); micro-batches are then cut by
+            ``micro_batch_tokens`` counting real tokens (first-fit decreasing), so they hold more rows.
+            On megatron's local spec (CPU) ``"on"`` expresses the same attention as a block-diagonal
+            causal mask over the pack, which computes ``pack_len^2`` scores: correct, measured slower
+            than binned padding on CPU (docs/scaling.md), for tests. ``"auto"`` = on with TE, off
+            (binned padding) otherwise. Same loss and gradients either way.
 
     """
 
@@ -131,6 +143,7 @@ class MegatronPolicyConfig:
     recompute_num_layers: int | None = None
     recompute_modules: list[str] | None = None
     lm_head: str = "fused"
+    sequence_packing: str = "auto"
     backend: str = "megatron"
 
     def __post_init__(self) -> None:
@@ -192,6 +205,10 @@ class MegatronPolicyConfig:
             raise ValueError(f"policy.lm_head must be one of {list(LM_HEADS)}, got {self.lm_head!r}: 'fused' "
                              "takes the loss gradient inside the chunked head (3 GEMMs), 'chunked' computes "
                              "log-probs first and recomputes the logits in backward (4 GEMMs)")
+        if self.sequence_packing not in SEQUENCE_PACKING:
+            raise ValueError(f"policy.sequence_packing must be one of {list(SEQUENCE_PACKING)}, got "
+                             f"{self.sequence_packing!r}: 'auto' packs with Transformer Engine and pads "
+                             "(binned) otherwise, 'on' always packs, 'off' never does")
         self._check_recompute()
 
     def _check_recompute(self) -> None:

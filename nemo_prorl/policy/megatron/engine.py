@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 
 from nemo_prorl import collectives
+from nemo_prorl.policy import packing
 from nemo_prorl.policy.interface import LossFn, TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
@@ -54,12 +55,42 @@ class _Micro(NamedTuple):
         rows: ``[b_real]`` indices of the rows in the batch (padding rows excluded), CPU int64.
         length: positions the forward runs (``<= L``): the longest row of a token-budget micro-batch,
             ``L`` for fixed-count micro-batches.
+        pack: with sequence packing, where the rows sit in the one packed row the forward runs
+            (:class:`~nemo_prorl.policy.packing.PackLayout`); the head sees them unpacked to
+            ``[length, b, H]``. None: the forward runs ``[b, length]``.
 
     """
 
     data: dict[str, torch.Tensor]
     rows: torch.Tensor
     length: int
+    pack: packing.PackLayout | None = None
+
+
+def _computed_positions(micro: _Micro) -> int:
+    """Positions the forward computes for ``micro``: the packed row, or ``rows x length``."""
+    if micro.pack is not None:
+        return micro.pack.total
+    return int(micro.data["input_ids"].shape[0]) * micro.length
+
+
+def _packing_mode(gpt: torch.nn.Module, setting: str) -> str:
+    """``"thd"`` (TE's packed attention), ``"mask"`` (block-diagonal mask, local spec) or ``"off"``.
+
+    ``policy.sequence_packing``: ``auto`` packs only where megatron supports it natively, i.e. when the
+    layers' core attention is not the local spec's ``DotProductAttention`` (which asserts
+    ``packed_seq_params is None``).
+    """
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    if setting == "off":
+        return "off"
+    layers = getattr(gpt.decoder, "layers", None) or []
+    local = any(isinstance(getattr(layer.self_attention, "core_attention", None), DotProductAttention)
+                for layer in layers)
+    if not local:
+        return "thd"
+    return "mask" if setting == "on" else "off"
 
 
 def _forward_view(micro: _Micro) -> dict[str, torch.Tensor]:
@@ -187,6 +218,9 @@ class MegatronPolicy:
 
         self.ref_model = self._build_reference(build_gpt_model, dtype)
         self.reset_reference()
+        #: how micro-batches run: "off" (binned padding), "thd" or "mask" packing (policy.sequence_packing)
+        self.packing = _packing_mode(gpt, config.sequence_packing)
+        _log.info("policy.sequence_packing=%s -> %s", config.sequence_packing, self.packing)
         self.steps_taken = 0
         #: optimizer steps since the optimizer was built or last reset (drives the lr warm-up)
         self.steps_since_optimizer_reset = 0
@@ -319,6 +353,8 @@ class MegatronPolicy:
         """
         data = batch.as_dict()
         size = batch.batch_size
+        if getattr(self, "packing", "off") != "off" and size > 0:
+            return self._packed_micro_batches(batch, mbs, tokens)
         if tokens is not None and size > 0:
             lengths = sequence_lengths(batch.response_mask)
             bins = token_budget_bins(lengths, tokens)
@@ -350,6 +386,37 @@ class MegatronPolicy:
             micros.append(_Micro(micro, torch.arange(start, stop), batch.seq_len))
         return micros, n
 
+    def _packed_micro_batches(
+        self, batch: TokenBatch, mbs: int, tokens: int | None
+    ) -> tuple[list[_Micro], int]:
+        """Micro-batches for sequence packing: each one runs as a single packed row.
+
+        ``tokens`` set: rows packed first-fit decreasing under that many positions per pack
+        (:func:`~nemo_prorl.policy.packing.pack_bins`); else ``mbs`` consecutive rows per pack. The pack
+        length is a multiple of the TP size under sequence parallelism (megatron splits it over TP).
+        """
+        data = batch.as_dict()
+        lengths = sequence_lengths(batch.response_mask)
+        cfg = self.model.config
+        multiple = cfg.tensor_model_parallel_size if cfg.sequence_parallel else 1
+        if tokens is not None:
+            bins = packing.pack_bins(lengths, tokens, multiple)
+            over = [lengths[b[0]] for b in bins if lengths[b[0]] > tokens]
+            if over and not getattr(self, "_warned_over_budget", False):
+                self._warned_over_budget = True
+                _log.warning("%d sequence(s) of up to %d tokens exceed the micro-batch token budget %d and "
+                             "run alone; raise policy.micro_batch_tokens to at least max_prompt_tokens + "
+                             "max_response_tokens (warned once)", len(over), max(over), tokens)
+        else:
+            bins = [list(range(i, min(i + mbs, batch.batch_size))) for i in range(0, batch.batch_size, mbs)]
+        micros = []
+        for b in bins:
+            rows = torch.tensor(b, dtype=torch.long)
+            micro = {k: v[rows].to(self.device, non_blocking=True) for k, v in data.items()}
+            layout = packing.pack_layout([lengths[i] for i in b], multiple)
+            micros.append(_Micro(micro, rows, max(layout.lengths), layout))
+        return micros, len(micros)
+
     def _variable_shapes(self, model: torch.nn.Module, micros: list[_Micro]) -> tuple[int, int]:
         """``(seq_length, micro_batch_size)`` for megatron's schedule; turns on shape exchange if they vary.
 
@@ -358,19 +425,39 @@ class MegatronPolicy:
         in which case each send is preceded by its shape (``p2p_communication.P2PCommunicator.
         _communicate_shapes``); token-budget micro-batches need that under PP.
         """
-        lengths = {m.length for m in micros} or {0}
-        rows = {int(m.data["input_ids"].shape[0]) for m in micros} or {0}
+        lengths = {m.pack.total if m.pack else m.length for m in micros} or {0}
+        rows = {1 if m.pack else int(m.data["input_ids"].shape[0]) for m in micros} or {0}
         varying = len(lengths) > 1 or len(rows) > 1
         _unwrap(model).config.variable_seq_lengths = varying and self._parallel.pp_size() > 1
         return max(lengths), max(rows)
 
-    def _hidden_states(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    def _micro_hidden(self, model: torch.nn.Module, micro: _Micro) -> torch.Tensor:
+        """Hidden states of ``micro`` on this stage: ``[length, b, H]``, or ``[pack.total, 1, H]`` packed."""
+        ids = micro.data["input_ids"][:, : micro.length]
+        if micro.pack is None:
+            return self._hidden_states(model, ids)
+        return self._hidden_states(model, packing.pack_rows(ids, micro.pack).unsqueeze(0), pack=micro.pack)
+
+    @staticmethod
+    def _head_hidden(hidden: torch.Tensor, micro: _Micro) -> torch.Tensor:
+        """Last-stage hidden states in the head's ``[length, b, H]`` layout (packed rows unpacked)."""
+        if micro.pack is None:
+            return hidden
+        return packing.unpack_rows(hidden[:, 0], micro.pack, micro.length).transpose(0, 1)
+
+    def _hidden_states(
+        self, model: torch.nn.Module, input_ids: torch.Tensor, pack: packing.PackLayout | None = None
+    ) -> torch.Tensor:
         """Run this pipeline stage's part of the decoder (with the final norm on the last stage).
 
         Args:
             model: the GPTModel (or its DDP wrapper).
             input_ids: ``[b, L]`` token ids (used on the first stage; the others read the received
-                activation that the schedule set with ``set_input_tensor``).
+                activation that the schedule set with ``set_input_tensor``); ``[1, total]`` packed.
+            pack: the packed row's layout. ``self.packing == "thd"``: megatron's ``PackedSeqParams``
+                go to the rotary embedding and TE's attention. ``"mask"`` (local spec, which refuses
+                them): RoPE indexed by the per-sequence positions (what ``_apply_rotary_pos_emb_thd``
+                assembles) and a block-diagonal causal attention mask.
 
         Returns:
             ``[L, b, H]`` hidden states (megatron's sequence-first layout).
@@ -379,14 +466,25 @@ class MegatronPolicy:
         gpt = _unwrap(model)
         b, seq = input_ids.shape
         position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(b, seq)
-        pre = gpt._preprocess(input_ids=input_ids, position_ids=position_ids)
+        params, mask = None, None
+        if pack is not None:
+            position_ids = packing.position_ids(pack, input_ids.device).unsqueeze(0)
+            if self.packing == "thd":
+                params = packing.packed_seq_params(pack, input_ids.device)
+            else:
+                mask = packing.block_causal_mask(pack, input_ids.device)
+        pre = gpt._preprocess(input_ids=input_ids, position_ids=position_ids, packed_seq_params=params)
         decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset = pre[:5]
+        if mask is not None and rotary_pos_emb is not None:
+            rotary_pos_emb = rotary_pos_emb[position_ids[0]]  # [total, 1, 1, d]: restarts per sequence
         kwargs: dict[str, Any] = {}
         if len(pre) == 7 and pre[6] is not None:
             kwargs["rotary_pos_cos_sin"] = pre[6]
+        if params is not None:
+            kwargs["packed_seq_params"] = params
         return gpt.decoder(
             hidden_states=decoder_input,
-            attention_mask=None,  # causal; right padding never influences earlier positions
+            attention_mask=mask,  # None: causal; right padding never influences earlier positions
             rotary_pos_emb=rotary_pos_emb,
             rotary_pos_cos=rotary_pos_cos,
             rotary_pos_sin=rotary_pos_sin,
@@ -548,6 +646,7 @@ class MegatronPolicy:
         micros, n = self._micro_batches(batch, mbs, pad=pipelined, tokens=tokens)
 
         def loss_func(gpt: torch.nn.Module, micro: _Micro, hidden: torch.Tensor) -> Any:
+            hidden = self._head_hidden(hidden, micro)
             lp, ent = self._token_logprobs(gpt, hidden, _forward_view(micro), with_entropy)
             out = {"logprobs": lp}
             if ent is not None:
@@ -556,7 +655,7 @@ class MegatronPolicy:
 
         def forward_step(data_iterator: Iterator[_Micro], model: torch.nn.Module) -> Any:
             micro = next(data_iterator)
-            hidden = self._hidden_states(model, micro.data["input_ids"][:, : micro.length])
+            hidden = self._micro_hidden(model, micro)
             return hidden, functools.partial(loss_func, _unwrap(model), micro)
 
         ctx = self._reference_on_device() if reference else contextlib.nullcontext(self.ddp)
@@ -616,8 +715,8 @@ class MegatronPolicy:
             ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; ``*_max`` /
             ``*_min`` reduced with max / min), ``grad_norm`` (before clipping), ``lr``, ``num_tokens``,
             ``num_seqs``, ``perf/padding_fraction`` (share of the positions the forward computed, over
-            all micro-batches and DP ranks, that lie past their row's last response token); identical
-            on every rank.
+            all micro-batches and DP ranks, that lie past their row's last response token; with sequence
+            packing only the pack's alignment positions, usually 0); identical on every rank.
 
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -633,7 +732,7 @@ class MegatronPolicy:
         pipelined = self._parallel.pp_size() > 1
         micros, n = self._micro_batches(batch, mbs, pad=pipelined, tokens=self.config.micro_batch_tokens)
         real = float(sum(sequence_lengths(batch.response_mask)))
-        computed = float(sum(int(m.data["input_ids"].shape[0]) * m.length for m in micros))
+        computed = float(sum(_computed_positions(m) for m in micros))
         num_tokens, num_seqs, real, computed = self._dp_sum(
             [float(batch.response_mask.bool().sum()), float(batch.batch_size), real, computed]
         )
@@ -644,6 +743,7 @@ class MegatronPolicy:
         norm = {"num_tokens": num_tokens, "num_seqs": num_seqs}
 
         def loss_func(gpt: torch.nn.Module, micro: _Micro, hidden: torch.Tensor) -> Any:
+            hidden = self._head_hidden(hidden, micro)
             if self.config.lm_head == "fused":
                 loss, metrics = self._fused_head_loss(gpt, hidden, micro, loss_fn, norm, with_entropy,
                                                       batch.seq_len)
@@ -666,7 +766,7 @@ class MegatronPolicy:
 
         def forward_step(data_iterator: Iterator[_Micro], model: torch.nn.Module) -> Any:
             micro = next(data_iterator)
-            hidden = self._hidden_states(model, micro.data["input_ids"][:, : micro.length])
+            hidden = self._micro_hidden(model, micro)
             return hidden, functools.partial(loss_func, _unwrap(model), micro)
 
         self.model.train()
