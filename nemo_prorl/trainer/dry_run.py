@@ -35,6 +35,7 @@ def layout_of(cfg: ProRLConfig, world_size: int) -> mp.Layout:
         grad_bytes=4 if (p.grad_reduce_in_fp32 or param_bytes == 4) else param_bytes,
         distributed_optimizer=p.use_distributed_optimizer, reference_on_gpu=not p.reference_offload_to_cpu,
         micro_batch=p.micro_batch_size, micro_batch_tokens=p.micro_batch_tokens,
+        packed=getattr(p, "sequence_packing", "off") != "off",  # auto packs on GPU (TE), as planned here
         recompute_modules=tuple(p.recompute_modules or ("mlp",)), logprob_chunk=p.logprob_chunk_size,
         rollout_tp=r.tensor_parallel_size, rollout_bytes=_DTYPE_BYTES.get(r.dtype, param_bytes),
         gpu_memory_utilization=r.gpu_memory_utilization)
@@ -86,7 +87,9 @@ def format_memory(cfg: ProRLConfig, arch: ModelArch, plans: list[PhasePlan], lay
              f"{_gb(st.optimizer)} ({opt}) + reference {_gb(st.reference)}"
              f"{' (offloaded)' if not layout.reference_on_gpu else ''} = {_gb(st.total)}",
              "  activations at the largest micro-batch (padded to prompt + the phase's response limit; "
-             + (f"policy.micro_batch_tokens {layout.micro_batch_tokens} -> max(1, budget // seq) rows"
+             + (f"policy.micro_batch_tokens {layout.micro_batch_tokens} -> "
+                + ("one packed row of max(budget, seq) tokens" if layout.packed
+                   else "max(1, budget // seq) rows")
                 if layout.micro_batch_tokens else f"policy.micro_batch_size {layout.micro_batch} rows")
              + "), per policy.recompute mode, with fused attention (Transformer Engine):",
              f"    none = everything; selective = recompute_modules {list(layout.recompute_modules)} "

@@ -39,7 +39,10 @@ inputs and the dropout masks (``10 sbh`` of Korthikanti's 34) over ``t``. A 1F1B
 ``min(p, micro-batches)`` micro-batches in flight on its first stage, each of ``l / p`` layers.
 
 **Micro-batch rows**: with a token budget ``T`` (``policy.micro_batch_tokens``) a micro-batch of sequences
-padded to ``s`` holds ``max(1, T // s)`` rows; without one, ``policy.micro_batch_size`` rows.
+padded to ``s`` holds ``max(1, T // s)`` rows; without one, ``policy.micro_batch_size`` rows. With sequence
+packing (``policy.sequence_packing``; on with TE by default) a micro-batch is one packed row of up to
+``max(T, s)`` tokens of any mix of lengths: planned as one sequence of that length (``b = 1``), which is
+exact for the linear terms and, with the local spec's block-diagonal mask, for the ``s x s`` scores too.
 
 **Log-prob head**: chunked over tokens, ``chunk * V / t`` fp32 logits and their gradient (8 bytes each).
 
@@ -174,6 +177,7 @@ class Layout:
         reference_on_gpu: the reference policy stays on the GPU.
         micro_batch: sequences per training micro-batch (``policy.micro_batch_size``).
         micro_batch_tokens: the token budget of a micro-batch (``policy.micro_batch_tokens``) or None.
+        packed: micro-batches are packed rows (``policy.sequence_packing``); matters only with a budget.
         unfused_attention: attention stores its ``s x s`` scores (local spec; False with TE).
         recompute_modules: what selective recompute recomputes.
         logprob_chunk: tokens per chunk of the log-prob head.
@@ -192,6 +196,7 @@ class Layout:
     reference_on_gpu: bool = True
     micro_batch: int = 1
     micro_batch_tokens: int | None = None
+    packed: bool = False
     unfused_attention: bool = False
     recompute_modules: tuple[str, ...] = ("mlp",)
     logprob_chunk: int = 1024
@@ -233,7 +238,7 @@ class PhaseMemory:
 
     Attributes:
         seq: tokens per training sequence (prompt + response limit: micro-batches are padded to it).
-        micro_batch: sequences in the largest micro-batch.
+        micro_batch: sequences in the largest micro-batch (1 with packing: one packed row).
         activations: recompute mode -> activation bytes.
         head: log-prob head bytes.
         train_peak: recompute mode -> static + activations + head.
@@ -274,11 +279,15 @@ def phase_memory(arch: ModelArch, layout: Layout, static: StaticMemory, *, seq: 
     rows = max(1, layout.micro_batch_tokens // seq) if layout.micro_batch_tokens else layout.micro_batch
     mb = max(1, min(rows, seqs_per_update))
     n_micro = math.ceil(seqs_per_update / mb)
-    acts = {mode: activation_bytes(arch, seq, mb, recompute=mode, tp=layout.tp, pp=layout.pp,
+    act_seq = seq
+    if layout.packed and layout.micro_batch_tokens:  # one packed row of up to max(T, seq) tokens
+        act_seq = min(max(layout.micro_batch_tokens, seq), seqs_per_update * seq)
+        n_micro, mb = math.ceil(seqs_per_update * seq / act_seq), 1
+    acts = {mode: activation_bytes(arch, act_seq, mb, recompute=mode, tp=layout.tp, pp=layout.pp,
                                    num_micro_batches=n_micro, unfused_attention=layout.unfused_attention,
                                    recompute_modules=layout.recompute_modules)
             for mode in RECOMPUTE_MODES}
-    head = logprob_head_bytes(arch.vocab_size, min(layout.logprob_chunk, seq * mb), layout.tp)
+    head = logprob_head_bytes(arch.vocab_size, min(layout.logprob_chunk, act_seq * mb), layout.tp)
     vllm_w = weight_bytes(arch.num_params, layout.rollout_tp, 1, layout.rollout_bytes)
     reserve = layout.gpu_memory_utilization * gpu_bytes
     return PhaseMemory(

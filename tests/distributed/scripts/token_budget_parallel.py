@@ -14,6 +14,10 @@ _communicate_shapes``). ``dp``: the two ranks' halves bin into different numbers
 which must not change the result either. Each run: log-probs, one train step, exported weights;
 asserted against ``ref`` with the tolerances of tests/distributed/scripts/engine_parallel.py; prints
 ``BUDGET_OK <mode>``.
+
+``pp_packed`` / ``dp_packed``: the same with ``policy.sequence_packing=on`` (packed rows through the
+block-diagonal mask on the local spec): under PP each packed micro-batch is one ``[pack_len, 1, H]``
+activation whose length varies, so the schedule exchanges shapes as for ``pp``; no padding is computed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import torch
 ROWS, LENGTH, VOCAB = 8, 24, 320
 ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
 TOL = {"lp": 2e-5, "loss": 2e-5, "grad_norm": 1e-4, "params": 2e-5}
-BUDGET = {"ref": None, "pp": 40, "dp": 20}
-RECOMPUTE = {"ref": "none", "pp": "full", "dp": "selective"}
+BUDGET = {"ref": None, "pp": 40, "dp": 20, "pp_packed": 40, "dp_packed": 20}
+RECOMPUTE = {"ref": "none", "pp": "full", "dp": "selective", "pp_packed": "full", "dp_packed": "selective"}
 
 
 def _batch():
@@ -64,21 +68,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     work, mode = Path(args.work), args.mode
+    packed = mode.endswith("_packed")
     config = MegatronPolicyConfig(
-        pipeline_model_parallel_size=2 if mode == "pp" else 1,
+        sequence_packing="on" if packed else "off",
+        pipeline_model_parallel_size=2 if mode.startswith("pp") else 1,
         micro_batch_size=2,
         micro_batch_tokens=BUDGET[mode],
         recompute=RECOMPUTE[mode],
         lr=1e-3,
         adam_eps=1e-4,
         clip_grad=1.0,
-        use_distributed_optimizer=mode == "dp",
+        use_distributed_optimizer=mode.startswith("dp"),
     )
     policy = MegatronPolicy(args.hf, config)
     rank = parallel.global_rank()
     batch = _batch()
     rows = slice(0, ROWS)
-    if mode == "dp":
+    if mode.startswith("dp"):
         rows = slice(rank * ROWS // 2, (rank + 1) * ROWS // 2)
         batch = batch.slice(rows.start, rows.stop)
     lp, ent = policy.logprobs(batch, with_entropy=True)
@@ -107,6 +113,8 @@ def main() -> None:
     assert metrics["num_tokens"] == ref_m["num_tokens"] and metrics["num_seqs"] == ref_m["num_seqs"]
     # fewer padded positions than the fixed-count reference (8 rows x 24), summed over DP ranks
     assert metrics["perf/padding_fraction"] < ref_m["perf/padding_fraction"], (metrics, ref_m)
+    if packed:
+        assert policy.packing == "mask" and metrics["perf/padding_fraction"] == 0.0, metrics
     diffs["params"] = max(float((params[k].float() - ref_p[k]).abs().max()) for k in params)
     assert diffs["params"] <= TOL["params"], (mode, rank, diffs)
     diffs["padding_fraction"] = metrics["perf/padding_fraction"]

@@ -35,8 +35,10 @@ def test_dry_run_plans_the_paper_recipe_and_writes_nothing(tmp_path, monkeypatch
             "32) + reference 3.55 = 14.88") in out
     plan = {line.split()[0]: line.split() for line in lines if line.startswith("  run")}
     assert set(plan) == {"run1", "run6_n32", "run8_16k"}
-    # 18,432-token micro-batches: 2 rows of 9,216 (28 x 91,136 x 18,432 B = 47.03 GB without recompute)
-    assert plan["run1"][1:4] == ["9216", "2", "47.03"]       # seq, micro-batch rows, no recompute
+    # 18,432-token micro-batches, packed (policy.sequence_packing auto: TE on the GPU): one row of 18,432
+    # tokens, as 2 padded rows of 9,216 would be (28 x 91,136 x 18,432 B = 47.03 GB without recompute)
+    assert "one packed row of max(budget, seq) tokens" in out
+    assert plan["run1"][1:4] == ["9216", "1", "47.03"]       # seq, micro-batch rows, no recompute
     assert plan["run1"][4:6] == ["10.04", "3.27"]            # selective (mlp), full
     assert plan["run8_16k"][1:3] == ["17408", "1"]
     assert "configured: policy.recompute = selective" in out

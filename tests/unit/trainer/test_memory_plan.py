@@ -109,3 +109,18 @@ def test_phase_memory_peaks():
                            gpu_bytes=80e9).micro_batch == 2
     assert mp.phase_memory(R15, budget, st, seq=20_000, seqs_per_update=32, seqs_per_round=1,
                            gpu_bytes=80e9).micro_batch == 1
+    # packed: one row of max(budget, seq) tokens; 17,408-token sequences -> 18,432 tokens, not 17,408
+    packed = mp.Layout(dp=32, micro_batch=4, micro_batch_tokens=18_432, packed=True)
+    ph_packed = mp.phase_memory(R15, packed, st, seq=17_408, seqs_per_update=32, seqs_per_round=1,
+                                gpu_bytes=80e9)
+    ph_binned = mp.phase_memory(R15, budget, st, seq=17_408, seqs_per_update=32, seqs_per_round=1,
+                                gpu_bytes=80e9)
+    assert ph_packed.micro_batch == 1 and ph_packed.seq == 17_408
+    for mode in mp.RECOMPUTE_MODES:
+        assert ph_packed.activations[mode] == mp.activation_bytes(
+            R15, 18_432, 1, recompute=mode, num_micro_batches=31, recompute_modules=("mlp",))
+    assert ph_packed.activations["none"] / ph_binned.activations["none"] == 18_432 / 17_408
+    assert ph_packed.kv_needed == ph_binned.kv_needed  # generation does not pack
+    # a budget larger than the rank's whole update packs only what there is
+    small = mp.phase_memory(R15, packed, st, seq=100, seqs_per_update=2, seqs_per_round=1, gpu_bytes=80e9)
+    assert small.activations["none"] == mp.activation_bytes(R15, 200, 1, recompute="none")
