@@ -1,5 +1,6 @@
 """Token-budget micro-batches at PP=2 (variable pipeline shapes, full recompute) and DP=2 (unequal
-micro-batch counts, selective recompute), padded (binned) and packed (``policy.sequence_packing=on``).
+micro-batch counts, selective recompute), padded (binned) and packed (``policy.sequence_packing=on``,
+also at TP=2).
 
 Both must equal the single-process engine with fixed 2-row micro-batches: log-probs, loss, grad norm and
 the updated weights. The worker is tests/distributed/scripts/token_budget_parallel.py.
@@ -31,7 +32,7 @@ def work(tmp_path_factory):
     return hf, root
 
 
-@pytest.mark.parametrize("mode", ["pp", "dp", "pp_packed", "dp_packed"])
+@pytest.mark.parametrize("mode", ["pp", "dp", "pp_packed", "dp_packed", "tp_packed"])
 def test_token_budget_under_pp_and_dp_matches_the_fixed_count_engine(work, mode):
     hf, root = work
     out = _run(mode, hf, root, 2)

@@ -15,9 +15,10 @@ which must not change the result either. Each run: log-probs, one train step, ex
 asserted against ``ref`` with the tolerances of tests/distributed/scripts/engine_parallel.py; prints
 ``BUDGET_OK <mode>``.
 
-``pp_packed`` / ``dp_packed``: the same with ``policy.sequence_packing=on`` (packed rows through the
-block-diagonal mask on the local spec): under PP each packed micro-batch is one ``[pack_len, 1, H]``
-activation whose length varies, so the schedule exchanges shapes as for ``pp``; no padding is computed.
+``pp_packed`` / ``dp_packed`` / ``tp_packed``: the same with ``policy.sequence_packing=on`` (packed rows
+through the block-diagonal mask on the local spec; TP=2 for the last, heads and vocab split): under PP
+each packed micro-batch is one ``[pack_len, 1, H]`` activation whose length varies, so the schedule
+exchanges shapes as for ``pp``; no padding is computed.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import torch
 ROWS, LENGTH, VOCAB = 8, 24, 320
 ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
 TOL = {"lp": 2e-5, "loss": 2e-5, "grad_norm": 1e-4, "params": 2e-5}
-BUDGET = {"ref": None, "pp": 40, "dp": 20, "pp_packed": 40, "dp_packed": 20}
-RECOMPUTE = {"ref": "none", "pp": "full", "dp": "selective", "pp_packed": "full", "dp_packed": "selective"}
+BUDGET = {"ref": None, "pp": 40, "dp": 20, "pp_packed": 40, "dp_packed": 20, "tp_packed": 40}
+RECOMPUTE = {"ref": "none", "pp": "full", "dp": "selective", "pp_packed": "full", "dp_packed": "selective",
+             "tp_packed": "none"}
 
 
 def _batch():
@@ -72,6 +74,7 @@ def main() -> None:
     config = MegatronPolicyConfig(
         sequence_packing="on" if packed else "off",
         pipeline_model_parallel_size=2 if mode.startswith("pp") else 1,
+        tensor_model_parallel_size=2 if mode.startswith("tp") else 1,
         micro_batch_size=2,
         micro_batch_tokens=BUDGET[mode],
         recompute=RECOMPUTE[mode],
