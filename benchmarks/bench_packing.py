@@ -14,6 +14,8 @@ Batch: ``--rows`` sequences, prompt ``U(16, 48)`` tokens, response long-tailed (
 ``0.15 x cap``, sigma 0.9, clipped to the cap): most responses short, a few at the cap, as in RL.
 Model: the package's demo model (``nemo_prorl/assets/demo``: Qwen2, hidden 256, 2 layers), fp32.
 Each run times every variant once, in rotating order (shared-machine drift hits all); medians over runs.
+The warm-up run also checks that the variants agree: log-probs within 1e-4 and the step's loss within
+1e-5 (relative), else the script fails.
 
 Usage::
 
@@ -65,7 +67,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
-        args.rows, args.runs = 16, 2
+        args.rows, args.runs = 16, 1
 
     import torch
 
@@ -98,24 +100,31 @@ def main() -> None:
     }
     times: dict[str, dict[str, list[float]]] = {n: {"train_step": [], "logprobs": []} for n in VARIANTS}
     padding: dict[str, float] = {}
+    warm: dict[str, tuple] = {}
     names = list(VARIANTS)
     for run in range(args.runs + 1):  # run 0 warms up
         order = names[run % len(names):] + names[: run % len(names)]
         for name in order:
             policy = policies[name]
             t0 = time.perf_counter()
-            policy.logprobs(batch)
+            lp, _ = policy.logprobs(batch)
             t1 = time.perf_counter()
             m = policy.train_step(batch, loss_fn)
             t2 = time.perf_counter()
             padding[name] = m["perf/padding_fraction"]
-            if run:
+            if not run:
+                warm[name] = (lp, m["loss"])
+            else:
                 times[name]["logprobs"].append(t1 - t0)
                 times[name]["train_step"].append(t2 - t1)
+    agree = {"max_abs_logprob_diff": float((warm["packed"][0] - warm["binned"][0]).abs().max()),
+             "loss_rel_diff": abs(warm["packed"][1] - warm["binned"][1]) / max(abs(warm["binned"][1]), 1e-12)}
+    if agree["max_abs_logprob_diff"] > 1e-4 or agree["loss_rel_diff"] > 1e-5:
+        raise SystemExit(f"packed and binned variants disagree: {agree}")
     result = {
         "benchmark": "packing", "stamp": stamp(), "machine": machine_info(), "load_average": load_average(),
         "threads": torch.get_num_threads(), "args": vars(args), "layout": layout,
-        "padding_fraction": padding,
+        "padding_fraction": padding, "agree": agree,
         "seconds": {n: {k: summary(v) for k, v in t.items()} for n, t in times.items()},
     }
     for kind in ("train_step", "logprobs"):

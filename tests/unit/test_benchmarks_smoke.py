@@ -52,3 +52,11 @@ def test_grpo_step_quick(tmp_path):
     assert ours["step_s"]["median"] > 0
     assert set(ours["stages_s"]) == {"generate_s", "reward_s", "logprobs_s", "train_s", "sync_s"}
     assert 1 <= ours["mean_completion_tokens"]["median"] <= 32
+
+
+def test_packing_quick(tmp_path):
+    res = _run("bench_packing.py", tmp_path / "packing.json")
+    assert res["padding_fraction"]["packed"] == 0.0 < res["padding_fraction"]["binned"]
+    assert res["layout"]["packed"]["positions"] == res["layout"]["real_positions"]
+    assert res["agree"]["max_abs_logprob_diff"] <= 1e-4  # the script fails otherwise
+    assert res["seconds"]["packed"]["train_step"]["median"] > 0
