@@ -111,7 +111,8 @@ class MegatronPolicyConfig:
             instead of ``[b, longest]`` padded rows. With Transformer Engine's layer spec packing is
             megatron's ``thd`` format (``PackedSeqParams`` with ``cu_seqlens``: TE's attention keeps each
             sequence causal within itself, RoPE restarts per sequence); micro-batches are then cut by
-            ``micro_batch_tokens`` counting real tokens (first-fit decreasing), so they hold more rows.
+            ``micro_batch_tokens`` counting real tokens (first-fit decreasing), so they hold more rows
+            (without a budget, ``micro_batch_size`` consecutive rows per pack).
             On megatron's local spec (CPU) ``"on"`` expresses the same attention as a block-diagonal
             causal mask over the pack, which computes ``pack_len^2`` scores: correct, measured slower
             than binned padding on CPU (docs/scaling.md), for tests. ``"auto"`` = on with TE, off
