@@ -50,6 +50,9 @@ class RolloutConfig:
         enforce_eager: vllm: disable CUDA graphs (slower decoding, faster start, less memory).
         enable_sleep_mode: vllm: allow ``sleep(level=1)``/``wake_up`` around training (frees KV cache
             and offloads weights; required for colocation on one GPU).
+        sleep_level: vllm: 2 (default) discards the weights while asleep and the trainer's weight sync
+            after every update refills them (no host round trip); 1 copies them to host memory and back
+            (for engines whose weights are not synced after each sleep).
         distributed_executor_backend: vllm: ``external_launcher`` (each torchrun/Slurm rank hosts its
             vLLM shard in-process; the colocated mode) or ``uni`` (single in-process worker). vLLM's
             multi-process executor is not offered: syncing weights into it would need pickling.
@@ -76,6 +79,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
     enable_sleep_mode: bool = True
+    sleep_level: int = 2
     distributed_executor_backend: str = "external_launcher"
     max_model_len: int | None = None
     logprobs_mode: str = "processed_logprobs"
@@ -143,6 +147,9 @@ class RolloutConfig:
         for key in ("enforce_eager", "enable_sleep_mode"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "must be true or false")
+        if self.sleep_level not in (1, 2) or isinstance(self.sleep_level, bool):
+            raise bad("sleep_level", "must be 1 (weights offloaded to host) or 2 (weights discarded, "
+                      "refilled by the weight sync)")
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise bad("distributed_executor_backend", f"must be one of {EXECUTOR_BACKENDS}")
         if self.max_model_len is not None:
