@@ -374,10 +374,13 @@ class VLLMRolloutEngine:
             refused).
 
     Attributes:
+        accepts_weight_stream: :meth:`update_weights` takes an iterator (drivers pass streams through).
         dp_rank, dp_size: this rank's replica and the replica count (shard prompts over them).
         last_sync: ``{"tensors", "bytes", "seconds"}`` of the latest :meth:`update_weights`.
 
     """
+
+    accepts_weight_stream = True
 
     def __init__(
         self,
