@@ -591,6 +591,21 @@ class VLLMRolloutEngine:
         }
         return GenerationOutput(samples=samples, timings=timings, skipped_prompts=skipped)
 
+    def close(self) -> None:
+        """Tear the engine down so another can be built in this process (the evaluator, between models).
+
+        vLLM's ``cleanup_dist_env_and_memory`` (``vllm/distributed/parallel_state.py``) destroys its
+        model-parallel groups and the process group it joined, collects garbage and empties the device
+        cache; a colocated trainer never calls this (its process group outlives the engine).
+        """
+        if getattr(self, "llm", None) is None:
+            return
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        del self.llm
+        self.llm = None
+        cleanup_dist_env_and_memory()
+
     # ------------------------------------------------------------------ internals
     def _to_sample(self, index: int, prompt: list[int], comp: Any, sampling: SamplingParams) -> Sample:
         """Convert a vLLM ``CompletionOutput`` to a :class:`Sample` (same conventions as the hf engine)."""
