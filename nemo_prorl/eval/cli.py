@@ -152,7 +152,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", default="auto",
                     help="rollout backend: auto (vllm with CUDA + vLLM, else hf), hf, vllm, or a plug-in")
     ap.add_argument("--rollout", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
-                    help="a rollout.* setting, e.g. tensor_parallel_size=1 gpu_memory_utilization=0.85 "
+                    help="a rollout.* setting, e.g. gpu_memory_utilization=0.85 enforce_eager=true "
                          "dtype=bfloat16 max_batch_size=16")
     return ap
 

@@ -63,8 +63,9 @@ class EvalSpec:
             others, whose throughput grows with the batch).
         templates: ``{domain: format}`` prompt template overrides.
         backend: ``auto`` (vLLM where CUDA and vLLM exist, else ``hf``) or a registered rollout backend.
-        rollout: further ``rollout.*`` settings (e.g. ``tensor_parallel_size``, ``gpu_memory_utilization``,
-            ``dtype``, ``max_batch_size``); keys the spec sets itself are refused.
+        rollout: further ``rollout.*`` settings (e.g. ``gpu_memory_utilization``, ``enforce_eager``,
+            ``dtype``, ``max_batch_size``); keys the spec sets itself are refused. The evaluator is one
+            process: ``tensor_parallel_size`` > 1 needs a torchrun launch it does not do.
 
     """
 
