@@ -35,8 +35,10 @@ class RolloutConfig:
         max_response_tokens: most tokens generated per sample (``SamplingParams.max_tokens`` default and
             upper bound).
         stop: stop strings; the response text is cut before the first one (finish reason ``stop``).
-        seed: base seed; sample j of prompt i is drawn from a stream seeded by (seed, i, j). None draws a
-            fresh base seed per call (not reproducible).
+        seed: base seed. hf: sample j of prompt i is drawn from a stream seeded by (seed, i, j). vllm: the
+            generate call is seeded once (per-request seeds would make vLLM sample one request at a
+            time), so a call is reproducible from (seed, prompts, n). None draws a fresh base seed per
+            call (not reproducible).
         overlong_prompt: ``"error"`` raises naming the prompt index; ``"skip"`` leaves the prompt out and
             reports it in ``GenerationOutput.skipped_prompts``.
         dtype: parameter dtype of the engine's model copy (``auto`` = from the HF config; the hf backend
