@@ -315,3 +315,21 @@ def test_engine_failed_stream_blocks_generation(tmp_path, emulated_vllm):
     assert len(eng.generate([[1]], 2, SamplingParams(max_tokens=2, seed=0)).samples) == 2
     with pytest.raises(ValueError, match="vLLM data parallelism is not used"):
         _engine(tmp_path, llm_kwargs={"data_parallel_size": 2})
+
+
+@pytest.mark.gpu
+def test_seeded_rng_on_cuda_reproduces_the_device_draw():
+    """On CUDA vLLM's batched noise is ``q.exponential_()`` on the device's default generator: seeding it
+    through :func:`seeded_rng` (``torch.random.fork_rng`` over the current device) reproduces the draw and
+    leaves the caller's CUDA stream where it was."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    probs = torch.softmax(torch.randn(256, 1000, device=dev), dim=-1)
+    torch.cuda.manual_seed(5)
+    expected_next = torch.rand(4, device=dev)
+    torch.cuda.manual_seed(5)
+    with seeded_rng(21, dev):
+        a = _vllm_random_sample(probs.clone(), {})
+    assert torch.equal(torch.rand(4, device=dev), expected_next)
+    with seeded_rng(21, dev):
+        b = _vllm_random_sample(probs.clone(), {})
+    assert torch.equal(a, b)
