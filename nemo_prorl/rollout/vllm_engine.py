@@ -270,6 +270,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_DECLARED_PORT: str | None = None  # MASTER_PORT of a world of one declared by _ensure_launcher_env
+
+
 def _ensure_launcher_env() -> tuple[int, int]:
     """Make the torchrun environment that ``external_launcher`` reads exist; return ``(rank, world)``.
 
@@ -281,11 +284,14 @@ def _ensure_launcher_env() -> tuple[int, int]:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    global _DECLARED_PORT
     keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     present = [k for k in keys if k in os.environ]
-    if not present:
+    if not present or os.environ.get("MASTER_PORT") == _DECLARED_PORT:
+        # no launcher, or the world of one declared here for an engine since closed (the evaluator builds
+        # one per architecture): a fresh port, the old one may still be held by the closed group
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
-        os.environ["MASTER_PORT"] = str(_free_port())
+        _DECLARED_PORT = os.environ["MASTER_PORT"] = str(_free_port())
     elif len(present) != len(keys):
         missing = [k for k in keys if k not in os.environ]
         raise RuntimeError(f"external_launcher: torchrun environment incomplete, missing {missing}")

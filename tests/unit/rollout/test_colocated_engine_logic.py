@@ -10,6 +10,7 @@ whose sleep / wake / reload / sampling semantics follow the upstream files named
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 
@@ -333,3 +334,25 @@ def test_seeded_rng_on_cuda_reproduces_the_device_draw():
     with seeded_rng(21, dev):
         b = _vllm_random_sample(probs.clone(), {})
     assert torch.equal(a, b)
+
+
+def test_launcher_env_declared_once_per_engine(monkeypatch):
+    """Without torchrun a world of one is declared (what ``external_launcher`` reads); after the engine is
+    closed (its process group destroyed) the next declaration takes a fresh port, a real launcher's
+    environment is never touched."""
+    import nemo_prorl.rollout.vllm_engine as ve
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(ve, "_DECLARED_PORT", None)
+    assert ve._ensure_launcher_env() == (0, 1)
+    first = os.environ["MASTER_PORT"]
+    monkeypatch.setattr(ve, "_free_port", lambda: 45678)
+    assert ve._ensure_launcher_env() == (0, 1) and os.environ["MASTER_PORT"] == "45678" != first
+    monkeypatch.setenv("MASTER_PORT", "29500")  # a launcher's own port: kept
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert ve._ensure_launcher_env() == (3, 8) and os.environ["MASTER_PORT"] == "29500"
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(RuntimeError, match="missing"):
+        ve._ensure_launcher_env()
