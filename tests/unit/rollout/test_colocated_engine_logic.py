@@ -356,3 +356,28 @@ def test_launcher_env_declared_once_per_engine(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR")
     with pytest.raises(RuntimeError, match="missing"):
         ve._ensure_launcher_env()
+
+
+def test_driver_discards_weights_only_when_a_sync_follows(tmp_path, emulated_vllm):
+    """The trainer's order: validation sessions keep the weights (level 1), a training step's rollout
+    session discards them (level 2) and the sync after the update refills them before the next wake."""
+    from nemo_prorl.trainer.rollout_driver import ColocatedDriver
+
+    eng = _engine(tmp_path)
+    llm = emulated_vllm.instances[0]
+    drv = ColocatedDriver(eng, sleep_between=True)
+    assert llm.calls[-1] == ("sleep", 1)  # built and put to sleep: a caller may generate before syncing
+    sp = SamplingParams(temperature=1.0, max_tokens=4, seed=2)
+
+    def gen():
+        return drv.generate([[1, 2]], 2, sp)
+
+    val = drv.on_rank0(gen)  # validation at step 0
+    assert llm.calls[-1] == ("sleep", 1)
+    drv.on_rank0(gen, weights_follow=True)  # the step's rollouts
+    assert llm.calls[-1] == ("sleep", 2)
+    with pytest.raises(RuntimeError, match="level-2 sleep"):
+        drv.on_rank0(gen)  # generating again before the sync would serve discarded weights
+    drv.update_weights(iter({"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4)}.items()))
+    again = drv.on_rank0(gen)  # validation after the sync
+    assert [s.token_ids for s in again.samples] == [s.token_ids for s in val.samples]
