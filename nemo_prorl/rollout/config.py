@@ -52,9 +52,10 @@ class RolloutConfig:
         enforce_eager: vllm: disable CUDA graphs (slower decoding, faster start, less memory).
         enable_sleep_mode: vllm: allow ``sleep(level=1)``/``wake_up`` around training (frees KV cache
             and offloads weights; required for colocation on one GPU).
-        sleep_level: vllm: 2 (default) discards the weights while asleep and the trainer's weight sync
-            after every update refills them (no host round trip); 1 copies them to host memory and back
-            (for engines whose weights are not synced after each sleep).
+        sleep_level: vllm: 2 (default) discards the weights while asleep after a training step's rollouts
+            and the weight sync after the update refills them (no host round trip); sessions no sync
+            follows (validation) always keep them (level 1). 1 copies them to host memory and back after
+            every session.
         distributed_executor_backend: vllm: ``external_launcher`` (each torchrun/Slurm rank hosts its
             vLLM shard in-process; the colocated mode) or ``uni`` (single in-process worker). vLLM's
             multi-process executor is not offered: syncing weights into it would need pickling.

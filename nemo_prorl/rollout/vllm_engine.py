@@ -31,9 +31,10 @@ Design (each point names the upstream code it relies on; vLLM 0.32 API, read on 
   buffers such as rotary caches are kept on the host and restored on wake) instead of copying them to
   host memory and back every step (level 1). The trainer writes fresh weights after every update
   anyway: :meth:`update_weights` wakes the weight memory (``wake_up(tags=["weights"])``, same virtual
-  addresses, so CUDA graphs stay valid) and loads into it. :class:`SleepState` tracks whether the
-  weights in vLLM are valid; :meth:`wake` refuses to run on discarded weights (the stale/garbage
-  weights bug of issue 7) instead of sampling from them.
+  addresses, so CUDA graphs stay valid) and loads into it. The rollout driver asks for level 1 after
+  sessions no sync follows (validation). :class:`SleepState` tracks whether the weights in vLLM are
+  valid; :meth:`wake` refuses to run on discarded weights (the stale/garbage weights bug of issue 7)
+  instead of sampling from them.
 * **The torch cache is emptied before vLLM wakes** (:func:`release_torch_cache`): blocks the training
   step freed but torch's caching allocator still holds are handed back to the driver, so vLLM's
   ``CuMemAllocator`` can map its weights and KV cache into them.
