@@ -1,4 +1,4 @@
-"""The rollout batch from rank 0 to every rank as tensors (token ids, log-probs, rewards), not pickles.
+"""The rollout batch as tensors, not pickles: rank 0 -> every rank (groups), replicas -> rank 0 (samples).
 
 Rank 0 generates and scores; every rank then needs the batch to build its token batch. Pickling the
 groups (``broadcast_object_list``) serialises every token id as a Python int inside nested objects on
@@ -20,6 +20,9 @@ Wire format (``G`` groups, ``S`` samples, every tensor 1-D):
 
 Receiving ranks get groups whose rows hold only ``id`` and ``domain`` and whose samples have empty
 ``text`` (rank 0 alone logs texts); everything the update and the metrics read is exact.
+
+The colocated driver's gather of each replica's samples to rank 0 uses the same idea
+(:func:`gather_outputs`: a JSON header with the texts, the token ids and the log-probs as tensors).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 
 from nemo_prorl import collectives
-from nemo_prorl.rollout.base import Sample
+from nemo_prorl.rollout.base import GenerationOutput, Sample
 
 
 def pack_groups(groups: Sequence[Any] | None, metrics: dict[str, Any]) -> list[torch.Tensor]:
@@ -138,3 +141,70 @@ def broadcast_rollout_batch(
               (torch.float32, r)]
     parts = [sizes] + [collectives.broadcast(torch.empty(n, dtype=dt), src=0) for dt, n in shapes]
     return unpack_groups(parts, make_group)
+
+
+# ------------------------------------------------------------------------------- replica outputs
+def pack_output(out: GenerationOutput | None) -> list[torch.Tensor]:
+    """One replica's generate output as ``[header uint8 (JSON), tokens int64, logprobs float32]``.
+
+    Per sample the tokens are its prompt ids then its response ids; the header holds the prompt and
+    response lengths, prompt index, text (JSON-escaped: model text is never evaluated), finish reason,
+    whether it has log-probs, and the output's timings and skipped prompts. ``None`` packs as ``null``.
+    """
+    if out is None:
+        return [torch.frombuffer(bytearray(b"null"), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                torch.zeros(0, dtype=torch.float32)]
+    meta, tokens, lps = [], [], []
+    for s in out.samples:
+        meta.append([len(s.prompt_token_ids), len(s.token_ids), s.prompt_index, s.text, s.finish_reason,
+                     s.logprobs is not None])
+        tokens += [int(t) for t in s.prompt_token_ids] + [int(t) for t in s.token_ids]
+        if s.logprobs is not None:
+            lps.append(s.logprobs.detach().float().reshape(-1)[: len(s.token_ids)].cpu())
+    header = json.dumps({"samples": meta, "timings": out.timings, "skipped": list(out.skipped_prompts)})
+    return [torch.frombuffer(bytearray(header.encode("utf-8")), dtype=torch.uint8),
+            torch.tensor(tokens, dtype=torch.int64), torch.cat(lps) if lps else torch.zeros(0)]
+
+
+def unpack_output(parts: Sequence[torch.Tensor]) -> GenerationOutput | None:
+    """The inverse of :func:`pack_output`."""
+    header, tokens, logprobs = parts
+    doc = json.loads(bytes(header.cpu().numpy().tobytes()).decode("utf-8"))
+    if doc is None:
+        return None
+    toks = tokens.tolist()
+    samples, at, lp_at = [], 0, 0
+    for p_len, r_len, index, text, finish, has_lp in doc["samples"]:
+        lp = None
+        if has_lp:
+            lp = logprobs[lp_at:lp_at + r_len].clone()
+            lp_at += r_len
+        samples.append(Sample(prompt_index=index, prompt_token_ids=toks[at:at + p_len],
+                              token_ids=toks[at + p_len:at + p_len + r_len], text=text, logprobs=lp,
+                              finish_reason=finish))
+        at += p_len + r_len
+    return GenerationOutput(samples=samples, timings=doc["timings"], skipped_prompts=doc["skipped"])
+
+
+def gather_outputs(
+    out: GenerationOutput | None, group: Any, to_all: bool
+) -> list[GenerationOutput | None] | None:
+    """Every rank's output (group-rank order) on global rank 0, or everywhere with ``to_all``; else None.
+
+    Sizes first, then each of the three tensors padded to the largest (``all_gather`` over ``group``; the
+    driver's group is gloo, so this stays on the host).
+    """
+    import torch.distributed as dist
+
+    parts = pack_output(out)
+    sizes = torch.tensor([p.numel() for p in parts], dtype=torch.int64)
+    all_sizes = [s.tolist() for s in collectives.all_gather(sizes, group=group)]
+    gathered = []
+    for k, p in enumerate(parts):
+        padded = torch.zeros(max(s[k] for s in all_sizes), dtype=p.dtype)
+        padded[: p.numel()] = p
+        gathered.append(collectives.all_gather(padded, group=group))
+    if not to_all and dist.get_rank() != 0:
+        return None
+    return [unpack_output([gathered[k][r][: all_sizes[r][k]] for k in range(3)])
+            for r in range(len(all_sizes))]

@@ -23,10 +23,11 @@ a replica whose shard is empty does not generate. Seeds: with one replica the en
 ``seed``; with several, each shard's call is seeded with one derived from ``(seed, first prompt index of
 the shard)``, so samples are reproducible for a given rollout layout.
 
-Control messages and samples travel over a gloo group with ``broadcast_object_list`` /
-``gather_object`` / ``all_gather_object`` (through :mod:`nemo_prorl.collectives`). They are pickles of
-objects this package made in these very processes (prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`,
-samples), never anything read from disk or the network.
+Control messages travel over a gloo group with ``broadcast_object_list`` (through
+:mod:`nemo_prorl.collectives`): small pickles of objects this package made in these very processes
+(prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`), never anything read from disk or the network.
+The samples come back to rank 0 as tensors (token ids, log-probs) plus a JSON header with the texts
+(:func:`nemo_prorl.trainer.batch_broadcast.gather_outputs`), so model text is never unpickled.
 """
 
 from __future__ import annotations
@@ -268,12 +269,13 @@ class ColocatedDriver(RolloutDriver):
             return obj
         return collectives.broadcast_object(obj, src=0, group=self._group)
 
-    def _gather(self, obj: Any, to_all: bool) -> list[Any] | None:
+    def _gather(self, out: GenerationOutput | None, to_all: bool) -> list[GenerationOutput | None] | None:
+        """Every rank's samples on rank 0 (everywhere with ``to_all``) as tensors, not pickles."""
         if self.world == 1:
-            return [obj]
-        if to_all:
-            return collectives.all_gather_object(obj, group=self._group)
-        return collectives.gather_object(obj, dst=0, group=self._group)
+            return [out]
+        from nemo_prorl.trainer.batch_broadcast import gather_outputs
+
+        return gather_outputs(out, self._group, to_all)
 
     def update_weights(
         self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]

@@ -14,8 +14,15 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from nemo_prorl.rollout.base import Sample
-from nemo_prorl.trainer.batch_broadcast import broadcast_rollout_batch, pack_groups, unpack_groups
+from nemo_prorl.rollout.base import GenerationOutput, Sample
+from nemo_prorl.trainer.batch_broadcast import (
+    broadcast_rollout_batch,
+    gather_outputs,
+    pack_groups,
+    pack_output,
+    unpack_groups,
+    unpack_output,
+)
 
 
 @dataclasses.dataclass
@@ -74,6 +81,30 @@ def test_pack_unpack_round_trip_hand_values():
     assert none is None and m == {"_abandoned_after_rounds": 2}
 
 
+def _output(rank: int) -> GenerationOutput:
+    """A replica's output; the texts hold what a pickle-free path must carry (quotes, newlines, non-ASCII)."""
+    text = 'a "quoted"\nline \u00e9\ud83d'
+    samples = [Sample(2 * rank, [1, 2], [3 + rank, 4], text, torch.tensor([-0.5, -1.5]), "stop"),
+               Sample(2 * rank + 1, [7], [], "", None, "length")]
+    return GenerationOutput(samples, timings={"generate_s": 1.0 + rank}, skipped_prompts=[9])
+
+
+def _out_view(out):
+    if out is None:
+        return None
+    return ([(s.prompt_index, s.prompt_token_ids, s.token_ids, s.text, s.finish_reason,
+              None if s.logprobs is None else s.logprobs.tolist()) for s in out.samples],
+            out.timings, out.skipped_prompts)
+
+
+def test_pack_unpack_output_round_trip():
+    out = _output(1)
+    header, tokens, logprobs = pack_output(out)
+    assert tokens.tolist() == [1, 2, 4, 4, 7] and logprobs.tolist() == [-0.5, -1.5]
+    assert _out_view(unpack_output([header, tokens, logprobs])) == _out_view(out)
+    assert unpack_output(pack_output(None)) is None
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -85,6 +116,12 @@ def _worker(rank: int, port: int, out: str) -> None:
             if rank == 1:
                 with open(out, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"groups": None if got is None else _view(got), "metrics": m}) + "\n")
+        # replica outputs to rank 0 (and to all); rank 1 has none in the first call
+        got = gather_outputs(_output(rank) if rank == 0 else None, None, to_all=False)
+        every = gather_outputs(_output(rank), None, to_all=True)
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"rank": rank, "gather": None if got is None else [_out_view(o) for o in got],
+                                 "all": [_out_view(o) for o in every]}) + "\n")
     finally:
         dist.destroy_process_group()
 
@@ -97,6 +134,11 @@ def test_broadcast_across_two_gloo_ranks(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
     lines = [json.loads(x) for x in open(out, encoding="utf-8")]
-    assert lines[0]["groups"] == json.loads(json.dumps(_view(_groups())))
-    assert lines[0]["metrics"] == {"a": 1.0}
-    assert lines[1] == {"groups": None, "metrics": {"_abandoned_after_rounds": 1}}
+    batches = [x for x in lines if "groups" in x]
+    assert batches[0]["groups"] == json.loads(json.dumps(_view(_groups())))
+    assert batches[0]["metrics"] == {"a": 1.0}
+    assert batches[1] == {"groups": None, "metrics": {"_abandoned_after_rounds": 1}}
+    gathers = {x["rank"]: x for x in lines if "gather" in x}
+    want = json.loads(json.dumps([_out_view(_output(0)), _out_view(_output(1))]))
+    assert gathers[0]["gather"] == [want[0], None] and gathers[1]["gather"] is None
+    assert gathers[0]["all"] == want and gathers[1]["all"] == want
