@@ -121,7 +121,9 @@ def rollout_config(spec: EvalSpec, max_prompt_tokens: int) -> Any:
     if clash:
         raise EvalError(f"--rollout {clash}: set by the eval options (--backend, --n, --temperature, "
                         "--top-p, --seed, --max-tokens, --max-prompt-tokens)")
-    values: dict[str, Any] = {"enable_sleep_mode": False}  # nothing shares the GPU with the evaluator
+    # nothing trains beside the evaluator: no sleep mode, and most of the GPU for the KV cache (the rest
+    # leaves room for converting a Megatron checkpoint on the GPU while the engine lives)
+    values: dict[str, Any] = {"enable_sleep_mode": False, "gpu_memory_utilization": 0.8}
     values.update(spec.rollout)
     values.update(backend=resolve_backend(spec.backend), n=spec.n, temperature=spec.temperature,
                   top_p=spec.top_p, seed=spec.seed, max_prompt_tokens=max_prompt_tokens,

@@ -42,6 +42,9 @@ def test_rollout_config_from_spec():
     assert (cfg.backend, cfg.n, cfg.temperature, cfg.top_p, cfg.seed) == ("hf", 4, 0.6, 0.95, 9)
     assert (cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.overlong_prompt) == (100, 64, "skip")
     assert (cfg.max_batch_size, cfg.dtype, cfg.enable_sleep_mode) == (8, "bfloat16", False)
+    assert cfg.gpu_memory_utilization == 0.8
+    lower = rollout_config(_spec(backend="hf", rollout={"gpu_memory_utilization": 0.5}), 10)
+    assert lower.gpu_memory_utilization == 0.5
     with pytest.raises(EvalError, match=r"--rollout \['n'\]: set by the eval options"):
         rollout_config(_spec(backend="hf", rollout={"n": 2}), 100)
     with pytest.raises(EvalError, match="--rollout.gpu_memory_utilization"):
