@@ -26,10 +26,12 @@ def pytest_collection_modifyitems(config, items):
     cuda = _has_cuda()
     vllm = importlib.util.find_spec("vllm") is not None
     for item in items:
-        if "gpu" in item.keywords and not cuda:
+        # markers, not keywords: keywords also hold every parent directory's name (a checkout in a
+        # folder named "vllm" or "gpu" would skip the whole suite)
+        if item.get_closest_marker("gpu") is not None and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
         # A module may set RUNS_IN_VLLM_VENV = True: it runs its vLLM part in the separate .venv-vllm
         # (scripts/setup_vllm_cpu.sh) and skips itself when that venv is absent.
         in_vllm_venv = getattr(getattr(item, "module", None), "RUNS_IN_VLLM_VENV", False)
-        if "vllm" in item.keywords and not vllm and not in_vllm_venv:
+        if item.get_closest_marker("vllm") is not None and not vllm and not in_vllm_venv:
             item.add_marker(pytest.mark.skip(reason="needs vllm or vllm-cpu installed"))

@@ -29,6 +29,9 @@ arch_1p5b_train          Qwen2-1.5B shapes (hidden 1536, 28 layers, 12 heads, 2 
 logprob_head_16k         chunked log-prob head (+ entropy) forward and backward at 8,192 and 16,384 tokens,
                          V=151,936, bf16: peak memory above the inputs below the naive fp32 logits (9.3 GiB
                          at 16k), and growing by under a quarter of theirs when the tokens double
+vllm_colocated           (skipped without vLLM) tiny model, external_launcher engine after the NCCL group:
+                         seeded batched generation reproduces, a level-2 sleep refuses to wake before a
+                         sync, the policy's weight stream refills the weights, samples equal those before
 =======================  =====================================================================================
 
 Usage::
@@ -545,6 +548,56 @@ def check_logprob_head_16k(ctx, fig):
     assert full_peak - half_peak < 0.25 * (naive(T) - naive(T // 2)), fig
 
 
+def check_vllm_colocated(ctx, fig):
+    """The trainer's vLLM path on the tiny model: NCCL group first, then an ``external_launcher`` engine.
+
+    Seeded batched generation reproduces; a level-2 sleep refuses to wake before a sync; the policy's
+    weight stream (``MegatronPolicy.iter_hf_weights``) refills the discarded weights and the samples equal
+    the ones before the sleep (same weights).
+    """
+    if not _cuda():
+        raise Skip("needs CUDA")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise Skip("vllm is not installed (benchmarks/gpu/bench_vllm_rollout.py measures this path)")
+    from nemo_prorl.policy.megatron import parallel
+    from nemo_prorl.rollout.base import SamplingParams
+    from nemo_prorl.rollout.vllm_engine import VLLMRolloutEngine
+
+    tiny = _tiny_model(ctx)
+    parallel.init_parallel(1, 1)  # the trainer's process group exists before the engine
+    policy = _policy(tiny)
+    t0 = time.perf_counter()
+    eng = VLLMRolloutEngine(tiny, max_prompt_tokens=32, max_response_tokens=16, dtype="float32",
+                            gpu_memory_utilization=0.3, enforce_eager=True, sleep_level=2)
+    fig["init_s"] = round(time.perf_counter() - t0, 2)
+    fig.update(dp_rank=eng.dp_rank, dp_size=eng.dp_size, sleep_supported=eng.sleep_supported)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    sp = SamplingParams(temperature=1.0, max_tokens=16, seed=3)
+    first = [s.token_ids for s in eng.generate(prompts, 4, sp).samples]
+    assert first == [s.token_ids for s in eng.generate(prompts, 4, sp).samples], "call seed not reproducible"
+    eng.sleep()
+    if eng.sleep_supported:
+        try:
+            eng.wake()
+        except RuntimeError:
+            fig["wake_refused_before_sync"] = True
+        else:
+            raise AssertionError("woke on discarded level-2 weights")
+    _sync()
+    t0 = time.perf_counter()
+    eng.update_weights(policy.iter_hf_weights())
+    _sync()
+    fig["refit_stream_s"] = round(time.perf_counter() - t0, 4)
+    fig["refit"] = dict(eng.last_sync)
+    eng.wake()
+    after = [s.token_ids for s in eng.generate(prompts, 4, sp).samples]
+    fig["same_samples_after_refit"] = after == first
+    assert after == first, "samples changed after re-loading the same weights"
+    eng.close()
+
+
 CHECKS: list[tuple[str, Callable[[dict, dict], None]]] = [
     ("environment", check_environment),
     ("engine_bf16", check_engine_bf16),
@@ -554,6 +607,7 @@ CHECKS: list[tuple[str, Callable[[dict, dict], None]]] = [
     ("collective_placement", check_collective_placement),
     ("arch_1p5b_train", check_arch_1p5b_train),
     ("logprob_head_16k", check_logprob_head_16k),
+    ("vllm_colocated", check_vllm_colocated),
 ]
 #: the checks a CPU smoke run executes (the rest need CUDA and are recorded as skipped)
 CPU_CHECKS = ("environment", "process_group", "optimizer_reset", "checkpoint_round_trip",

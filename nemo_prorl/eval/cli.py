@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from nemo_prorl.eval.passk import pass_at_k_curve
 
@@ -95,8 +96,91 @@ def passk_main(argv: list[str]) -> int:
     return 0
 
 
-def eval_main(argv: list[str]) -> int:
-    """``nemo-prorl eval``: sample, score and report pass@k for checkpoints."""
-    from nemo_prorl.eval.runner import main as run_eval
+def _parse_checkpoint(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep:
+        label, path = Path(text).name or text, text
+    if not label:
+        raise argparse.ArgumentTypeError(f"--checkpoint {text!r}: empty label")
+    return label, Path(path)
 
-    return run_eval(argv)
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, null), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--rollout {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+EVAL_DOC = """Sample n responses per prompt for one or more checkpoints, score them, and report pass@k.
+
+    nemo-prorl eval --checkpoint base=HF_DIR --checkpoint final=MCORE_DIR --data aime24.jsonl math500.jsonl \\
+        --n 16 --k 1,2,4,8,16 --out eval_out/ [--backend auto|hf|vllm] [--rollout KEY=VALUE ...]
+
+Generation goes through the rollout factory (--backend auto: vLLM where CUDA and vLLM exist, the
+transformers engine otherwise); see nemo_prorl/eval/runner.py for outputs and resuming."""
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``nemo-prorl eval``."""
+    ap = argparse.ArgumentParser(prog="nemo-prorl eval", description=EVAL_DOC,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", action="append", type=_parse_checkpoint, required=True,
+                    help="LABEL=DIR (HF or Megatron directory); repeat to compare checkpoints")
+    ap.add_argument("--data", nargs="+", required=True,
+                    help="eval files in the row format (JSONL/JSON/parquet)")
+    ap.add_argument("--out", required=True, help="output directory (samples, results.json/.md, passk.png)")
+    ap.add_argument("--n", type=int, default=16,
+                    help="samples per prompt (ProRL: 16; 256 for boundary curves)")
+    ap.add_argument("--k", type=_parse_ks, default=None, help="k values (default: powers of 2 up to n)")
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--max-tokens", type=int, default=1024, help="max response tokens")
+    ap.add_argument("--max-prompt-tokens", type=int, default=None,
+                    help="longest prompt (default: the model's context minus --max-tokens)")
+    ap.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each file")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--workers", type=int, default=2, help="reward worker processes")
+    ap.add_argument("--batch-prompts", type=int, default=None,
+                    help="prompts per generate call (default: 32 for hf, 512 for vllm)")
+    ap.add_argument("--template", action="append", default=[], metavar="DOMAIN=FORMAT",
+                    help="prompt template override, e.g. reasoning_gym='{prompt}\\n'")
+    ap.add_argument("--backend", default="auto",
+                    help="rollout backend: auto (vllm with CUDA + vLLM, else hf), hf, vllm, or a plug-in")
+    ap.add_argument("--rollout", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
+                    help="a rollout.* setting, e.g. gpu_memory_utilization=0.85 enforce_eager=true "
+                         "dtype=bfloat16 max_batch_size=16")
+    return ap
+
+
+def eval_main(argv: list[str]) -> int:
+    """``nemo-prorl eval``: sample, score and report pass@k for checkpoints; 0 ok, 2 bad input."""
+    from nemo_prorl.eval.runner import EvalError, EvalSpec, run_eval
+
+    args = build_eval_parser().parse_args(argv)
+    templates = {}
+    for t in args.template:
+        dom, sep, fmt = t.partition("=")
+        if not sep:
+            print(f"nemo-prorl eval: --template {t!r}: expected DOMAIN=FORMAT", file=sys.stderr)
+            return 2
+        templates[dom] = fmt.encode().decode("unicode_escape")
+    spec = EvalSpec(
+        checkpoints=list(args.checkpoint), data=list(args.data), out=Path(args.out), n=args.n, ks=args.k,
+        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, seed=args.seed,
+        workers=args.workers, batch_prompts=args.batch_prompts, templates=templates, backend=args.backend,
+        rollout=dict(args.rollout),
+    )
+    try:
+        run_eval(spec, log=lambda msg: print(msg, flush=True))
+    except EvalError as exc:
+        print(f"nemo-prorl eval: {exc}", file=sys.stderr)
+        return 2
+    out = spec.out
+    print(f"results: {out}/results.json, {out}/results.md, {out}/passk.png")
+    return 0

@@ -35,8 +35,10 @@ class RolloutConfig:
         max_response_tokens: most tokens generated per sample (``SamplingParams.max_tokens`` default and
             upper bound).
         stop: stop strings; the response text is cut before the first one (finish reason ``stop``).
-        seed: base seed; sample j of prompt i is drawn from a stream seeded by (seed, i, j). None draws a
-            fresh base seed per call (not reproducible).
+        seed: base seed. hf: sample j of prompt i is drawn from a stream seeded by (seed, i, j). vllm: the
+            generate call is seeded once (per-request seeds would make vLLM sample one request at a
+            time), so a call is reproducible from (seed, prompts, n). None draws a fresh base seed per
+            call (not reproducible).
         overlong_prompt: ``"error"`` raises naming the prompt index; ``"skip"`` leaves the prompt out and
             reports it in ``GenerationOutput.skipped_prompts``.
         dtype: parameter dtype of the engine's model copy (``auto`` = from the HF config; the hf backend
@@ -50,6 +52,10 @@ class RolloutConfig:
         enforce_eager: vllm: disable CUDA graphs (slower decoding, faster start, less memory).
         enable_sleep_mode: vllm: allow ``sleep(level=1)``/``wake_up`` around training (frees KV cache
             and offloads weights; required for colocation on one GPU).
+        sleep_level: vllm: 2 (default) discards the weights while asleep after a training step's rollouts
+            and the weight sync after the update refills them (no host round trip); sessions no sync
+            follows (validation) always keep them (level 1). 1 copies them to host memory and back after
+            every session.
         distributed_executor_backend: vllm: ``external_launcher`` (each torchrun/Slurm rank hosts its
             vLLM shard in-process; the colocated mode) or ``uni`` (single in-process worker). vLLM's
             multi-process executor is not offered: syncing weights into it would need pickling.
@@ -76,6 +82,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
     enable_sleep_mode: bool = True
+    sleep_level: int = 2
     distributed_executor_backend: str = "external_launcher"
     max_model_len: int | None = None
     logprobs_mode: str = "processed_logprobs"
@@ -143,6 +150,9 @@ class RolloutConfig:
         for key in ("enforce_eager", "enable_sleep_mode"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "must be true or false")
+        if self.sleep_level not in (1, 2) or isinstance(self.sleep_level, bool):
+            raise bad("sleep_level", "must be 1 (weights offloaded to host) or 2 (weights discarded, "
+                      "refilled by the weight sync)")
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise bad("distributed_executor_backend", f"must be one of {EXECUTOR_BACKENDS}")
         if self.max_model_len is not None:

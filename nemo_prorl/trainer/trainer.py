@@ -42,6 +42,7 @@ from nemo_prorl.algorithms.policy_loss import prorl_loss
 from nemo_prorl.algorithms.reward_shaping import length_penalty_weight, phase_position, shape_rewards
 from nemo_prorl.eval.sampling import sample_and_score, scoring_row, summarize
 from nemo_prorl.rewards.pool import is_grader_fault
+from nemo_prorl.trainer.batch_broadcast import broadcast_rollout_batch
 from nemo_prorl.trainer.callbacks import build_callbacks
 from nemo_prorl.trainer.config import OLD_LOGPROB_MODES, ProRLConfig, config_to_dict
 from nemo_prorl.trainer.metrics_log import MetricsLogger
@@ -624,9 +625,15 @@ class ProRLTrainer:
 
     def _sync_weights(self) -> None:
         t0 = time.time()
-        sd = self.policy.export_hf_state_dict()  # collective: full tensors on every rank
+        # collective: a lazy stream gathered tensor by tensor on the device (no full host copy per rank)
+        # where the policy offers one, else the full state dict on every rank
+        stream = getattr(self.policy, "iter_hf_weights", None)
+        sd = stream() if stream is not None else self.policy.export_hf_state_dict()
         if self.engine is not None:  # the driver loads them into every rank's engine (hf: rank 0's only)
             self.engine.update_weights(sd)
+        elif stream is not None:
+            for _ in sd:  # no engine here: still run this rank's part of the gathers
+                pass
         self._last_sync_s = time.time() - t0
 
     # -------------------------------------------------------------------------------- validation
@@ -722,8 +729,9 @@ class ProRLTrainer:
                     preempted = True
                     break
                 groups, rmetrics = self.engine.on_rank0(lambda: self._collect(stop=lambda: preempt.requested),
-                                                        default=(None, None))
-                groups, rmetrics = _broadcast((groups, rmetrics))
+                                                        default=(None, None), weights_follow=True)
+                # as tensors (token ids, log-probs, rewards), not a pickle of the groups (batch_broadcast.py)
+                groups, rmetrics = broadcast_rollout_batch(groups, rmetrics, Group)
                 if groups is None:  # rank 0 saw the signal between dynamic-sampling rounds
                     rounds = rmetrics["_abandoned_after_rounds"]
                     self._save_on_signal(preempt.signal_name, f"between rollout rounds ({rounds} done)",

@@ -2,7 +2,8 @@
 
 * ``test_colocated_driver_protocol``: :class:`ColocatedDriver` over real tiny hf engines, one per rank,
   laid out as 2 data-parallel replicas and as 1 replica spread over both ranks (the rollout-TP case):
-  leader/follower sessions, prompt sharding and gathering, the filler request of an empty replica,
+  leader/follower sessions, prompt sharding and gathering, a replica with an empty shard (it skips
+  generation: replicas are independent),
   skipped prompts, sleep outside sessions, ``generate_collective(to_all=True)``, and an abort on rank 0
   releasing the follower.
 * ``test_hf_trainer_two_ranks_tp2``: the hf backend (:class:`RankZeroDriver`) drives a 2-step demo run
@@ -79,7 +80,7 @@ def _driver_checks(out_dir: Path, fake_nccl: bool = False) -> None:  # noqa: C90
             ref += [(start + s.prompt_index, s.token_ids) for s in shard.samples]
         assert tokens(out) == ref, (tokens(out), ref)
         assert all(s.prompt_token_ids == prompts[s.prompt_index] for s in out.samples)
-        one = drv.generate(prompts[:1], 3, sp)  # replica 1 has nothing: it runs a filler request
+        one = drv.generate(prompts[:1], 3, sp)  # replica 1 has nothing: it generates nothing
         assert [s.prompt_index for s in one.samples] == [0, 0, 0]
         over = list(range(3, 3 + 17))
         skip = drv.generate([prompts[0], over, prompts[1]], 1, sp)

@@ -399,32 +399,16 @@ def _gather_tp(tensor: torch.Tensor, dim: int, tp_size: int, group: Any) -> list
     return collectives.all_gather(tensor, group=group)
 
 
-@torch.no_grad()
-def export_hf_state_dict(
-    model: torch.nn.Module, hf_config: Any, *, dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """Gather a megatron ``GPTModel`` into a full HF state dict (collective over TP and PP).
+def _iter_stage_hf(model: torch.nn.Module, dims: _Dims) -> Iterator[tuple[str, torch.Tensor]]:
+    """The HF tensors of this pipeline stage, each gathered over TP when reached (collective over TP).
 
-    Every rank must call this. The result -- HF names, HF shapes, vocabulary padding removed,
-    ``lm_head.weight`` omitted when embeddings are tied, CPU tensors -- is returned on **every**
-    rank (stages are exchanged with ``all_gather_object`` over the pipeline group).
-
-    Args:
-        model: this rank's model (wrappers are unwrapped).
-        hf_config: the HF config the model was built from.
-        dtype: cast the result to this dtype (default: keep the parameters' dtype).
-
-    Returns:
-        ``{hf_name: tensor}``.
-
+    Tensors stay on the parameters' device and are not copied beyond what the gather makes; the order is
+    the stage's parameter order (embedding, layer by layer, final norm, head).
     """
-    from megatron.core import parallel_state
-
-    model = _unwrap(model)
-    dims = _Dims(hf_config)
     _, tp_size, tp_group = _tp()
-    out: dict[str, torch.Tensor] = {}
     for name, param, kind, hf_names in _plan(model, dims):
+        if name == "output_layer.weight" and dims.tied:
+            continue  # the last stage's copy of the tied embedding
         data = param.detach()
         if kind == "copy":
             full = [data]
@@ -440,11 +424,133 @@ def export_hf_state_dict(
             full = [torch.cat(_gather_tp(data, 1, tp_size, tp_group), dim=1)]
         else:
             raise AssertionError(kind)
+        yield from zip(hf_names, full)
+
+
+def _stage_meta(model: torch.nn.Module, dims: _Dims) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(hf name, HF shape, dtype name)`` of every tensor :func:`_iter_stage_hf` yields, no gather."""
+    meta = []
+    for name, param, _, hf_names in _plan(model, dims):
         if name == "output_layer.weight" and dims.tied:
-            continue  # the last stage's copy of the tied embedding
-        for hf_name, tensor in zip(hf_names, full):
-            tensor = tensor.to("cpu").contiguous().clone()
-            out[hf_name] = tensor if dtype is None else tensor.to(dtype)
+            continue
+        dtype = str(param.dtype).removeprefix("torch.")
+        meta += [(hf, _expected_hf_shape(hf, dims), dtype) for hf in hf_names]
+    return meta
+
+
+def weight_buckets(
+    meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int
+) -> list[list[tuple[str, tuple[int, ...], str]]]:
+    """Consecutive runs of ``meta`` of one dtype and at most ``bucket_bytes`` each (one tensor may exceed it).
+
+    Args:
+        meta: ``(name, shape, dtype name)`` in stream order.
+        bucket_bytes: the most bytes a bucket holds (a larger tensor gets a bucket of its own).
+
+    """
+    buckets: list[list[tuple[str, tuple[int, ...], str]]] = []
+    size = 0
+    for entry in meta:
+        nbytes = _numel(entry[1]) * torch.empty(0, dtype=getattr(torch, entry[2])).element_size()
+        if not buckets or buckets[-1][-1][2] != entry[2] or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(entry)
+        size += nbytes
+    return buckets
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+@torch.no_grad()
+def iter_hf_weights(
+    model: torch.nn.Module, hf_config: Any, *, bucket_bytes: int = 256 << 20
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream the full HF-named weights, layer by layer, on every rank (collective over TP and PP).
+
+    Every rank must run the iterator to its end, in step with the others (the rollout engine's weight
+    load consumes it). Nothing is staged on the host and the whole model never exists at once: with PP=1
+    each tensor is gathered over TP on the device when the consumer reaches it; with PP>1 stage ``s``
+    sends its tensors to the other stages in buckets of at most ``bucket_bytes`` (one flat
+    :func:`nemo_prorl.collectives.broadcast` per bucket over the pipeline group, after a small broadcast
+    of the names, shapes and dtypes); a yielded tensor is then a view into its bucket's buffer, which is
+    freed once the consumer (vLLM's loader copies each tensor into its parameter) drops its views.
+
+    Yields:
+        ``(hf_name, tensor)`` -- HF names and shapes, vocabulary padding removed, ``lm_head.weight``
+        omitted with tied embeddings; the same set :func:`export_hf_state_dict` returns.
+
+    """
+    from megatron.core import parallel_state
+
+    model = _unwrap(model)
+    dims = _Dims(hf_config)
+    pp_size = 1
+    if parallel_state.model_parallel_is_initialized():
+        pp_size = parallel_state.get_pipeline_model_parallel_world_size()
+    if pp_size == 1:
+        yield from _iter_stage_hf(model, dims)
+        return
+    pp_group = parallel_state.get_pipeline_model_parallel_group()
+    my_stage = parallel_state.get_pipeline_model_parallel_rank()
+    device = collectives.backend_device(pp_group)
+    for stage in range(pp_size):
+        src = dist.get_global_rank(pp_group, stage)
+        meta = collectives.broadcast_object(_stage_meta(model, dims) if stage == my_stage else None, src=src,
+                                            group=pp_group)
+        local = _iter_stage_hf(model, dims) if stage == my_stage else None
+        for bucket in weight_buckets(meta, bucket_bytes):
+            dtype = getattr(torch, bucket[0][2])
+            if local is not None:
+                pieces = []
+                for (want, _, _), (name, tensor) in zip(bucket, local):
+                    if name != want:
+                        raise AssertionError(f"iter_hf_weights: stage {stage} gave {name}, planned {want}")
+                    pieces.append(tensor.reshape(-1).to(device, dtype))
+                flat = torch.cat(pieces)
+            else:
+                flat = torch.empty(sum(_numel(shape) for _, shape, _ in bucket), dtype=dtype, device=device)
+            collectives.broadcast(flat, src=src, group=pp_group)
+            at = 0
+            for name, shape, _ in bucket:
+                n = _numel(shape)
+                yield name, flat[at:at + n].view(shape)
+                at += n
+
+
+@torch.no_grad()
+def export_hf_state_dict(
+    model: torch.nn.Module, hf_config: Any, *, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Gather a megatron ``GPTModel`` into a full HF state dict (collective over TP and PP).
+
+    Every rank must call this. The result -- HF names, HF shapes, vocabulary padding removed,
+    ``lm_head.weight`` omitted when embeddings are tied, CPU tensors -- is returned on **every**
+    rank (stages are exchanged with ``all_gather_object`` over the pipeline group). For the rollout
+    engine's weight sync use :func:`iter_hf_weights`, which never holds the whole model on the host.
+
+    Args:
+        model: this rank's model (wrappers are unwrapped).
+        hf_config: the HF config the model was built from.
+        dtype: cast the result to this dtype (default: keep the parameters' dtype).
+
+    Returns:
+        ``{hf_name: tensor}``.
+
+    """
+    from megatron.core import parallel_state
+
+    model = _unwrap(model)
+    dims = _Dims(hf_config)
+    out: dict[str, torch.Tensor] = {}
+    for hf_name, tensor in _iter_stage_hf(model, dims):
+        tensor = tensor.to("cpu").contiguous().clone()
+        out[hf_name] = tensor if dtype is None else tensor.to(dtype)
 
     if parallel_state.model_parallel_is_initialized():
         pp_size = parallel_state.get_pipeline_model_parallel_world_size()

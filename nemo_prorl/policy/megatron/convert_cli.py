@@ -27,9 +27,7 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser", "WEIGHTS_SUBDIR", "HF_CONFIG_SUBDIR", "META_FILE"]
 
-WEIGHTS_SUBDIR = "weights"
-HF_CONFIG_SUBDIR = "hf_config"
-META_FILE = "nemo_prorl_convert.json"
+from nemo_prorl.policy.megatron.layout import HF_CONFIG_SUBDIR, META_FILE, WEIGHTS_SUBDIR
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
            "fp16": "float16", "float16": "float16"}

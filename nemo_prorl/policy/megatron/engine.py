@@ -907,6 +907,16 @@ class MegatronPolicy:
 
         return convert.export_hf_state_dict(self.model, self.hf_config)
 
+    def iter_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The same weights as a lazy stream for the rollout sync (collective: every rank exhausts it).
+
+        See :func:`nemo_prorl.policy.megatron.convert.iter_hf_weights`: gathered tensor by tensor on the
+        device, never a full host copy of the model.
+        """
+        from nemo_prorl.policy.megatron import convert
+
+        return convert.iter_hf_weights(self.model, self.hf_config)
+
     def save_checkpoint(self, directory: str | Path, extra_state: Mapping[str, Any]) -> Path:
         """Write a checkpoint atomically (:func:`nemo_prorl.policy.megatron.checkpoint.save_checkpoint`)."""
         from nemo_prorl.policy.megatron import checkpoint

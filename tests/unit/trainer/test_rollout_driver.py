@@ -129,3 +129,14 @@ def test_build_rollout_driver_hf(tmp_path, tok):
     path = save_tiny_model_dir(tmp_path / "m", seed=0)
     drv = build_rollout_driver(RolloutConfig(backend="hf", max_prompt_tokens=16, max_response_tokens=6), path)
     assert isinstance(drv, RankZeroDriver) and isinstance(drv.engine, HFRolloutEngine)
+
+
+def test_drivers_take_a_weight_stream(tok):
+    """A lazy stream (``MegatronPolicy.iter_hf_weights``) reaches an engine that takes only mappings whole."""
+    for make in (lambda e: RankZeroDriver(e), lambda e: ColocatedDriver(e, sleep_between=False)):
+        eng = _engine(tok)
+        drv = make(eng)
+        sd = {k: v.clone() for k, v in eng.model.state_dict().items()}
+        sd["lm_head.weight"] = torch.zeros_like(sd["lm_head.weight"])
+        drv.update_weights(iter(sd.items()))
+        assert torch.equal(eng.model.state_dict()["lm_head.weight"], sd["lm_head.weight"])
