@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 
 
 def main(argv: list[str]) -> int:

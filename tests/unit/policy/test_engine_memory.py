@@ -83,13 +83,13 @@ def _with_old_and_ref(policy, batch: TokenBatch) -> TokenBatch:
 
 
 def _prorl_loss_fn(agg: str = "token-mean"):
-    from nemo_prorl.algorithms.config import algorithm_config_from_dict
+    from nemo_prorl.algorithms.config import AlgorithmConfig
+    from nemo_prorl.config_schema import load
     from nemo_prorl.trainer.trainer import make_loss_fn
 
-    alg = algorithm_config_from_dict(
-        {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
-         "entropy": {"coef": 0.01}}
-    )
+    alg = load(AlgorithmConfig,
+               {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
+                "entropy": {"coef": 0.01}}, "algorithm")
     return make_loss_fn(alg)
 
 
@@ -177,7 +177,7 @@ def test_recompute_num_layers_must_divide_the_layers_per_stage(hf_dir):
 
 
 def test_trainer_config_reports_the_dotted_policy_key():
-    from nemo_prorl.algorithms.config import ConfigError
+    from nemo_prorl.config_schema import ConfigError
     from nemo_prorl.trainer.config import build_config
 
     with pytest.raises(ConfigError, match=r"policy\.recompute must be one of"):
