@@ -60,9 +60,7 @@ class RolloutConfig:
 
     """
 
-    backend: str = field(default="hf", metadata={
-        "choices": ROLLOUT_BACKENDS.names,
-        "fix": f"a plug-in package adds one under the {ROLLOUT_BACKENDS.group!r} entry-point group"})
+    backend: str = "hf"
     n: int = field(default=1, metadata={"ge": 1})
     temperature: float = field(default=1.0, metadata={"ge": 0})
     top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
@@ -105,7 +103,8 @@ class RolloutConfig:
         check(self, where)
 
     def problems(self, key: str) -> Iterator[tuple[str, str]]:
-        """The rules across fields, as ``(dotted key, message)``."""
+        """The rules across fields, as ``(dotted key, message)``; an unknown backend raises at once."""
+        ROLLOUT_BACKENDS.check(self.backend, f"{key}.backend")
         if self.top_k < 1 and self.top_k != -1:
             yield f"{key}.top_k", f"must be -1 (off) or a positive int (got {self.top_k!r})"
         need = self.max_prompt_tokens + self.max_response_tokens

@@ -138,9 +138,7 @@ class MegatronPolicyConfig:
     lm_head: str = field(default="fused", metadata={
         "choices": LM_HEADS, "fix": "'fused' takes the loss gradient inside the chunked head (3 GEMMs), "
         "'chunked' computes log-probs first and recomputes the logits in backward (4 GEMMs)"})
-    backend: str = field(default="megatron", metadata={
-        "choices": POLICY_BACKENDS.names,
-        "fix": f"a plug-in package adds one under the {POLICY_BACKENDS.group!r} entry-point group"})
+    backend: str = "megatron"
 
     def __post_init__(self) -> None:
         """Check every field (:func:`nemo_prorl.config_schema.check` at key ``policy``)."""
@@ -149,7 +147,11 @@ class MegatronPolicyConfig:
             self.recompute_modules = list(self.recompute_modules)
 
     def problems(self, key: str) -> Iterator[tuple[str, str]]:
-        """The dtype name and megatron's own ``recompute*`` checks, made before the model exists."""
+        """The dtype name and megatron's own ``recompute*`` checks, made before the model exists.
+
+        An unknown ``backend`` raises at once (the registry's message lists the registered names).
+        """
+        POLICY_BACKENDS.check(self.backend, f"{key}.backend")
         if str(self.params_dtype).lower() not in DTYPES:
             yield f"{key}.params_dtype", f"must be one of {sorted(DTYPES)}, got {self.params_dtype!r}"
         if self.recompute_num_layers is not None and self.recompute != "full":
