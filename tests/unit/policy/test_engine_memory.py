@@ -146,7 +146,7 @@ def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
 
 
 def test_recompute_config_errors_name_the_key_and_the_fix():
-    with pytest.raises(ValueError, match=r"^policy\.recompute: unknown value 'partial'; expected one of: none, sel"):
+    with pytest.raises(ValueError, match=r"^policy\.recompute: unknown value 'partial'; expected one"):
         MegatronPolicyConfig(recompute="partial")
     with pytest.raises(ValueError, match=r"policy\.recompute_num_layers.*set policy\.recompute=full"):
         MegatronPolicyConfig(recompute="selective", recompute_num_layers=2)
