@@ -158,7 +158,7 @@ def test_recompute_config_errors_name_the_key_and_the_fix():
         MegatronPolicyConfig(recompute="selective", recompute_modules=["layernorm"])
     with pytest.raises(ValueError, match=r"'moe' is not a dense-model module"):
         MegatronPolicyConfig(recompute="selective", recompute_modules=["moe"])
-    with pytest.raises(ValueError, match=r"^policy\.recompute_modules: expected list of str or null, got 'mlp'"):
+    with pytest.raises(ValueError, match=r"^policy\.recompute_modules: expected list of str or null"):
         MegatronPolicyConfig(recompute="selective", recompute_modules="mlp")
     assert MegatronPolicyConfig().transformer_overrides() == {}
     assert MegatronPolicyConfig(recompute="full").transformer_overrides() == {
