@@ -469,27 +469,17 @@ def compose(config_name: str | None, overrides: list[str], config_dir: str | Non
     return container
 
 
-def _schema_has(dotted: str) -> bool:
-    """Whether ``dotted`` (e.g. ``trainer.progress_bar``) names a field of the :class:`ProRLConfig` schema."""
-    node: Any = ProRLConfig()
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
-            return False
-        node = getattr(node, part)
-    return True
-
-
 def _force_known(override: str) -> str:
-    """``key=value`` -> ``++key=value`` when ``key`` is a schema field.
+    """``key=value`` -> ``++key=value`` (set or add).
 
     A recipe YAML lists only the keys it changes; Hydra's struct mode would refuse to override a
-    field that has its default from the dataclass and is absent from the YAML. Keys outside the
-    schema are passed through unchanged, so Hydra still reports them by name.
+    field that has its default from the dataclass and is absent from the YAML, or a key inside a
+    free-form mapping such as ``rewards.domains``. A key outside the schema is then reported by the
+    loader (:func:`nemo_prorl.config_schema.load`) with its dotted name and the close matches.
     """
     if override.startswith(("+", "~")) or "=" not in override:
         return override
-    key = override.split("=", 1)[0].strip()
-    return f"++{override}" if _schema_has(key) else override
+    return f"++{override}"
 
 
 def _walk_keys(obj: Any) -> Iterator[Any]:
