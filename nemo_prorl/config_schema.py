@@ -83,7 +83,7 @@ def unknown_key(key: str, name: Any, known: Iterable[str], what: str = "key") ->
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -161,6 +161,8 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         raise _type_error(tp, value, key)
     if meta.get("one_or_many") and isinstance(value, str) and typing.get_origin(tp) is list:
         value = [value]
+    if value is None and _is_section(tp):  # an empty YAML section (``rewards:``) keeps the defaults
+        value = {}
     if not _shallow_match(tp, value):
         raise _type_error(tp, value, key)
     origin = typing.get_origin(tp)
@@ -216,7 +218,7 @@ def _check_type(tp: Any, value: Any, key: str) -> None:
 
 # ---------------------------------------------------------------------------------------- value rules
 
-_BOUNDS: dict[str, tuple[Callable[[float, float], bool], str]] = {
+BOUNDS: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "ge": (lambda v, b: v >= b, ">="),
     "gt": (lambda v, b: v > b, ">"),
     "le": (lambda v, b: v <= b, "<="),
@@ -229,7 +231,7 @@ def _with_fix(message: str, meta: Mapping[str, Any]) -> str:
 
 
 def _bounds_text(meta: Mapping[str, Any]) -> str:
-    return " and ".join(f"{sym} {meta[name]}" for name, (_, sym) in _BOUNDS.items() if name in meta)
+    return " and ".join(f"{sym} {meta[name]}" for name, (_, sym) in BOUNDS.items() if name in meta)
 
 
 def choices_of(meta: Mapping[str, Any]) -> list[Any] | None:
@@ -244,7 +246,7 @@ def _check_scalar(value: Any, key: str, meta: Mapping[str, Any]) -> None:
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, (int, float)):
-        for name, (ok, _) in _BOUNDS.items():
+        for name, (ok, _) in BOUNDS.items():
             if name in meta and not ok(value, meta[name]):
                 raise ConfigError(key, _with_fix(f"must be {_bounds_text(meta)}, got {value!r}", meta))
     if isinstance(value, str) and meta.get("nonempty") and not value:
@@ -258,7 +260,7 @@ def _check_scalar(value: Any, key: str, meta: Mapping[str, Any]) -> None:
 
 
 def _check_rules(value: Any, key: str, meta: Mapping[str, Any]) -> None:
-    if not any(k in meta for k in (*_BOUNDS, "choices", "nonempty")):
+    if not any(k in meta for k in (*BOUNDS, "choices", "nonempty")):
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -284,7 +286,7 @@ def check(obj: Any, key: str = "") -> None:
         ConfigError: naming the first offending dotted key.
 
     """
-    hints = _hints(type(obj))
+    hints = type_hints(type(obj))
     for f in dataclasses.fields(obj):
         sub = join(key, f.name)
         value = getattr(obj, f.name)
@@ -301,7 +303,7 @@ def _build(cls: type[T], raw: Any, key: str) -> T:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(key or "<config>", f"expected a mapping of {cls.__name__} keys, got {_show(raw)}")
-    hints = _hints(cls)
+    hints = type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for name, value in raw.items():
