@@ -3,8 +3,9 @@
 Advantages (GRPO, REINFORCE++-baseline), the clipped policy loss with decoupled / dual clip and its
 aggregation modes, truncated importance sampling, KL estimators, chunked and vocab-parallel log-probs,
 dynamic sampling and reward shaping (with the scheduled cosine length penalty), plus their
-validated configs. Nothing here imports other ``nemo_prorl`` packages except the torch-only leaf
-:mod:`nemo_prorl.collectives` (the vocab-parallel log-probs and the global advantage statistics).
+configs (plain dataclasses, loaded and checked by :mod:`nemo_prorl.config_schema`). Nothing here imports
+other ``nemo_prorl`` packages except the torch-only leaf :mod:`nemo_prorl.collectives` (the
+vocab-parallel log-probs and the global advantage statistics).
 """
 
 from nemo_prorl.algorithms.advantages import (
