@@ -40,7 +40,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "check", "check_batch_divisible", "describe_type", "field_help", "load",
+__all__ = ["ConfigError", "build", "check", "check_batch_divisible", "describe_type", "field_help", "load",
            "section_help", "unknown_key"]
 
 T = TypeVar("T")
@@ -167,7 +167,7 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         raise _type_error(tp, value, key)
     origin = typing.get_origin(tp)
     if _is_section(tp):
-        return value if isinstance(value, tp) else _build(tp, value, key)
+        return value if isinstance(value, tp) else build(tp, value, key)
     if origin is list:
         (elem,) = typing.get_args(tp)
         return [_convert(elem, v, join(key, i), {}) for i, v in enumerate(value)]
@@ -298,7 +298,11 @@ def check(obj: Any, key: str = "") -> None:
             raise ConfigError(bad_key, message)
 
 
-def _build(cls: type[T], raw: Any, key: str) -> T:
+def build(cls: type[T], raw: Any, key: str = "") -> T:
+    """Like :func:`load` without the final :func:`check` of the value rules (types are checked).
+
+    For a caller that checks the built object itself, once (e.g. as part of a larger validation).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -327,7 +331,7 @@ def load(cls: type[T], raw: Mapping[str, Any] | None, key: str = "") -> T:
             its dotted key.
 
     """
-    obj = _build(cls, raw, key)
+    obj = build(cls, raw, key)
     check(obj, key)
     return obj
 

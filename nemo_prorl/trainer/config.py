@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_prorl.algorithms.config import AlgorithmConfig
-from nemo_prorl.config_schema import ConfigError, check, load, unknown_key
+from nemo_prorl.config_schema import ConfigError, build, check, unknown_key
 from nemo_prorl.data.config import DataConfig, check_weights
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.rewards.config import RewardsConfig
@@ -346,8 +346,8 @@ def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLCon
         ConfigError / ValueError: naming the offending key, before anything is built.
 
     """
-    cfg = parse_config(raw)
-    validate(cfg, require_model=require_model)
+    cfg = _build(raw)
+    validate(cfg, require_model=require_model)  # checks every section, then across them
     return cfg
 
 
@@ -355,27 +355,37 @@ def parse_config(raw: Mapping[str, Any]) -> ProRLConfig:
     """Load a plain dict into a :class:`ProRLConfig` with every section checked on its own.
 
     The generic loader (:func:`nemo_prorl.config_schema.load`) names unknown keys, wrong types and bad
-    values by their dotted key; the cross-section checks and the model are :func:`validate`'s. Before it,
-    ``demo:NAME`` paths become the packaged demo files and ``data.seed`` defaults to ``seed``.
+    values by their dotted key; the cross-section checks and the model are :func:`validate`'s.
+    """
+    cfg = _build(raw)
+    check(cfg)
+    return cfg
+
+
+def _build(raw: Mapping[str, Any]) -> ProRLConfig:
+    """Build (types checked, values not yet) with ``demo:NAME`` paths made the packaged demo files.
+
+    ``data.seed`` defaults to ``seed``.
     """
     raw = dict(raw)
-    # the top-level values first: data.seed defaults to a checked seed
-    top = load(ProRLConfig, {k: raw[k] for k in ("model", "run_dir", "seed") if k in raw})
     data = raw.get("data")
-    if data is None or isinstance(data, Mapping):
-        data = dict(data or {})
+    data_seed = isinstance(data, Mapping) and "seed" in data
+    if isinstance(data, Mapping):
+        data = dict(data)
         for k in ("train_files", "val_files"):
             if isinstance(data.get(k), str):
                 data[k] = [data[k]]
             if isinstance(data.get(k), (list, tuple)) and all(isinstance(v, str) for v in data[k]):
                 data[k] = _resolve_paths(list(data[k]))
-        data.setdefault("seed", top.seed)
         raw["data"] = data
     fe = raw.get("final_eval")
     if isinstance(fe, Mapping) and isinstance(fe.get("files"), (list, tuple)) \
             and all(isinstance(v, str) for v in fe["files"]):
         raw["final_eval"] = {**fe, "files": _resolve_paths(list(fe["files"]))}
-    return load(ProRLConfig, raw)
+    cfg = build(ProRLConfig, raw)
+    if not data_seed:
+        cfg.data.seed = cfg.seed
+    return cfg
 
 
 def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | None = None) -> None:
