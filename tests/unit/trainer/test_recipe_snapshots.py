@@ -4,6 +4,9 @@
 by the hand-written per-section parsers that the generic loader (:mod:`nemo_prorl.config_schema`)
 replaced; the package directory is written as ``<package>``. The comparison is strict about types
 (``1`` is not ``1.0``, ``True`` is not ``1``), so the loader may not coerce a value the old parsers kept.
+
+A change that adds a config field or changes a recipe on purpose rewrites the snapshot with
+``python tests/unit/trainer/test_recipe_snapshots.py`` (and the diff shows what moved).
 """
 
 from __future__ import annotations
@@ -41,15 +44,29 @@ def _same(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
+def _parsed(name: str) -> dict[str, Any]:
+    cfg = build_config(compose(name, []), require_model=(name == "demo"))
+    return _normalise(config_to_dict(cfg))
+
+
 @pytest.mark.parametrize("name", sorted(SNAPSHOT))
 def test_recipe_parses_to_the_snapshot(name, monkeypatch):
     monkeypatch.delenv("PRORL_MODEL_DIR", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    cfg = build_config(compose(name, []), require_model=(name == "demo"))
-    assert _same(_normalise(config_to_dict(cfg)), SNAPSHOT[name]) == []
+    assert _same(_parsed(name), SNAPSHOT[name]) == []
 
 
 def test_the_comparison_sees_a_type_change():
     assert _same({"a": [1, {"b": 1.0}]}, {"a": [1, {"b": 1.0}]}) == []
     assert _same({"a": [1, {"b": 1}]}, {"a": [1, {"b": 1.0}]}) == ["a[1].b: 1 (int) != 1.0 (float)"]
     assert _same({"a": True}, {"a": 1}) == ["a: True (bool) != 1 (int)"]
+
+
+if __name__ == "__main__":
+    import os
+
+    os.environ.pop("PRORL_MODEL_DIR", None)
+    os.environ.pop("WORLD_SIZE", None)
+    out = {name: _parsed(name) for name in sorted(SNAPSHOT)}
+    (Path(__file__).parent / "data" / "parsed_recipes.json").write_text(
+        json.dumps(out, indent=1, sort_keys=True) + "\n")
