@@ -7,7 +7,8 @@ importing this module (:mod:`nemo_prorl.algorithms` imports nothing else of the 
 - the **type** of each field is its annotation: ``int``, ``float``, ``str``, ``bool``, ``Any``, ``X | None``,
   ``list[X]``, ``dict[str, X]`` or another section;
 - the **help** of each field is its entry in the class docstring's ``Attributes:`` section, or the ``#:``
-  comment lines right above it (:func:`field_help`); ``docs/config.md`` is generated from both;
+  comment lines right above it, or ``metadata["help"]`` (:func:`field_help`); ``docs/config.md`` is
+  generated from them (:mod:`nemo_prorl.configdoc`) and a test requires one for every field;
 - **value rules** are plain field metadata (``field(default=..., metadata={"ge": 1})``), read by
   :func:`check`. Numbers, each element of a list and each value of a mapping obey the bounds ``ge``,
   ``gt``, ``le``, ``lt``; ``choices`` is a tuple of allowed values or a zero-argument function returning
@@ -19,9 +20,10 @@ importing this module (:mod:`nemo_prorl.algorithms` imports nothing else of the 
   also raise :class:`ConfigError` from it.
 
 :func:`load` builds a section (and every section inside it) from a plain mapping, e.g. an OmegaConf
-container: an unknown key names the dotted key and its close matches, a wrong type names the dotted key,
-the expected type and the value (a bool is not an int, a float must be finite), then :func:`check`
-applies the value rules. Every message reads ``<dotted key>: <what is wrong>; <the fix>``.
+container (keys it leaves out, and a section given as null, keep the defaults): an unknown key names the
+dotted key and its close matches, a wrong type names the dotted key, the expected type and the value (a
+bool is not an int, a float must be finite), then :func:`check` applies the value rules. Every message
+reads ``<dotted key>: <what is wrong>; <the fix>``.
 
 A config never names code: values are data, and components are chosen by registry names only.
 This module imports nothing but the standard library.
