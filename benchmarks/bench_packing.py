@@ -71,7 +71,8 @@ def main() -> None:
 
     import torch
 
-    from nemo_prorl.algorithms.config import algorithm_config_from_dict
+    from nemo_prorl.algorithms.config import AlgorithmConfig
+    from nemo_prorl.config_schema import load
     from nemo_prorl.policy import packing
     from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
     from nemo_prorl.policy.megatron.engine import MegatronPolicy
@@ -87,7 +88,7 @@ def main() -> None:
     assert policies["packed"].packing == "mask" and policies["binned"].packing == "off"
     vocab = int(policies["binned"].hf_config.vocab_size)
     batch, lengths = _batch(args.rows, args.cap, vocab, seed=0)
-    loss_fn = make_loss_fn(algorithm_config_from_dict({"loss": {"agg": "token-mean"}, "kl": {"coef": 0.0}}))
+    loss_fn = make_loss_fn(load(AlgorithmConfig, {"loss": {"agg": "token-mean"}, "kl": {"coef": 0.0}}))
     bins = token_budget_bins(lengths, args.budget)
     packs = packing.pack_bins(lengths, args.budget)
     layout = {

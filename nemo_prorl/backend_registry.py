@@ -11,7 +11,7 @@ in three places, in this order:
    entry point's name.
 
 Configs name backends only through these tables, never by import path; an unknown name is a
-:class:`~nemo_prorl.algorithms.config.ConfigError` naming the key and listing every known name.
+:class:`~nemo_prorl.config_schema.ConfigError` naming the key and listing every known name.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 
 F = TypeVar("F")
 

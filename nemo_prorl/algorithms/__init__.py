@@ -3,8 +3,9 @@
 Advantages (GRPO, REINFORCE++-baseline), the clipped policy loss with decoupled / dual clip and its
 aggregation modes, truncated importance sampling, KL estimators, chunked and vocab-parallel log-probs,
 dynamic sampling and reward shaping (with the scheduled cosine length penalty), plus their
-validated configs. Nothing here imports other ``nemo_prorl`` packages except the torch-only leaf
-:mod:`nemo_prorl.collectives` (the vocab-parallel log-probs and the global advantage statistics).
+configs (plain dataclasses, loaded and checked by :mod:`nemo_prorl.config_schema`). Nothing here imports
+other ``nemo_prorl`` packages except the torch-only leaf :mod:`nemo_prorl.collectives` (the
+vocab-parallel log-probs and the global advantage statistics).
 """
 
 from nemo_prorl.algorithms.advantages import (
@@ -21,14 +22,11 @@ from nemo_prorl.algorithms.config import (
     KL_ESTIMATORS,
     AdvantageConfig,
     AlgorithmConfig,
-    ConfigError,
     DynamicSamplingConfig,
     EntropyConfig,
     KLConfig,
     LossConfig,
     RewardShapingConfig,
-    algorithm_config_from_dict,
-    check_batch_divisible,
 )
 from nemo_prorl.algorithms.dynamic_sampling import (
     DynamicSamplingBuffer,
@@ -69,7 +67,6 @@ __all__ = [
     "KL_ESTIMATORS",
     "AdvantageConfig",
     "AlgorithmConfig",
-    "ConfigError",
     "DynamicSamplingBuffer",
     "DynamicSamplingConfig",
     "DynamicSamplingExhausted",
@@ -80,9 +77,7 @@ __all__ = [
     "LossOutput",
     "RewardShapingConfig",
     "aggregate_loss",
-    "algorithm_config_from_dict",
     "broadcast_to_tokens",
-    "check_batch_divisible",
     "chunked_logprobs",
     "clipped_policy_loss",
     "compute_advantages",

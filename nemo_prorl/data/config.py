@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from nemo_prorl.config_schema import ConfigError, check, load
 from nemo_prorl.schema import known_domains
 
 POLICIES: tuple[str, ...] = ("skip", "fail")
@@ -20,23 +21,23 @@ def check_weights(weights: Mapping[str, float], where: str = "mixture") -> dict[
         where: name used in error messages (for example ``"phase_mixtures.run3"``).
 
     Raises:
-        ValueError: on an unknown domain, a negative / non-finite / non-numeric weight, or an
-            all-zero mapping.
+        ConfigError: on an unknown domain, a negative / non-finite / non-numeric weight, or an
+            all-zero mapping, naming ``where.<domain>``.
 
     """
     if not isinstance(weights, Mapping):
-        raise ValueError(f"{where}: expected a mapping domain -> weight, got {type(weights).__name__}")
+        raise ConfigError(where, f"expected a mapping domain -> weight, got {type(weights).__name__}")
     out: dict[str, float] = {}
     for domain, w in weights.items():
         if domain not in (known := known_domains()):
-            raise ValueError(f"{where}.{domain}: unknown domain (known: {', '.join(known)})")
+            raise ConfigError(f"{where}.{domain}", f"unknown domain (known: {', '.join(known)})")
         if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ValueError(f"{where}.{domain}: weight must be a number, got {w!r}")
+            raise ConfigError(f"{where}.{domain}", f"weight must be a number, got {w!r}")
         if not math.isfinite(w) or w < 0:
-            raise ValueError(f"{where}.{domain}: weight must be finite and >= 0, got {w!r}")
+            raise ConfigError(f"{where}.{domain}", f"weight must be finite and >= 0, got {w!r}")
         out[domain] = float(w)
     if not out or sum(out.values()) <= 0:
-        raise ValueError(f"{where}: at least one domain needs a weight > 0")
+        raise ConfigError(where, "at least one domain needs a weight > 0")
     return out
 
 
@@ -68,51 +69,42 @@ class DataConfig:
 
     """
 
-    train_files: list[str] = field(default_factory=list)
-    val_files: list[str] = field(default_factory=list)
+    train_files: list[str] = field(default_factory=list, metadata={"nonempty": True, "one_or_many": True})
+    val_files: list[str] = field(default_factory=list, metadata={"nonempty": True, "one_or_many": True})
     mixture: dict[str, float] | None = None
     phase_mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
     system_prompt: str | None = None
-    max_prompt_tokens: int | None = None
-    validation_policy: str = "skip"
+    max_prompt_tokens: int | None = field(default=None, metadata={"ge": 1, "fix": "or null (no check)"})
+    validation_policy: str = field(default="skip", metadata={"choices": POLICIES})
     check_rewards: bool = True
-    seed: int = 42
+    seed: int = field(default=42, metadata={"ge": 0})
     shuffle: bool = True
 
     def __post_init__(self) -> None:
+        """Check the values (a bad one fails here, before any data is read); one path may be a string."""
         for name in ("train_files", "val_files"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                value = [value]
-            value = list(value)
-            if not all(isinstance(p, str) and p for p in value):
-                raise ValueError(f"data.{name}: expected a list of paths, got {value!r}")
-            setattr(self, name, value)
+            setattr(self, name, [value] if isinstance(value, str) else list(value))
+        self.phase_mixtures = dict(self.phase_mixtures)
+        self.templates = dict(self.templates)
+        check(self, "data")
         if self.mixture is not None:
             self.mixture = check_weights(self.mixture, "data.mixture")
-        self.phase_mixtures = {
-            str(k): check_weights(v, f"data.phase_mixtures.{k}") for k, v in dict(self.phase_mixtures).items()
-        }
+        self.phase_mixtures = {k: check_weights(v, f"data.phase_mixtures.{k}")
+                               for k, v in self.phase_mixtures.items()}
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The domain weights and the templates (their own checks raise :class:`ConfigError`)."""
+        if self.mixture is not None:
+            check_weights(self.mixture, f"{key}.mixture")
+        for name, weights in self.phase_mixtures.items():
+            check_weights(weights, f"{key}.phase_mixtures.{name}")
         # imported here: templates imports nothing from config, but keep the module light to import
         from nemo_prorl.data.templates import check_templates
 
-        self.templates = dict(self.templates)
-        check_templates(self.templates, "data.templates")
-        if self.max_prompt_tokens is not None and (
-            isinstance(self.max_prompt_tokens, bool)
-            or not isinstance(self.max_prompt_tokens, int)
-            or self.max_prompt_tokens < 1
-        ):
-            raise ValueError(
-                f"data.max_prompt_tokens: expected a positive integer, got {self.max_prompt_tokens!r}"
-            )
-        if self.validation_policy not in POLICIES:
-            raise ValueError(
-                f"data.validation_policy: expected one of {POLICIES}, got {self.validation_policy!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"data.seed: expected a non-negative integer, got {self.seed!r}")
+        check_templates(self.templates, f"{key}.templates")
+        return iter(())
 
     def weights_for_phase(self, phase: str | None) -> dict[str, float] | None:
         """The mixture weights for ``phase`` (``mixture`` when the phase has none of its own)."""
@@ -122,9 +114,5 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
-        """Build from a plain mapping (e.g. ``OmegaConf.to_container(cfg.data)``), rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(values))
+        """Build from a plain mapping (e.g. ``OmegaConf.to_container(cfg.data)``), checked."""
+        return load(cls, values, "data")

@@ -12,6 +12,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.schema import known_domains
 
 #: ProRL's prompt suffixes (algorithm notes, section 5). Keys are domains.
@@ -37,7 +38,7 @@ _PLACEHOLDERS = frozenset({"prompt", "options"})
 
 
 def check_templates(templates: Mapping[str, str], where: str = "templates") -> None:
-    """Raise ``ValueError`` naming the domain when a template is malformed.
+    """Raise :class:`~nemo_prorl.config_schema.ConfigError` naming the domain when a template is malformed.
 
     A template must be a string using only the bare placeholders ``{prompt}`` and ``{options}``
     (no attribute access, indexing, conversions or format specs), and must contain ``{prompt}``.
@@ -45,25 +46,25 @@ def check_templates(templates: Mapping[str, str], where: str = "templates") -> N
     for domain, tmpl in templates.items():
         key = f"{where}.{domain}"
         if domain not in (known := known_domains()):
-            raise ValueError(f"{key}: unknown domain (known: {', '.join(known)})")
+            raise ConfigError(key, f"unknown domain (known: {', '.join(known)})")
         if not isinstance(tmpl, str):
-            raise ValueError(f"{key}: expected a format string, got {type(tmpl).__name__}")
+            raise ConfigError(key, f"expected a format string, got {type(tmpl).__name__}")
         try:
             parts = list(string.Formatter().parse(tmpl))
         except ValueError as exc:
-            raise ValueError(f"{key}: not a valid format string ({exc})") from None
+            raise ConfigError(key, f"not a valid format string ({exc})") from None
         names = set()
         for _, name, spec, conv in parts:
             if name is None:
                 continue
             if name not in _PLACEHOLDERS or spec or conv:
-                raise ValueError(
-                    f"{key}: placeholder {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} "
+                raise ConfigError(
+                    key, f"placeholder {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} "
                     "is not allowed; use only {prompt} and {options} (write literal braces as {{ and }})"
                 )
             names.add(name)
         if "prompt" not in names:
-            raise ValueError(f"{key}: the template must contain {{prompt}}")
+            raise ConfigError(key, "the template must contain {prompt}")
 
 
 def merged_templates(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -156,10 +156,11 @@ class ProRLLossFn:
     input_type = LossInputType.LOGPROB
 
     def __init__(self, cfg: Any = None) -> None:
-        from nemo_prorl.algorithms.config import AlgorithmConfig, algorithm_config_from_dict
+        from nemo_prorl.algorithms.config import AlgorithmConfig
+        from nemo_prorl.config_schema import load
 
-        self.cfg = cfg if isinstance(cfg, AlgorithmConfig) else algorithm_config_from_dict(
-            dict(cfg) if cfg is not None else {})
+        self.cfg = cfg if isinstance(cfg, AlgorithmConfig) else load(
+            AlgorithmConfig, dict(cfg) if cfg is not None else {}, "algorithm")
         if self.cfg.entropy.coef > 0:
             raise ValueError("algorithm.entropy.coef: the NeMo-RL loss receives next-token log-probs, not "
                              "logits, so it has no entropy; set it to 0")

@@ -50,7 +50,6 @@ The validation metric is ``reset.metric`` as the trainer logs it, e.g. ``eval_re
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import weakref
@@ -251,19 +250,15 @@ class ProRLResetCallback(_transformers_callback_base()):
     """
 
     def __init__(self, trainer: Any, reset: Any = None) -> None:
+        from nemo_prorl.config_schema import check, load
         from nemo_prorl.trainer.config import ResetConfig
         from nemo_prorl.trainer.resets import ResetController
 
         if isinstance(reset, ResetConfig):
             cfg = reset
+            check(cfg, "reset")
         else:
-            known = {f.name for f in dataclasses.fields(ResetConfig)}
-            unknown = sorted(set(dict(reset or {})) - known)
-            if unknown:
-                raise ValueError(f"ProRLResetCallback: unknown reset option(s) {unknown}; "
-                                 f"known: {sorted(known)}")
-            cfg = ResetConfig(**dict(reset or {}))
-        cfg.validate("reset")
+            cfg = load(ResetConfig, dict(reset or {}), "reset")
         self.trainer = trainer
         self.controller = ResetController(cfg)
         self._pending_step: int | None = None

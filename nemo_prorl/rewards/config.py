@@ -5,8 +5,11 @@ from __future__ import annotations
 import inspect
 import os
 import pwd
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from nemo_prorl.config_schema import check, load
 
 
 @dataclass
@@ -48,15 +51,15 @@ class RewardsConfig:
 
     """
 
-    num_workers: int = 2
-    timeout_s: float = 10.0
-    load_timeout_s: float = 60.0
-    max_retries: int = 1
-    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num_workers: int = field(default=2, metadata={"ge": 1})
+    timeout_s: float = field(default=10.0, metadata={"gt": 0})
+    load_timeout_s: float = field(default=60.0, metadata={"gt": 0})
+    max_retries: int = field(default=1, metadata={"ge": 0})
+    domains: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     code_sandbox: dict[str, Any] = field(default_factory=dict)
-    domain_timeout_s: dict[str, float] = field(default_factory=lambda: {"code": 45.0})
-    max_error_rate: float = 0.05
-    error_window_steps: int = 3
+    domain_timeout_s: dict[str, float] = field(default_factory=lambda: {"code": 45.0}, metadata={"gt": 0})
+    max_error_rate: float = field(default=0.05, metadata={"ge": 0, "le": 1})
+    error_window_steps: int = field(default=3, metadata={"ge": 1})
     failure_score: float = 0.0
     worker_user: str | int | None = "nobody"
     privileged_domains: list[str] = field(default_factory=lambda: ["code"])
@@ -66,15 +69,8 @@ class RewardsConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RewardsConfig:
-        """Build from a plain mapping (e.g. an OmegaConf container); unknown keys are an error."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"rewards config: unknown key(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
+        """Build from a plain mapping (e.g. an OmegaConf container), checked: :func:`config_schema.load`."""
+        return load(cls, data, "rewards")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (sent to the worker processes)."""
@@ -115,65 +111,38 @@ class RewardsConfig:
         return float(self.domain_timeout_s.get(domain, self.timeout_s)) if isinstance(domain, str) \
             else float(self.timeout_s)
 
-    def validate(self) -> None:
-        """Check ranges and that every domain option names a real keyword of its reward.
+    def validate(self, key: str = "rewards") -> None:
+        """Check types, ranges and that every domain option names a real keyword of its reward.
 
         Raises:
-            ValueError: naming the offending field.
+            ConfigError: naming the offending dotted key.
 
         """
-        if not isinstance(self.num_workers, int) or self.num_workers < 1:
-            raise ValueError(f"rewards.num_workers must be an integer >= 1, got {self.num_workers!r}")
-        for name in ("timeout_s", "load_timeout_s"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"rewards.{name} must be > 0, got {value!r}")
-        if not isinstance(self.domain_timeout_s, dict) or not all(
-                isinstance(v, (int, float)) and v > 0 for v in self.domain_timeout_s.values()):
-            raise ValueError("rewards.domain_timeout_s must map domains to seconds > 0, "
-                             f"got {self.domain_timeout_s!r}")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"rewards.max_retries must be an integer >= 0, got {self.max_retries!r}")
-        if not 0.0 <= float(self.max_error_rate) <= 1.0:
-            raise ValueError(f"rewards.max_error_rate must be in [0, 1], got {self.max_error_rate!r}")
-        if not isinstance(self.error_window_steps, int) or self.error_window_steps < 1:
-            raise ValueError(f"rewards.error_window_steps must be >= 1, got {self.error_window_steps!r}")
-        if self.worker_user is not None and not isinstance(self.worker_user, (str, int)):
-            raise ValueError(f"rewards.worker_user must be a user, a uid or null, got {self.worker_user!r}")
-        if not isinstance(self.privileged_domains, (list, tuple)) or not all(
-                isinstance(d, str) for d in self.privileged_domains):
-            raise ValueError(f"rewards.privileged_domains must be a list, got {self.privileged_domains!r}")
-        if not isinstance(self.worker_env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.worker_env.items()):
-            raise ValueError(f"rewards.worker_env must map names to strings, got {self.worker_env!r}")
-        if not isinstance(self.worker_env_passthrough, (list, tuple)) or not all(
-                isinstance(k, str) for k in self.worker_env_passthrough):
-            raise ValueError("rewards.worker_env_passthrough must be a list of variable names, "
-                             f"got {self.worker_env_passthrough!r}")
-        if not isinstance(self.domains, dict):
-            raise ValueError("rewards.domains must be a mapping domain -> options")
+        check(self, key)
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """Every domain is a registered reward and every option a keyword of it (and valid, if it checks)."""
         from nemo_prorl.rewards import registered_rewards
 
         rewards = registered_rewards()
-        for domain, opts in self.domains.items():
+        for domain in self.domains:
             if domain not in rewards:
-                raise ValueError(f"rewards.domains: unknown domain {domain!r}; registered: {sorted(rewards)}")
-            if opts is not None and not isinstance(opts, dict):
-                raise ValueError(f"rewards.domains.{domain} must be a mapping of options")
+                yield f"{key}.domains", f"unknown domain {domain!r}; registered: {sorted(rewards)}"
         for domain in set(self.domains) | ({"code"} if self.code_sandbox else set()):
             if domain not in rewards:
                 continue
             params = inspect.signature(rewards[domain].__init__).parameters
             if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
                 continue
-            for key in self.reward_kwargs(domain):
-                if key not in params or key == "self":
+            for name in self.reward_kwargs(domain):
+                if name not in params or name == "self":
                     allowed = sorted(k for k in params if k != "self")
-                    raise ValueError(f"rewards.domains.{domain}: unknown option {key!r}; allowed: {allowed}")
+                    yield f"{key}.domains.{domain}", f"unknown option {name!r}; allowed: {allowed}"
         for domain in self.domains:
-            # a reward may check its option values up front (e.g. reward_model: a local safetensors path)
-            check = getattr(rewards.get(domain), "check_options", None)
-            if callable(check):
-                problems = check(self.reward_kwargs(domain))
-                if problems:
-                    raise ValueError("; ".join(problems))
+            # a reward may check its option values up front (e.g. reward_model: a local safetensors path);
+            # each problem reads "<dotted key>: <message>"
+            check_options = getattr(rewards.get(domain), "check_options", None)
+            if callable(check_options):
+                for problem in check_options(self.reward_kwargs(domain)):
+                    where, sep, message = str(problem).partition(": ")
+                    yield (where, message) if sep else (f"{key}.domains.{domain}", str(problem))

@@ -6,10 +6,11 @@ Every field is documented where it is declared; :meth:`RolloutConfig.validate` n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nemo_prorl.config_schema import check, load
 from nemo_prorl.rollout.base import SamplingParams
 from nemo_prorl.rollout.registry import ROLLOUT_BACKENDS
 
@@ -66,102 +67,57 @@ class RolloutConfig:
     """
 
     backend: str = "hf"
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
+    n: int = field(default=1, metadata={"ge": 1})
+    temperature: float = field(default=1.0, metadata={"ge": 0})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
     top_k: int = -1
-    max_prompt_tokens: int = 1024
-    max_response_tokens: int = 1024
-    stop: list[str] = field(default_factory=list)
+    max_prompt_tokens: int = field(default=1024, metadata={"ge": 1})
+    max_response_tokens: int = field(default=1024, metadata={"ge": 1})
+    stop: list[str] = field(default_factory=list, metadata={"nonempty": True})
     seed: int | None = 0
-    overlong_prompt: str = "error"
-    dtype: str = "auto"
-    max_batch_size: int = 64
-    attn_implementation: str = "sdpa"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
+    overlong_prompt: str = field(default="error", metadata={"choices": OVERLONG})
+    dtype: str = field(default="auto", metadata={"choices": DTYPES})
+    max_batch_size: int = field(default=64, metadata={"ge": 1})
+    attn_implementation: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})
+    tensor_parallel_size: int = field(default=1, metadata={"ge": 1})
+    gpu_memory_utilization: float = field(default=0.5, metadata={"gt": 0, "le": 1})
     enforce_eager: bool = False
     enable_sleep_mode: bool = True
-    sleep_level: int = 2
-    distributed_executor_backend: str = "external_launcher"
-    max_model_len: int | None = None
-    logprobs_mode: str = "processed_logprobs"
+    sleep_level: int = field(default=2, metadata={"choices": (1, 2)})
+    distributed_executor_backend: str = field(default="external_launcher",
+                                              metadata={"choices": EXECUTOR_BACKENDS})
+    max_model_len: int | None = field(default=None, metadata={"ge": 1, "fix": "or null"})
+    logprobs_mode: str = field(default="processed_logprobs",
+                               metadata={"choices": ("processed_logprobs", "raw_logprobs")})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "rollout") -> RolloutConfig:
-        """Build from a plain mapping (e.g. an OmegaConf container), rejecting unknown keys.
+        """Build from a plain mapping (e.g. an OmegaConf container), checked: :func:`config_schema.load`.
 
         Raises:
-            ValueError: an unknown key (named with ``where``) or an invalid value.
+            ConfigError: an unknown key, a wrong type or an invalid value, named ``<where>.<key>``.
 
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        kwargs = dict(values)
-        if "stop" in kwargs and kwargs["stop"] is not None and not isinstance(kwargs["stop"], str):
-            kwargs["stop"] = list(kwargs["stop"])
-        cfg = cls(**kwargs)
-        cfg.validate(where)
-        return cfg
+        return load(cls, values, where)
 
     def validate(self, where: str = "rollout") -> None:
         """Check every field.
 
         Raises:
-            ValueError: naming the offending key as ``<where>.<key>``.
+            ConfigError: naming the offending key as ``<where>.<key>``.
 
         """
+        check(self, where)
 
-        def bad(key: str, why: str) -> ValueError:
-            return ValueError(f"{where}.{key}: {why} (got {getattr(self, key)!r})")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        ROLLOUT_BACKENDS.check(self.backend, f"{where}.backend")
-        if not is_int(self.n) or self.n < 1:
-            raise bad("n", "must be a positive int")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < float("inf"):
-            raise bad("temperature", "must be a finite number >= 0")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise bad("top_p", "must be in (0, 1]")
-        if not is_int(self.top_k) or (self.top_k < 1 and self.top_k != -1):
-            raise bad("top_k", "must be -1 (off) or a positive int")
-        for key in ("max_prompt_tokens", "max_response_tokens", "max_batch_size", "tensor_parallel_size"):
-            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
-                raise bad(key, "must be a positive int")
-        if isinstance(self.stop, str) or not isinstance(self.stop, list):
-            raise bad("stop", "must be a list of strings")
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise bad("stop", "every stop string must be a non-empty string")
-        if self.seed is not None and not is_int(self.seed):
-            raise bad("seed", "must be an int or null")
-        if self.overlong_prompt not in OVERLONG:
-            raise bad("overlong_prompt", f"must be one of {OVERLONG}")
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"must be one of {DTYPES}")
-        if self.attn_implementation not in ("sdpa", "eager"):
-            raise bad("attn_implementation", "must be 'sdpa' or 'eager'")
-        gmu = self.gpu_memory_utilization
-        if not isinstance(gmu, (int, float)) or isinstance(gmu, bool) or not 0 < gmu <= 1:
-            raise bad("gpu_memory_utilization", "must be in (0, 1]")
-        for key in ("enforce_eager", "enable_sleep_mode"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(key, "must be true or false")
-        if self.sleep_level not in (1, 2) or isinstance(self.sleep_level, bool):
-            raise bad("sleep_level", "must be 1 (weights offloaded to host) or 2 (weights discarded, "
-                      "refilled by the weight sync)")
-        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
-            raise bad("distributed_executor_backend", f"must be one of {EXECUTOR_BACKENDS}")
-        if self.max_model_len is not None:
-            if not is_int(self.max_model_len) or self.max_model_len < 1:
-                raise bad("max_model_len", "must be a positive int or null")
-            if self.max_model_len < self.max_prompt_tokens + self.max_response_tokens:
-                raise bad("max_model_len", "must be >= max_prompt_tokens + max_response_tokens")
-        if self.logprobs_mode not in ("processed_logprobs", "raw_logprobs"):
-            raise bad("logprobs_mode", "must be 'processed_logprobs' or 'raw_logprobs'")
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The rules across fields, as ``(dotted key, message)``; an unknown backend raises at once."""
+        ROLLOUT_BACKENDS.check(self.backend, f"{key}.backend")
+        if self.top_k < 1 and self.top_k != -1:
+            yield f"{key}.top_k", f"must be -1 (off) or a positive int (got {self.top_k!r})"
+        need = self.max_prompt_tokens + self.max_response_tokens
+        if self.max_model_len is not None and self.max_model_len < need:
+            yield (f"{key}.max_model_len", f"must be >= max_prompt_tokens + max_response_tokens = {need} "
+                   f"(got {self.max_model_len!r})")
 
     def sampling_params(self, **overrides: Any) -> SamplingParams:
         """The ``SamplingParams`` this config describes (``max_tokens = max_response_tokens``).

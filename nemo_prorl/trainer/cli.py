@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 
 
 def main(argv: list[str]) -> int:
@@ -31,15 +31,25 @@ def main(argv: list[str]) -> int:
                     help="validate the recipe (every phase), print its schedule and a per-rank memory plan, "
                          "and exit without building a model, training or writing anything; reads only the "
                          "model's config.json (or a built-in table for known model names)")
+    ap.add_argument("--cfg", "-c", choices=["job"], default=None,
+                    help="print the composed config (recipe + overrides + every default, as YAML; each "
+                         "section checked, the model not read) and exit without training, like Hydra's "
+                         "--cfg job; docs/config.md describes every key")
     ap.add_argument("--world-size", type=int, default=None,
                     help="--dry-run: ranks of the job (default: WORLD_SIZE / SLURM_NTASKS, else 1)")
     ap.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: GPU memory (default 80)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
-    from nemo_prorl.trainer.config import build_config, compose, load_config
+    from nemo_prorl.trainer.config import build_config, compose, load_config, parse_config
 
     try:
+        if args.cfg == "job":
+            from omegaconf import OmegaConf
+
+            cfg = parse_config(compose(args.config_name, args.overrides, args.config_path))
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+            return 0
         if args.dry_run:
             return _dry_run(build_config(compose(args.config_name, args.overrides, args.config_path),
                                          require_model=False), args)

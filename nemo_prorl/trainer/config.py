@@ -10,13 +10,13 @@ names only.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nemo_prorl.algorithms.config import AlgorithmConfig, ConfigError, algorithm_config_from_dict
+from nemo_prorl.algorithms.config import AlgorithmConfig
+from nemo_prorl.config_schema import ConfigError, build, check, unknown_key
 from nemo_prorl.data.config import DataConfig, check_weights
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.rewards.config import RewardsConfig
@@ -32,21 +32,15 @@ DEFAULT_CONFIG = "demo"
 OLD_LOGPROB_MODES = ("auto", "recompute")
 
 
-def _from_dict(cls, values: Any, where: str):
-    if values is not None and not isinstance(values, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(values).__name__} {values!r}")
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key; known keys: {', '.join(sorted(known))}")
-    return cls(**values)
+#: field metadata of the common value rules (:mod:`nemo_prorl.config_schema`)
+POS = {"ge": 1}
+NONNEG = {"ge": 0}
 
 
-def _pos_int(key: str, value: Any, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, f"expected an integer >= {low}, got {value!r}")
+def _callbacks() -> list[str]:
+    from nemo_prorl.trainer.callbacks import registered_callbacks
+
+    return sorted(registered_callbacks())
 
 
 @dataclass
@@ -84,50 +78,33 @@ class TrainerConfig:
 
     """
 
-    max_steps: int = 10
-    prompts_per_step: int = 8
-    mini_batch_prompts: int = 8
-    ppo_epochs: int = 1
-    old_logprobs: str = "auto"
-    generation_prompts: int | None = None
-    val_interval: int = 0
+    max_steps: int = field(default=10, metadata=POS)
+    prompts_per_step: int = field(default=8, metadata=POS)
+    mini_batch_prompts: int = field(default=8, metadata=POS)
+    ppo_epochs: int = field(default=1, metadata=POS)
+    old_logprobs: str = field(default="auto", metadata={"choices": OLD_LOGPROB_MODES})
+    generation_prompts: int | None = field(default=None, metadata=POS)
+    val_interval: int = field(default=0, metadata=NONNEG)
     val_at_start: bool = True
-    val_n: int = 4
-    val_temperature: float = 0.6
-    val_top_p: float = 0.95
-    val_max_prompts: int | None = None
-    log_samples_interval: int = 0
-    max_nonfinite_in_row: int = 3
+    val_n: int = field(default=4, metadata=POS)
+    val_temperature: float = field(default=0.6, metadata={"ge": 0, "le": 10})
+    val_top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
+    val_max_prompts: int | None = field(default=None, metadata=POS)
+    log_samples_interval: int = field(default=0, metadata=NONNEG)
+    max_nonfinite_in_row: int = field(default=3, metadata=POS)
     progress_bar: bool = True
-    callbacks: list[str] = field(default_factory=list)
+    callbacks: list[str] = field(default_factory=list, metadata={
+        "choices": _callbacks, "fix": "packages add them through the nemo_prorl.callbacks entry points"})
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The rules across fields, as ``(dotted key, message)``."""
+        if self.prompts_per_step % self.mini_batch_prompts:
+            yield (f"{key}.mini_batch_prompts", f"{self.mini_batch_prompts} does not divide "
+                   f"{key}.prompts_per_step={self.prompts_per_step}")
 
     def validate(self, p: str = "trainer") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
-        for name in ("max_steps", "prompts_per_step", "mini_batch_prompts", "ppo_epochs", "val_n",
-                     "max_nonfinite_in_row"):
-            _pos_int(f"{p}.{name}", getattr(self, name))
-        for name in ("val_interval", "log_samples_interval"):
-            _pos_int(f"{p}.{name}", getattr(self, name), allow_zero=True)
-        if self.generation_prompts is not None:
-            _pos_int(f"{p}.generation_prompts", self.generation_prompts)
-        if self.val_max_prompts is not None:
-            _pos_int(f"{p}.val_max_prompts", self.val_max_prompts)
-        if self.old_logprobs not in OLD_LOGPROB_MODES:
-            raise ConfigError(f"{p}.old_logprobs", f"expected one of {', '.join(OLD_LOGPROB_MODES)}, "
-                              f"got {self.old_logprobs!r}")
-        if self.prompts_per_step % self.mini_batch_prompts:
-            raise ConfigError(f"{p}.mini_batch_prompts", f"{self.mini_batch_prompts} does not divide "
-                              f"{p}.prompts_per_step={self.prompts_per_step}")
-        if not (0 <= self.val_temperature <= 10 and 0 < self.val_top_p <= 1):
-            raise ConfigError(f"{p}.val_temperature", "temperature must be in [0, 10] and top_p in (0, 1]")
-        from nemo_prorl.trainer.callbacks import registered_callbacks
-
-        self.callbacks = list(self.callbacks)
-        for i, name in enumerate(self.callbacks):
-            if name not in (known := registered_callbacks()):
-                raise ConfigError(f"{p}.callbacks[{i}]", f"unknown callback {name!r}; registered: "
-                                  f"{', '.join(sorted(known)) or 'none'} (packages add them through the "
-                                  "nemo_prorl.callbacks entry points)")
+        check(self, p)
 
 
 @dataclass
@@ -159,37 +136,28 @@ class ResetConfig:
 
     """
 
-    at_steps: list[int] = field(default_factory=list)
-    every_n_steps: int = 0
+    at_steps: list[int] = field(default_factory=list, metadata=POS)
+    every_n_steps: int = field(default=0, metadata=NONNEG)
     on_val_plateau: bool = False
     metric: str = "val/reward/mean"
-    patience: int = 2
-    min_delta: float = 0.0
-    drop_delta: float | None = None
-    kl_above: float | None = None
+    patience: int = field(default=2, metadata=POS)
+    min_delta: float = field(default=0.0, metadata=NONNEG)
+    drop_delta: float | None = field(default=None, metadata=NONNEG)
+    kl_above: float | None = field(default=None, metadata=NONNEG)
     reset_optimizer: bool = True
-    min_steps_between: int = 1
-    reference: str = "current"
+    min_steps_between: int = field(default=1, metadata=POS)
+    reference: str = field(default="current", metadata={"choices": ("current", "best")})
     policy_to_best: bool = False
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The rules across fields, as ``(dotted key, message)``."""
+        if self.policy_to_best and self.reference != "best":
+            yield (f"{key}.policy_to_best", "loads the best checkpoint into the policy, which only "
+                   f"reset.reference=best tracks; set {key}.reference=best or {key}.policy_to_best=false")
 
     def validate(self, p: str = "reset") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
-        self.at_steps = list(self.at_steps)
-        for i, s in enumerate(self.at_steps):
-            _pos_int(f"{p}.at_steps[{i}]", s)
-        _pos_int(f"{p}.every_n_steps", self.every_n_steps, allow_zero=True)
-        _pos_int(f"{p}.patience", self.patience)
-        _pos_int(f"{p}.min_steps_between", self.min_steps_between)
-        for name in ("min_delta", "drop_delta", "kl_above"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-                raise ConfigError(f"{p}.{name}", f"expected a finite number >= 0, got {v!r}")
-        if self.reference not in ("current", "best"):
-            raise ConfigError(f"{p}.reference", f"expected 'current' or 'best', got {self.reference!r}")
-        if self.policy_to_best and self.reference != "best":
-            raise ConfigError(f"{p}.policy_to_best", "loads the best checkpoint into the policy, which only "
-                              f"reset.reference=best tracks; set {p}.reference=best or "
-                              f"{p}.policy_to_best=false")
+        check(self, p)
 
 
 @dataclass
@@ -209,13 +177,19 @@ class PhaseConfig:
     """
 
     name: str = "phase"
-    steps: int = 1
+    steps: int = field(default=1, metadata=POS)
     reset: bool = False
-    n: int | None = None
-    temperature: float | None = None
-    max_response_tokens: int | None = None
+    n: int | None = field(default=None, metadata=POS)
+    temperature: float | None = field(default=None, metadata=NONNEG)
+    max_response_tokens: int | None = field(default=None, metadata=POS)
     mixture: dict[str, float] | None = None
     reward_shaping: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The mixture (``reward_shaping`` is checked against ``algorithm`` by :func:`validate`)."""
+        if self.mixture is not None:
+            check_weights(self.mixture, f"{key}.mixture")
+        return iter(())
 
 
 @dataclass
@@ -231,19 +205,16 @@ class CheckpointConfig:
 
     """
 
-    interval: int = 0
-    keep_last: int = 2
-    save_on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    interval: int = field(default=0, metadata=NONNEG)
+    keep_last: int = field(default=2, metadata=POS)
+    save_on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"], metadata={
+        "choices": ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")})
     resume: bool = True
     save_final: bool = True
 
     def validate(self, p: str = "checkpoint") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
-        _pos_int(f"{p}.interval", self.interval, allow_zero=True)
-        _pos_int(f"{p}.keep_last", self.keep_last)
-        for s in self.save_on_signals:
-            if s not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"):
-                raise ConfigError(f"{p}.save_on_signals", f"unsupported signal {s!r}")
+        check(self, p)
 
 
 @dataclass
@@ -282,28 +253,51 @@ class FinalEvalConfig:
 
     enabled: bool = False
     files: list[str] | None = None
-    n: int = 16
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    n: int = field(default=16, metadata=POS)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata=POS)
     temperature: float = 1.0
     top_p: float = 1.0
     max_prompts: int | None = None
 
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The rules across fields, as ``(dotted key, message)``."""
+        for k in self.ks:
+            if k > self.n:
+                yield f"{key}.ks", f"k={k} exceeds {key}.n={self.n}"
+
     def validate(self, p: str = "final_eval") -> None:
         """Raise :class:`ConfigError` naming the first bad key (prefixed with ``p``)."""
-        _pos_int(f"{p}.n", self.n)
-        for k in self.ks:
-            _pos_int(f"{p}.ks", k)
-            if k > self.n:
-                raise ConfigError(f"{p}.ks", f"k={k} exceeds {p}.n={self.n}")
+        check(self, p)
 
 
 @dataclass
 class ProRLConfig:
-    """A whole run."""
+    """A whole run.
 
-    model: str = "demo"
-    run_dir: str = "runs/default"
-    seed: int = 42
+    Attributes:
+        model: the HF model directory to train (``demo``: the packaged tiny demo base model); a dry run
+            also accepts a known model name without a directory.
+        run_dir: where checkpoints, ``metrics.jsonl``, TensorBoard files and plots go.
+        seed: seed of the run (the data order's default ``data.seed``).
+        policy: the training engine (:class:`~nemo_prorl.policy.megatron.config.MegatronPolicyConfig`).
+        rollout: the rollout engine and its sampling (:class:`~nemo_prorl.rollout.config.RolloutConfig`).
+        data: training and validation data (:class:`~nemo_prorl.data.config.DataConfig`).
+        rewards: the reward worker pool and each domain's options
+            (:class:`~nemo_prorl.rewards.config.RewardsConfig`).
+        algorithm: advantages, loss, KL, entropy, dynamic sampling and reward shaping
+            (:class:`~nemo_prorl.algorithms.config.AlgorithmConfig`).
+        trainer: the fit loop.
+        reset: ProRL's hard resets.
+        phases: the run's phases in order (the paper's runs 1-8); empty = one phase-less run.
+        checkpoint: checkpoints and resume.
+        logging: TensorBoard, W&B and plots.
+        final_eval: pass@k of the base and final policy at the end.
+
+    """
+
+    model: str = field(default="demo", metadata={"nonempty": True})
+    run_dir: str = field(default="runs/default", metadata={"nonempty": True})
+    seed: int = field(default=42, metadata=NONNEG)
     policy: MegatronPolicyConfig = field(default_factory=MegatronPolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -352,85 +346,64 @@ def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLCon
         ConfigError / ValueError: naming the offending key, before anything is built.
 
     """
+    cfg = _build(raw)
+    validate(cfg, require_model=require_model)  # checks every section, then across them
+    return cfg
+
+
+def parse_config(raw: Mapping[str, Any]) -> ProRLConfig:
+    """Load a plain dict into a :class:`ProRLConfig` with every section checked on its own.
+
+    The generic loader (:func:`nemo_prorl.config_schema.load`) names unknown keys, wrong types and bad
+    values by their dotted key; the cross-section checks and the model are :func:`validate`'s.
+    """
+    cfg = _build(raw)
+    check(cfg)
+    return cfg
+
+
+def _build(raw: Mapping[str, Any]) -> ProRLConfig:
+    """Build (types checked, values not yet) with ``demo:NAME`` paths made the packaged demo files.
+
+    ``data.seed`` defaults to ``seed``.
+    """
     raw = dict(raw)
-    known = {f.name for f in fields(ProRLConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(unknown[0], f"unknown top-level key; known: {', '.join(sorted(known))}")
-    cfg = ProRLConfig()
-    for key in ("model", "run_dir"):
-        if key in raw:
-            if not isinstance(raw[key], str) or not raw[key]:
-                raise ConfigError(key, f"expected a non-empty string, got {raw[key]!r}")
-            setattr(cfg, key, raw[key])
-    if "seed" in raw:
-        _pos_int("seed", raw["seed"], allow_zero=True)
-        cfg.seed = raw["seed"]
-    try:
-        cfg.policy = MegatronPolicyConfig.from_dict(dict(raw.get("policy") or {}))
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("policy", str(exc)) from None
-    cfg.rollout = RolloutConfig.from_dict(dict(raw.get("rollout") or {}), where="rollout")
-    data = dict(raw.get("data") or {})
-    for k in ("train_files", "val_files"):
-        if k in data and data[k] is not None:
-            data[k] = _resolve_paths([data[k]] if isinstance(data[k], str) else list(data[k]))
-    data.setdefault("seed", cfg.seed)
-    cfg.data = DataConfig.from_dict(data)
-    cfg.rewards = RewardsConfig.from_dict(raw.get("rewards"))
-    cfg.algorithm = algorithm_config_from_dict(raw.get("algorithm") or {})
-    cfg.trainer = _from_dict(TrainerConfig, raw.get("trainer"), "trainer")
-    cfg.reset = _from_dict(ResetConfig, raw.get("reset"), "reset")
-    phases = raw.get("phases") or []
-    if not isinstance(phases, list):
-        raise ConfigError("phases", "expected a list of phases")
-    cfg.phases = [_from_dict(PhaseConfig, ph, f"phases[{i}]") for i, ph in enumerate(phases)]
-    cfg.checkpoint = _from_dict(CheckpointConfig, raw.get("checkpoint"), "checkpoint")
-    cfg.logging = _from_dict(LoggingConfig, raw.get("logging"), "logging")
-    fe = dict(raw.get("final_eval") or {})
-    if fe.get("files"):
-        fe["files"] = _resolve_paths(list(fe["files"]))
-    cfg.final_eval = _from_dict(FinalEvalConfig, fe, "final_eval")
-    validate(cfg, require_model=require_model)
+    data = raw.get("data")
+    data_seed = isinstance(data, Mapping) and "seed" in data
+    if isinstance(data, Mapping):
+        data = dict(data)
+        for k in ("train_files", "val_files"):
+            if isinstance(data.get(k), str):
+                data[k] = [data[k]]
+            if isinstance(data.get(k), (list, tuple)) and all(isinstance(v, str) for v in data[k]):
+                data[k] = _resolve_paths(list(data[k]))
+        raw["data"] = data
+    fe = raw.get("final_eval")
+    if isinstance(fe, Mapping) and isinstance(fe.get("files"), (list, tuple)) \
+            and all(isinstance(v, str) for v in fe["files"]):
+        raw["final_eval"] = {**fe, "files": _resolve_paths(list(fe["files"]))}
+    cfg = build(ProRLConfig, raw)
+    if not data_seed:
+        cfg.data.seed = cfg.seed
     return cfg
 
 
 def validate(cfg: ProRLConfig, *, require_model: bool = True, world_size: int | None = None) -> None:
-    """Cross-section checks (each section validated itself already), then the phases.
+    """Every section (:func:`~nemo_prorl.config_schema.check`), then the cross-section checks and the phases.
 
     Every phase is checked against the rollout engine, the model's positions, reward shaping and the
     batch layout (:mod:`nemo_prorl.trainer.preflight`); the data-parallel split for ``world_size``, by
     default the launch's ``WORLD_SIZE``.
     """
-    cfg.trainer.validate()
-    cfg.reset.validate()
-    cfg.checkpoint.validate()
-    cfg.final_eval.validate()
+    check(cfg)
     for i, ph in enumerate(cfg.phases):
-        _pos_int(f"phases[{i}].steps", ph.steps)
-        if ph.n is not None:
-            _pos_int(f"phases[{i}].n", ph.n)
-        if ph.max_response_tokens is not None:
-            _pos_int(f"phases[{i}].max_response_tokens", ph.max_response_tokens)
-        t = ph.temperature
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
-                              or t < 0):
-            raise ConfigError(f"phases[{i}].temperature", f"expected a finite number >= 0, got {t!r}")
-        if ph.mixture is not None:
-            try:
-                check_weights(ph.mixture, f"phases[{i}].mixture")
-            except ValueError as exc:
-                raise ConfigError(f"phases[{i}].mixture", str(exc)) from None
         if ph.reward_shaping:
             known = {f.name for f in fields(type(cfg.algorithm.reward_shaping))}
             bad = sorted(set(ph.reward_shaping) - known)
             if bad:
-                raise ConfigError(f"phases[{i}].reward_shaping.{bad[0]}",
-                                  f"unknown key; known: {sorted(known)}")
-            dataclasses.replace(cfg.algorithm.reward_shaping, **ph.reward_shaping).validate(
-                f"phases[{i}].reward_shaping")
+                raise unknown_key(f"phases[{i}].reward_shaping", bad[0], known)
+            check(dataclasses.replace(cfg.algorithm.reward_shaping, **ph.reward_shaping),
+                  f"phases[{i}].reward_shaping")
     names = {ph.name for ph in cfg.phases}
     for name in cfg.data.phase_mixtures:
         if name not in names:  # it would never apply: most likely a misspelt phase name
@@ -506,27 +479,17 @@ def compose(config_name: str | None, overrides: list[str], config_dir: str | Non
     return container
 
 
-def _schema_has(dotted: str) -> bool:
-    """Whether ``dotted`` (e.g. ``trainer.progress_bar``) names a field of the :class:`ProRLConfig` schema."""
-    node: Any = ProRLConfig()
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
-            return False
-        node = getattr(node, part)
-    return True
-
-
 def _force_known(override: str) -> str:
-    """``key=value`` -> ``++key=value`` when ``key`` is a schema field.
+    """``key=value`` -> ``++key=value`` (set or add).
 
     A recipe YAML lists only the keys it changes; Hydra's struct mode would refuse to override a
-    field that has its default from the dataclass and is absent from the YAML. Keys outside the
-    schema are passed through unchanged, so Hydra still reports them by name.
+    field that has its default from the dataclass and is absent from the YAML, or a key inside a
+    free-form mapping such as ``rewards.domains``. A key outside the schema is then reported by the
+    loader (:func:`nemo_prorl.config_schema.load`) with its dotted name and the close matches.
     """
     if override.startswith(("+", "~")) or "=" not in override:
         return override
-    key = override.split("=", 1)[0].strip()
-    return f"++{override}" if _schema_has(key) else override
+    return f"++{override}"
 
 
 def _walk_keys(obj: Any) -> Iterator[Any]:

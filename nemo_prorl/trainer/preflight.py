@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nemo_prorl.algorithms.config import ConfigError, RewardShapingConfig
+from nemo_prorl.algorithms.config import RewardShapingConfig
+from nemo_prorl.config_schema import ConfigError, check
 
 if TYPE_CHECKING:  # the config module imports this one at validation time
     from nemo_prorl.rollout.config import RolloutConfig
@@ -306,7 +307,7 @@ def check_phase_shaping(plan: PhasePlan) -> None:
                               f"{s.max_response_len} differs from {where}={plan.max_response_tokens} in "
                               f"phase {plan.name!r}: the overlong ramp would not end at the response limit; "
                               "set it to null (it then follows each phase's max_response_tokens)")
-    s.validate(f"{plan.prefix}.reward_shaping" if plan.shaping_keys else "algorithm.reward_shaping")
+    check(s, f"{plan.prefix}.reward_shaping" if plan.shaping_keys else "algorithm.reward_shaping")
 
 
 def check_phase_batches(plan: PhasePlan, cfg: ProRLConfig, dp_size: int) -> None:

@@ -6,12 +6,13 @@ value fails in milliseconds with the field's name rather than deep inside megatr
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from nemo_prorl.config_schema import check, load
 from nemo_prorl.policy.registry import POLICY_BACKENDS
 
 __all__ = ["MegatronPolicyConfig", "DTYPES", "RECOMPUTE", "RECOMPUTE_MODULES"]
@@ -32,6 +33,10 @@ LM_HEADS: tuple[str, ...] = ("fused", "chunked")
 #: ``policy.sequence_packing`` values (see :class:`MegatronPolicyConfig`)
 SEQUENCE_PACKING: tuple[str, ...] = ("auto", "on", "off")
 DEFAULT_RECOMPUTE_MODULES: tuple[str, ...] = ("mlp",)
+_POS = {"ge": 1}
+#: ``policy.micro_batch_tokens`` / ``logprob_micro_batch_tokens`` rules
+_TOKENS = {"ge": 2, "fix": "null (fixed micro_batch_size rows) or a token count; size it >= "
+           "max_prompt_tokens + max_response_tokens"}
 
 
 @dataclass
@@ -120,137 +125,71 @@ class MegatronPolicyConfig:
 
     """
 
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    micro_batch_size: int = 4
+    tensor_model_parallel_size: int = field(default=1, metadata=_POS)
+    pipeline_model_parallel_size: int = field(default=1, metadata=_POS)
+    micro_batch_size: int = field(default=4, metadata=_POS)
     params_dtype: str = "fp32"
-    lr: float = 1e-6
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    lr: float = field(default=1e-6, metadata={"gt": 0.0, "le": 1.0})
+    lr_warmup_steps: int = field(default=0, metadata={"ge": 0})
+    weight_decay: float = field(default=0.01, metadata={"ge": 0.0, "le": 10.0})
+    adam_beta1: float = field(default=0.9, metadata={"ge": 0.0, "le": 1.0})
+    adam_beta2: float = field(default=0.999, metadata={"ge": 0.0, "le": 1.0})
+    adam_eps: float = field(default=1e-8, metadata={"gt": 0.0, "le": 1.0})
+    clip_grad: float = field(default=1.0, metadata={"ge": 0.0, "le": 1e9})
     use_distributed_optimizer: bool = False
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = field(default=1024, metadata=_POS)
     reference_offload_to_cpu: bool = False
-    seed: int = 1234
+    seed: int = field(default=1234, metadata={"ge": 0})
     grad_reduce_in_fp32: bool = True
-    logprob_micro_batch_size: int | None = None
-    temperature: float = 1.0
-    micro_batch_tokens: int | None = None
-    logprob_micro_batch_tokens: int | None = None
-    recompute: str = "none"
-    recompute_num_layers: int | None = None
+    logprob_micro_batch_size: int | None = field(default=None, metadata=_POS)
+    temperature: float = field(default=1.0, metadata={"gt": 0.0, "le": 100.0})
+    micro_batch_tokens: int | None = field(default=None, metadata=_TOKENS)
+    logprob_micro_batch_tokens: int | None = field(default=None, metadata=_TOKENS)
+    recompute: str = field(default="none", metadata={"choices": RECOMPUTE})
+    recompute_num_layers: int | None = field(default=None, metadata=_POS)
     recompute_modules: list[str] | None = None
-    lm_head: str = "fused"
-    sequence_packing: str = "auto"
+    lm_head: str = field(default="fused", metadata={
+        "choices": LM_HEADS, "fix": "'fused' takes the loss gradient inside the chunked head (3 GEMMs), "
+        "'chunked' computes log-probs first and recomputes the logits in backward (4 GEMMs)"})
+    sequence_packing: str = field(default="auto", metadata={
+        "choices": SEQUENCE_PACKING, "fix": "'auto' packs with Transformer Engine and pads (binned) otherwise, "
+        "'on' always packs, 'off' never does"})
     backend: str = "megatron"
 
     def __post_init__(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MegatronPolicyConfig.{name} must be a positive integer, got {value!r}")
-
-        POLICY_BACKENDS.check(self.backend, "policy.backend")
-        for name in (
-            "tensor_model_parallel_size",
-            "pipeline_model_parallel_size",
-            "micro_batch_size",
-            "logprob_chunk_size",
-        ):
-            positive_int(name)
-        if isinstance(self.lr_warmup_steps, bool) or not isinstance(self.lr_warmup_steps, int) \
-                or self.lr_warmup_steps < 0:
-            raise ValueError(f"MegatronPolicyConfig.lr_warmup_steps must be an integer >= 0, "
-                             f"got {self.lr_warmup_steps!r}")
-        if self.logprob_micro_batch_size is not None:
-            positive_int("logprob_micro_batch_size")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"MegatronPolicyConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if str(self.params_dtype).lower() not in DTYPES:
-            raise ValueError(
-                f"MegatronPolicyConfig.params_dtype must be one of {sorted(DTYPES)}, "
-                f"got {self.params_dtype!r}"
-            )
-
-        def finite(name: str, low: float, high: float, low_open: bool = False) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"MegatronPolicyConfig.{name} must be a finite number, got {value!r}")
-            if value < low or value > high or (low_open and value == low):
-                bracket = "(" if low_open else "["
-                raise ValueError(
-                    f"MegatronPolicyConfig.{name} must be in {bracket}{low}, {high}], got {value!r}"
-                )
-
-        finite("lr", 0.0, 1.0, low_open=True)
-        finite("weight_decay", 0.0, 10.0)
-        finite("adam_beta1", 0.0, 1.0)
-        finite("adam_beta2", 0.0, 1.0)
-        finite("adam_eps", 0.0, 1.0, low_open=True)
-        finite("clip_grad", 0.0, 1e9)
-        finite("temperature", 0.0, 100.0, low_open=True)
-        for name in ("use_distributed_optimizer", "reference_offload_to_cpu", "grad_reduce_in_fp32"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MegatronPolicyConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("micro_batch_tokens", "logprob_micro_batch_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
-                raise ValueError(
-                    f"policy.{name} must be null (fixed micro_batch_size rows) or a token count >= 2, "
-                    f"got {value!r}; size it >= max_prompt_tokens + max_response_tokens"
-                )
-        if self.lm_head not in LM_HEADS:
-            raise ValueError(f"policy.lm_head must be one of {list(LM_HEADS)}, got {self.lm_head!r}: 'fused' "
-                             "takes the loss gradient inside the chunked head (3 GEMMs), 'chunked' computes "
-                             "log-probs first and recomputes the logits in backward (4 GEMMs)")
-        if self.sequence_packing not in SEQUENCE_PACKING:
-            raise ValueError(f"policy.sequence_packing must be one of {list(SEQUENCE_PACKING)}, got "
-                             f"{self.sequence_packing!r}: 'auto' packs with Transformer Engine and pads "
-                             "(binned) otherwise, 'on' always packs, 'off' never does")
-        self._check_recompute()
-
-    def _check_recompute(self) -> None:
-        """Validate ``recompute*`` (megatron's own checks, made before the model exists)."""
-        if self.recompute not in RECOMPUTE:
-            raise ValueError(
-                f"policy.recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}"
-            )
-        if self.recompute_num_layers is not None:
-            value = self.recompute_num_layers
-            if self.recompute != "full":
-                raise ValueError(
-                    f"policy.recompute_num_layers={value!r} applies to policy.recompute=full only "
-                    f"(recompute is {self.recompute!r}); remove it or set policy.recompute=full"
-                )
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"policy.recompute_num_layers must be a positive integer, got {value!r}")
+        """Check every field (:func:`nemo_prorl.config_schema.check` at key ``policy``)."""
+        check(self, "policy")
         if self.recompute_modules is not None:
-            if self.recompute != "selective":
-                raise ValueError(
-                    f"policy.recompute_modules applies to policy.recompute=selective only "
-                    f"(recompute is {self.recompute!r}); remove it or set policy.recompute=selective"
-                )
-            modules = self.recompute_modules
-            if isinstance(modules, str) or not all(isinstance(m, str) for m in modules) or not modules:
-                raise ValueError(
-                    f"policy.recompute_modules must be a non-empty list of names, got {modules!r}"
-                )
-            self.recompute_modules = list(modules)
-            for name in self.recompute_modules:
-                if name == "layernorm":
-                    raise ValueError(
-                        "policy.recompute_modules: 'layernorm' is not supported (megatron-core 0.16 runs it "
-                        "through Transformer Engine's FP8 state, and TE fuses the norms into the linear "
-                        f"layers); use {list(RECOMPUTE_MODULES)}"
-                    )
-                if name not in RECOMPUTE_MODULES:
-                    raise ValueError(
-                        f"policy.recompute_modules: {name!r} is not a dense-model module; "
-                        f"choose from {list(RECOMPUTE_MODULES)}"
-                    )
+            self.recompute_modules = list(self.recompute_modules)
+
+    def problems(self, key: str) -> Iterator[tuple[str, str]]:
+        """The dtype name and megatron's own ``recompute*`` checks, made before the model exists.
+
+        An unknown ``backend`` raises at once (the registry's message lists the registered names).
+        """
+        POLICY_BACKENDS.check(self.backend, f"{key}.backend")
+        if str(self.params_dtype).lower() not in DTYPES:
+            yield f"{key}.params_dtype", f"must be one of {sorted(DTYPES)}, got {self.params_dtype!r}"
+        if self.recompute_num_layers is not None and self.recompute != "full":
+            yield (f"{key}.recompute_num_layers", f"={self.recompute_num_layers!r} applies to "
+                   f"{key}.recompute=full only (recompute is {self.recompute!r}); remove it or set "
+                   f"{key}.recompute=full")
+        modules = self.recompute_modules
+        if modules is None:
+            return
+        if self.recompute != "selective":
+            yield (f"{key}.recompute_modules", f"applies to {key}.recompute=selective only (recompute is "
+                   f"{self.recompute!r}); remove it or set {key}.recompute=selective")
+        if not modules:
+            yield f"{key}.recompute_modules", f"must be a non-empty list of names or null, got {modules!r}"
+        for i, name in enumerate(modules):
+            if name == "layernorm":
+                yield (f"{key}.recompute_modules[{i}]", "'layernorm' is not supported (megatron-core 0.16 "
+                       "runs it through Transformer Engine's FP8 state, and TE fuses the norms into the "
+                       f"linear layers); use {list(RECOMPUTE_MODULES)}")
+            elif name not in RECOMPUTE_MODULES:
+                yield (f"{key}.recompute_modules[{i}]", f"{name!r} is not a dense-model module; "
+                       f"choose from {list(RECOMPUTE_MODULES)}")
 
     def transformer_overrides(self) -> dict[str, Any]:
         """The megatron ``TransformerConfig`` fields that ``recompute*`` sets (empty for ``"none"``)."""
@@ -278,9 +217,5 @@ class MegatronPolicyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MegatronPolicyConfig:
-        """Build from a mapping (e.g. a Hydra/omegaconf node); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"MegatronPolicyConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
+        """Build from a mapping (e.g. a Hydra/omegaconf node), checked: :func:`config_schema.load`."""
+        return load(cls, values, "policy")

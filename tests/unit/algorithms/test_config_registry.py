@@ -3,34 +3,35 @@ import textwrap
 
 import pytest
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import nemo_prorl.algorithms.registry as registry
 from nemo_prorl.algorithms import (
     AlgorithmConfig,
-    ConfigError,
-    algorithm_config_from_dict,
-    check_batch_divisible,
     get_advantage_estimator,
     get_policy_loss,
     register_policy_loss,
     registered_policy_losses,
 )
+from nemo_prorl.config_schema import ConfigError, check, check_batch_divisible, load
+
+
+def algorithm_config_from_dict(raw):
+    return load(AlgorithmConfig, raw, "algorithm")
 
 
 def _expect(key, mutate):
     cfg = AlgorithmConfig()
     mutate(cfg)
     with pytest.raises(ConfigError) as info:
-        cfg.validate()
+        check(cfg, "algorithm")
     assert str(info.value).startswith(key + ":"), str(info.value)
     assert info.value.key == key
     assert isinstance(info.value, ValueError)
 
 
 def test_defaults_are_prorl_and_valid():
-    cfg = AlgorithmConfig().validate()
+    cfg = algorithm_config_from_dict({})
     assert (cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.agg, cfg.loss.dual_clip) == (
         0.2,
         0.4,
@@ -89,23 +90,23 @@ def test_check_batch_divisible():
         check_batch_divisible("x", 10, 0)
 
 
-def test_from_dict_and_hydra_store():
+def test_load_and_hydra_structured_config():
     cfg = algorithm_config_from_dict(
         {"loss": {"clip_high": 0.28, "dual_clip": 3.0}, "kl": {"estimator": "k2"}}
     )
     assert cfg.loss.clip_high == 0.28 and cfg.loss.dual_clip == 3.0 and cfg.kl.estimator == "k2"
     with pytest.raises(ConfigError, match=r"^algorithm.loss.clip: unknown key"):
         algorithm_config_from_dict({"loss": {"clip": 0.2}})
-    with pytest.raises(ConfigError, match=r"^algorithm.optim: unknown section"):
+    with pytest.raises(ConfigError, match=r"^algorithm.optim: unknown key"):
         algorithm_config_from_dict({"optim": {}})
     with pytest.raises(ConfigError, match=r"^algorithm.loss.clip_low"):
         algorithm_config_from_dict({"loss": {"clip_low": 2.0}})
 
-    node = ConfigStore.instance().load("algorithm/prorl.yaml").node
+    node = OmegaConf.structured(AlgorithmConfig)
     merged = OmegaConf.merge(node, OmegaConf.from_dotlist(["loss.agg=seq-mean-token-mean", "kl.coef=0.001"]))
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, AlgorithmConfig)
-    obj.validate()
+    check(obj, "algorithm")
     assert obj.loss.agg == "seq-mean-token-mean" and obj.kl.coef == 0.001
     with pytest.raises(Exception, match="dual_clip"):
         OmegaConf.merge(node, OmegaConf.from_dotlist(["loss.dual_clip=abc"]))
@@ -125,7 +126,7 @@ def test_registry_lookup_errors_and_custom_loss(monkeypatch):
 
     cfg = AlgorithmConfig()
     cfg.loss.name = "test_reinforce"
-    cfg.validate()
+    check(cfg, "algorithm")
     assert get_policy_loss("test_reinforce") is reinforce
     with pytest.raises(ValueError, match="already registered"):
         register_policy_loss("test_reinforce")(lambda *a: None)

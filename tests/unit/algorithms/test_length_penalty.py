@@ -10,13 +10,14 @@ import math
 import pytest
 import torch
 
-from nemo_prorl.algorithms.config import ConfigError, RewardShapingConfig
+from nemo_prorl.algorithms.config import RewardShapingConfig
 from nemo_prorl.algorithms.reward_shaping import (
     cosine_length_penalty,
     length_penalty_weight,
     phase_position,
     shape_rewards,
 )
+from nemo_prorl.config_schema import ConfigError, check
 
 
 def test_cosine_penalty_hand_computed():
@@ -102,8 +103,8 @@ def test_schedule_resumed_mid_way_equals_an_uninterrupted_one():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="algorithm.reward_shaping.length_penalty_schedule"):
-        RewardShapingConfig(length_penalty_schedule="linear").validate()
+        check(RewardShapingConfig(length_penalty_schedule="linear"), "algorithm.reward_shaping")
     with pytest.raises(ConfigError, match="algorithm.reward_shaping.length_penalty_coef"):
-        RewardShapingConfig(length_penalty_coef=-1.0).validate()
+        check(RewardShapingConfig(length_penalty_coef=-1.0), "algorithm.reward_shaping")
     with pytest.raises(ConfigError, match="algorithm.reward_shaping.length_penalty_steps"):
-        RewardShapingConfig(length_penalty_steps=0).validate()
+        check(RewardShapingConfig(length_penalty_steps=0), "algorithm.reward_shaping")

@@ -13,8 +13,8 @@ import torch
 
 from nemo_prorl.algorithms import AdvantageConfig, compute_advantages
 from nemo_prorl.algorithms.advantages import global_token_normalise, group_mean_baseline
-from nemo_prorl.algorithms.config import ConfigError
 from nemo_prorl.algorithms.registry import registered_advantage_estimators
+from nemo_prorl.config_schema import ConfigError, check
 
 CFG = AdvantageConfig(estimator="reinforce_pp_baseline")
 
@@ -22,7 +22,7 @@ CFG = AdvantageConfig(estimator="reinforce_pp_baseline")
 def test_registered_and_selectable_by_name():
     names = registered_advantage_estimators()
     assert {"grpo", "reinforce_pp_baseline", "reinforce_pp"} <= set(names)
-    AdvantageConfig(estimator="reinforce_pp_baseline").validate()
+    check(AdvantageConfig(estimator="reinforce_pp_baseline"), "algorithm.advantage")
 
 
 def test_hand_computed_token_weighted():
@@ -110,7 +110,7 @@ def test_group_mean_baseline_and_errors():
     with pytest.raises(ValueError, match="finite"):
         compute_advantages(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]), CFG)
     with pytest.raises(ConfigError, match="algorithm.advantage.global_var_floor"):
-        AdvantageConfig(estimator="reinforce_pp_baseline", global_var_floor=0.0).validate()
+        check(AdvantageConfig(estimator="reinforce_pp_baseline", global_var_floor=0.0), "algorithm.advantage")
 
 
 def test_three_argument_plugin_estimators_still_work():

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nemo_prorl.algorithms import AlgorithmConfig, LossConfig, prorl_loss
-from nemo_prorl.algorithms.config import ConfigError
 from nemo_prorl.algorithms.policy_loss import truncated_importance_weights
+from nemo_prorl.config_schema import ConfigError, check
 
 # old policy p = 0.5 on every token; the engine's p: raw weights w = [1, 10, 5/9, 2, 1] (last token masked)
 OLD = torch.log(torch.full((1, 5), 0.5, dtype=torch.float64))
@@ -56,7 +56,8 @@ def _cfg(mode, lo=None, hi=5.0):
     cfg = AlgorithmConfig()
     cfg.loss.tis, cfg.loss.tis_min, cfg.loss.tis_max = mode, lo, hi
     cfg.kl.coef = 0.0
-    return cfg.validate()
+    check(cfg, "algorithm")
+    return cfg
 
 
 def test_loss_and_metrics_hand_computed():
@@ -124,12 +125,12 @@ def test_gradcheck_weighted_loss_float64():
 
 def test_config_and_missing_rollout_logprobs():
     with pytest.raises(ConfigError, match="algorithm.loss.tis_min"):
-        LossConfig(tis="icepop").validate()
+        check(LossConfig(tis="icepop"), "algorithm.loss")
     with pytest.raises(ConfigError, match="algorithm.loss.tis_min"):
-        LossConfig(tis="tis", tis_min=6.0, tis_max=5.0).validate()
+        check(LossConfig(tis="tis", tis_min=6.0, tis_max=5.0), "algorithm.loss")
     with pytest.raises(ConfigError, match="algorithm.loss.tis"):
-        LossConfig(tis="seq-mask-tis").validate()
+        check(LossConfig(tis="seq-mask-tis"), "algorithm.loss")
     with pytest.raises(ConfigError, match="algorithm.loss.tis_max"):
-        LossConfig(tis="tis", tis_max=0.0).validate()
+        check(LossConfig(tis="tis", tis_max=0.0), "algorithm.loss")
     with pytest.raises(ValueError, match="algorithm.loss.tis=tis needs"):
         prorl_loss(OLD.clone(), OLD, torch.ones(1), MASK, _cfg("tis"))

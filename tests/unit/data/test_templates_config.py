@@ -96,5 +96,5 @@ def test_data_config_validation():
     ]:
         with pytest.raises(ValueError, match=msg):
             DataConfig(**bad)
-    with pytest.raises(ValueError, match="unknown key.*trust_remote_code"):
+    with pytest.raises(ValueError, match="^data.trust_remote_code: unknown key"):
         DataConfig.from_dict({"train_files": [], "trust_remote_code": True})

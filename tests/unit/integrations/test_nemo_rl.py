@@ -25,7 +25,8 @@ import math
 import pytest
 import torch
 
-from nemo_prorl.algorithms import algorithm_config_from_dict, prorl_loss
+from nemo_prorl.algorithms import AlgorithmConfig, prorl_loss
+from nemo_prorl.config_schema import load
 from nemo_prorl.integrations.nemo_rl import LossInputType, LossType, ProRLEnvironment, ProRLLossFn
 from nemo_prorl.rewards import RewardPool, RewardsConfig
 
@@ -88,7 +89,7 @@ def test_hand_computed_case():
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_equals_prorl_loss_on_the_same_inputs(agg):
-    cfg = algorithm_config_from_dict({"loss": {"agg": agg, "dual_clip": 3.0}, "kl": {"coef": 0.05}})
+    cfg = load(AlgorithmConfig, {"loss": {"agg": agg, "dual_clip": 3.0}, "kl": {"coef": 0.05}}, "algorithm")
     fn = ProRLLossFn(cfg)
     assert fn.input_type == LossInputType.LOGPROB
     assert fn.loss_type == (LossType.TOKEN_LEVEL if agg == "token-mean" else LossType.SEQUENCE_LEVEL)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from nemo_prorl.algorithms.config import ConfigError
 from nemo_prorl.backend_registry import BackendRegistry
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.rollout.registry import (
     get_rollout_backend,
     register_rollout_backend,

@@ -83,13 +83,13 @@ def _with_old_and_ref(policy, batch: TokenBatch) -> TokenBatch:
 
 
 def _prorl_loss_fn(agg: str = "token-mean"):
-    from nemo_prorl.algorithms.config import algorithm_config_from_dict
+    from nemo_prorl.algorithms.config import AlgorithmConfig
+    from nemo_prorl.config_schema import load
     from nemo_prorl.trainer.trainer import make_loss_fn
 
-    alg = algorithm_config_from_dict(
-        {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
-         "entropy": {"coef": 0.01}}
-    )
+    alg = load(AlgorithmConfig,
+               {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
+                "entropy": {"coef": 0.01}}, "algorithm")
     return make_loss_fn(alg)
 
 
@@ -146,11 +146,11 @@ def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
 
 
 def test_recompute_config_errors_name_the_key_and_the_fix():
-    with pytest.raises(ValueError, match=r"policy\.recompute must be one of none, selective, full"):
+    with pytest.raises(ValueError, match=r"^policy\.recompute: unknown value 'partial'; expected one"):
         MegatronPolicyConfig(recompute="partial")
     with pytest.raises(ValueError, match=r"policy\.recompute_num_layers.*set policy\.recompute=full"):
         MegatronPolicyConfig(recompute="selective", recompute_num_layers=2)
-    with pytest.raises(ValueError, match=r"policy\.recompute_num_layers must be a positive integer"):
+    with pytest.raises(ValueError, match=r"^policy\.recompute_num_layers: must be >= 1, got 0"):
         MegatronPolicyConfig(recompute="full", recompute_num_layers=0)
     with pytest.raises(ValueError, match=r"policy\.recompute_modules.*set policy\.recompute=selective"):
         MegatronPolicyConfig(recompute="full", recompute_modules=["mlp"])
@@ -158,7 +158,7 @@ def test_recompute_config_errors_name_the_key_and_the_fix():
         MegatronPolicyConfig(recompute="selective", recompute_modules=["layernorm"])
     with pytest.raises(ValueError, match=r"'moe' is not a dense-model module"):
         MegatronPolicyConfig(recompute="selective", recompute_modules=["moe"])
-    with pytest.raises(ValueError, match=r"non-empty list"):
+    with pytest.raises(ValueError, match=r"^policy\.recompute_modules: expected list of str or null"):
         MegatronPolicyConfig(recompute="selective", recompute_modules="mlp")
     assert MegatronPolicyConfig().transformer_overrides() == {}
     assert MegatronPolicyConfig(recompute="full").transformer_overrides() == {
@@ -177,12 +177,12 @@ def test_recompute_num_layers_must_divide_the_layers_per_stage(hf_dir):
 
 
 def test_trainer_config_reports_the_dotted_policy_key():
-    from nemo_prorl.algorithms.config import ConfigError
+    from nemo_prorl.config_schema import ConfigError
     from nemo_prorl.trainer.config import build_config
 
-    with pytest.raises(ConfigError, match=r"policy\.recompute must be one of"):
+    with pytest.raises(ConfigError, match=r"^policy\.recompute: unknown value 'everything'; expected one of"):
         build_config({"model": "m", "policy": {"recompute": "everything"}})
-    with pytest.raises(ConfigError, match=r"policy\.micro_batch_tokens must be null"):
+    with pytest.raises(ConfigError, match=r"^policy\.micro_batch_tokens: must be >= 2, got 1; null \(fixed"):
         build_config({"model": "m", "policy": {"micro_batch_tokens": 1}})
 
 

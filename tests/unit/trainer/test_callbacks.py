@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.trainer.callbacks import Callback, build_callbacks, register_callback, registered_callbacks
 from nemo_prorl.trainer.config import load_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.trainer.config import (
     PhaseConfig,
     ProRLConfig,
@@ -160,7 +160,7 @@ def test_grpo_needs_two_rollouts_in_every_phase():
     ("reset.at_steps=[3,0]", "reset.at_steps[1]"),
     ("reset.kl_above=-0.5", "reset.kl_above"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
-    ("checkpoint.save_on_signals=[SIGKILL]", "checkpoint.save_on_signals"),
+    ("checkpoint.save_on_signals=[SIGKILL]", "checkpoint.save_on_signals[0]"),
     ("seed=-3", "seed"),
     ("run_dir=''", "run_dir"),
 ])
@@ -180,7 +180,7 @@ def test_phase_at_and_phase_start():
 def test_phase_mixture_temperature_and_phase_mixture_names_are_checked():
     two = "trainer.max_steps=2"
     key = _key_of([two, "phases=[{name: a, steps: 2, mixture: {math: 1, poetry: 2}}]"])
-    assert key == "phases[0].mixture"
+    assert key == "phases[0].mixture.poetry"
     assert _key_of([two, "phases=[{name: a, steps: 2, mixture: {math: 0}}]"]) == "phases[0].mixture"
     assert _key_of([two, "phases=[{name: a, steps: 2, temperature: -1}]"]) == "phases[0].temperature"
     assert _key_of([two, "phases=[{name: a, steps: 2}]", "data.phase_mixtures={b: {math: 1}}"]) \

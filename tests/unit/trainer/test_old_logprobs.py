@@ -109,7 +109,7 @@ def test_skip_rule(policy):
 
 
 def test_config_rejects_unknown_mode():
-    from nemo_prorl.algorithms.config import ConfigError
+    from nemo_prorl.config_schema import ConfigError
     from nemo_prorl.trainer.config import TrainerConfig
 
     with pytest.raises(ConfigError, match="trainer.old_logprobs"):

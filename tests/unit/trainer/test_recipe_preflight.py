@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from nemo_prorl.algorithms.advantages import group_advantages
-from nemo_prorl.algorithms.config import ConfigError, RewardShapingConfig
+from nemo_prorl.algorithms.config import RewardShapingConfig
 from nemo_prorl.algorithms.dynamic_sampling import DynamicSamplingBuffer, prompts_per_round
 from nemo_prorl.algorithms.reward_shaping import shape_rewards
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.trainer import preflight
 from nemo_prorl.trainer.config import build_config, compose, validate
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nemo_prorl.algorithms.config import ConfigError
+from nemo_prorl.config_schema import ConfigError
 from nemo_prorl.trainer.config import build_config, compose
 
 BASE = ["algorithm.loss.tis=icepop", "algorithm.loss.tis_min=0.5"]
