@@ -618,9 +618,10 @@ class MegatronPolicy:
         Returns:
             ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; those
             ``loss_fn.metric_reductions`` declares ``max`` / ``min`` reduced with max / min),
-            ``grad_norm`` (before clipping), ``lr``, ``num_tokens``, ``num_seqs``, ``perf/padding_fraction`` (share of the positions the forward computed, over
-            all micro-batches and DP ranks, that lie past their row's last response token); identical
-            on every rank.
+            ``grad_norm`` (before clipping), ``lr``, ``num_tokens``, ``num_seqs``,
+            ``perf/padding_fraction`` (share of the positions the forward computed, over all
+            micro-batches and DP ranks, that lie past their row's last response token); identical on
+            every rank.
 
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
