@@ -18,7 +18,7 @@ from typing import Any
 
 from nemo_prorl.algorithms.config import AlgorithmConfig, ConfigError, algorithm_config_from_dict
 from nemo_prorl.data.config import DataConfig, check_weights
-from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+from nemo_prorl.policy.registry import policy_config_class
 from nemo_prorl.rewards.config import RewardsConfig
 from nemo_prorl.rollout.config import RolloutConfig
 
@@ -304,7 +304,7 @@ class ProRLConfig:
     model: str = "demo"
     run_dir: str = "runs/default"
     seed: int = 42
-    policy: MegatronPolicyConfig = field(default_factory=MegatronPolicyConfig)
+    policy: Any = field(default_factory=lambda: policy_config_class()())  # the policy: block
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
@@ -367,7 +367,7 @@ def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLCon
         _pos_int("seed", raw["seed"], allow_zero=True)
         cfg.seed = raw["seed"]
     try:
-        cfg.policy = MegatronPolicyConfig.from_dict(dict(raw.get("policy") or {}))
+        cfg.policy = policy_config_class().from_dict(dict(raw.get("policy") or {}))
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:

@@ -224,12 +224,13 @@ def test_object_collectives_stage_their_pickles_on_the_gpu(fake_nccl):
     assert all(d == "lazy:0" for _, devs in ops for d in devs), ops  # sizes and bytes, all on the "GPU"
 
 
-def test_the_trainer_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl):
-    """The DP>1 crash: MegatronPolicy.logprobs returns CPU tensors; _gather_dp all-gathers them."""
+def test_the_policy_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl):
+    """The DP>1 crash: MegatronPolicy.logprobs returns CPU tensors; the trainer's log-prob stage has the
+    policy gather them (MegatronPolicy.gather_data_parallel, the DP gather behind PolicyInterface)."""
     from megatron.core import parallel_state as ps
 
     from nemo_prorl.policy.megatron import parallel
-    from nemo_prorl.trainer.trainer import ProRLTrainer
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
 
     parallel.init_parallel(1, 1)  # megatron's groups on the fake-NCCL world (its *_gloo groups stay gloo)
     try:
@@ -238,11 +239,12 @@ def test_the_trainer_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl
         with pytest.raises(RuntimeError, match="device type cpu"):
             dist.all_gather([torch.empty_like(lp)], lp, group=ps.get_data_parallel_group())
         fake_nccl.calls.clear()
-        trainer = ProRLTrainer.__new__(ProRLTrainer)
-        trainer.dp_rank, trainer.dp_size = 0, 1
-        full = trainer._gather_dp(lp)
+        policy = MegatronPolicy.__new__(MegatronPolicy)  # only its parallel layout is needed here
+        policy._parallel = parallel
+        assert (policy.dp_rank, policy.dp_size) == (0, 1)
+        full = policy.gather_data_parallel(lp)
         assert full.device.type == "cpu" and torch.equal(full, lp)
-        site = "nemo_prorl.trainer.trainer:ProRLTrainer._gather_dp"
+        site = "nemo_prorl.policy.megatron.engine:MegatronPolicy.gather_data_parallel"
         assert fake_nccl.checked_sites() == {site: {"all_gather"}}
         assert _ops(fake_nccl) == [("all_gather", ["lazy:0", "lazy:0"])]
     finally:
