@@ -47,6 +47,18 @@ def sampling_seed(base: int, step: int, round_idx: int) -> int:
     return (base * 1_000_003 + step * 1009 + round_idx) % (2**31 - 1)
 
 
+def round_sampling(cfg: Any, settings: PhaseSettings, step: int, round_idx: int) -> Any:
+    """The ``SamplingParams`` of generation round ``round_idx`` of 0-based ``step``.
+
+    The phase's temperature and response cap; the round's seed is :func:`sampling_seed` of
+    ``rollout.seed`` (the run's ``seed`` when unset).
+    """
+    base = cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed
+    return cfg.rollout.sampling_params(temperature=float(settings.temperature),
+                                       max_tokens=int(settings.max_response_tokens),
+                                       seed=sampling_seed(base, step, round_idx))
+
+
 def dp_divisible_groups(num_groups: int, n: int, mini_batch_prompts: int, dp_size: int) -> int:
     """Groups a short batch keeps so that its last, partial mini-batch splits over the DP ranks.
 
@@ -158,6 +170,7 @@ def collect_rollouts(
     score: Callable[[list[dict]], list[Any]],
     dp_size: int,
     stop: Callable[[], bool] | None = None,
+    sampling: Callable[[int], Any] | None = None,
 ) -> RolloutBatch | Abandoned:
     """Generate + score rounds until dynamic sampling has a full batch (rank 0).
 
@@ -171,6 +184,7 @@ def collect_rollouts(
         score: the reward pool's ``score(rows) -> [RewardResult]``.
         dp_size: data-parallel ranks (a short batch is cut to split over them).
         stop: asked between rounds (rank 0's preemption flag); when true, :class:`Abandoned` is returned.
+        sampling: the ``SamplingParams`` of round ``i`` (default :func:`round_sampling` of this step).
 
     Raises:
         TrainingError: dynamic sampling ran out of rounds while the reward error/timeout rate is above
@@ -181,7 +195,10 @@ def collect_rollouts(
     tc, ds = cfg.trainer, cfg.algorithm.dynamic_sampling
     buf = DynamicSamplingBuffer(tc.prompts_per_step, ds.max_rounds, enable=ds.enable, tol=ds.tol,
                                 partial_ok=ds.on_exhausted == "partial")
-    base_seed = cfg.rollout.seed if cfg.rollout.seed is not None else cfg.seed
+    if sampling is None:
+        def sampling(round_idx: int) -> Any:
+            return round_sampling(cfg, settings, step, round_idx)
+
     t_gen = t_score = 0.0
     # the length-penalty schedule's place: a function of the global step only (resumes exactly)
     position = phase_position([ph.steps for ph in cfg.phases], step, tc.max_steps)
@@ -194,11 +211,8 @@ def collect_rollouts(
         per_round = tc.generation_prompts or prompts_per_round(tc.prompts_per_step, ds.oversample)
         rows = [dict(r) for r in next_rows(per_round)]
         prompts = [tokenize(r) for r in rows]
-        sampling = cfg.rollout.sampling_params(temperature=float(settings.temperature),
-                                               max_tokens=int(settings.max_response_tokens),
-                                               seed=sampling_seed(base_seed, step, round_idx))
         t0 = time.time()
-        out = generate(prompts, settings.n, sampling)
+        out = generate(prompts, settings.n, sampling(round_idx))
         t_gen += time.time() - t0
         t0 = time.time()
         by_prompt = group_by_prompt(len(rows), out.samples)

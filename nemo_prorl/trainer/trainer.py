@@ -40,11 +40,13 @@ import torch
 from nemo_prorl import collectives
 from nemo_prorl.eval.sampling import sample_and_score, summarize
 from nemo_prorl.policy.checkpoint_layout import checkpoint_path, is_complete, latest_checkpoint
+from nemo_prorl.policy.interface import TokenBatch
 from nemo_prorl.trainer.callbacks import build_callbacks
 from nemo_prorl.trainer.collect import (  # noqa: F401  (dp_divisible_groups: re-exported)
     collect_rollouts,
     dp_divisible_groups,
     reward_error_streak,
+    round_sampling,
 )
 from nemo_prorl.trainer.config import ProRLConfig, config_to_dict
 from nemo_prorl.trainer.errors import StepAbandoned, TrainingError
@@ -54,6 +56,7 @@ from nemo_prorl.trainer.preflight import check_phase_batches, engine_rollout_con
 from nemo_prorl.trainer.records import Abandoned, Group, NonfiniteCount, PhaseSettings, RolloutBatch
 from nemo_prorl.trainer.resets import ResetController
 from nemo_prorl.trainer.update import (  # noqa: F401  (make_loss_fn, skip_old_logprobs: re-exported)
+    ProRLLossFn,
     attach_logprobs,
     build_token_batch,
     make_loss_fn,
@@ -268,6 +271,10 @@ class ProRLTrainer:
         return phase_reset_cause(settings, step, resuming)
 
     # ----------------------------------------------------------------------------------- rollout
+    def _sampling(self, round_idx: int, **over: Any):
+        """The sampling parameters of round ``round_idx`` of this step (``over``: fields replaced)."""
+        return dataclasses.replace(round_sampling(self.cfg, self.settings, self.step, round_idx), **over)
+
     def _tokenize(self, row: dict) -> list[int]:
         from nemo_prorl.data.templates import tokenize_prompt
 
@@ -277,9 +284,17 @@ class ProRLTrainer:
         """Rank 0: the collect stage (:func:`~nemo_prorl.trainer.collect.collect_rollouts`) for this step."""
         return collect_rollouts(self.cfg, self.step, self.settings, next_rows=self.data.sampler.next_batch,
                                 tokenize=self._tokenize, generate=self.engine.generate, score=self.pool.score,
-                                dp_size=self.dp_size, stop=stop)
+                                dp_size=self.dp_size, stop=stop, sampling=self._sampling)
 
     # -------------------------------------------------------------------------------------- step
+    def _build_batch(self, groups: list[Group]) -> TokenBatch:
+        """The build stage (:func:`~nemo_prorl.trainer.update.build_token_batch`) with this run's settings."""
+        alg = self.cfg.algorithm
+        return build_token_batch(groups, self.tokenizer.pad_token_id or 0, alg.advantage, alg.loss.tis)
+
+    def _loss_fn(self) -> ProRLLossFn:
+        return make_loss_fn(self.cfg.algorithm)
+
     def _train_on(self, groups: list[Group], stop: Any = None) -> dict[str, float]:
         """Build the token batch, attach log-probs, run the step's updates; returns the train metrics.
 
@@ -287,15 +302,14 @@ class ProRLTrainer:
         log-prob passes, before any update.
         """
         tc = self.cfg.trainer
-        batch = build_token_batch(groups, self.tokenizer.pad_token_id or 0, self.cfg.algorithm.advantage,
-                                  self.cfg.algorithm.loss.tis)
+        batch = self._build_batch(groups)
         plan = plan_updates(batch.batch_size, self.settings.n, tc, self.policy)
         t0 = time.time()
         batch, token_mult = attach_logprobs(self.policy, batch, plan)
         t_lp = time.time() - t0
         if stop is not None and stop():  # safe point: the weights are still the step's starting ones
             raise StepAbandoned("after the log-prob passes")
-        stats = run_updates(self.policy, batch, make_loss_fn(self.cfg.algorithm), plan, self.nonfinite,
+        stats = run_updates(self.policy, batch, self._loss_fn(), plan, self.nonfinite,
                             max_nonfinite_in_row=tc.max_nonfinite_in_row, step=self.step + 1)
         self.nonfinite = stats.nonfinite
         return train_metrics(stats, plan, token_mult, t_lp)
