@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from nemo_prorl import collectives
+from nemo_prorl.algorithms import collectives
 from nemo_prorl.algorithms.config import AdvantageConfig
 from nemo_prorl.algorithms.registry import get_advantage_estimator, register_advantage_estimator
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from nemo_prorl import collectives  # the one package module algorithms may import (a torch-only leaf)
+from nemo_prorl.algorithms import collectives
 
 
 def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
@@ -668,9 +668,9 @@ def fused_prorl_loss(
         with_entropy=with_entropy, split_rows=split,
     )
     with torch.no_grad():
-        metrics = prorl_loss(lp, old_logprobs, advantages, mask, cfg, ref_logprobs=ref_logprobs, entropy=ent,
-                             num_tokens=n_tok, num_seqs=n_seq).metrics
-    return LossOutput(loss=loss, metrics=metrics), lp, ent
+        report = prorl_loss(lp, old_logprobs, advantages, mask, cfg, ref_logprobs=ref_logprobs, entropy=ent,
+                            num_tokens=n_tok, num_seqs=n_seq)
+    return LossOutput(loss=loss, metrics=report.metrics, reductions=report.reductions), lp, ent
 
 
 # ----------------------------------------------------------------------------------------------------

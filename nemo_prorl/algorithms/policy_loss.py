@@ -43,7 +43,12 @@ import torch
 
 from nemo_prorl.algorithms.config import AGG_MODES, TIS_MODES, AlgorithmConfig, LossConfig
 from nemo_prorl.algorithms.kl import kl_penalty
-from nemo_prorl.algorithms.registry import get_policy_loss, register_policy_loss
+from nemo_prorl.algorithms.metric_reduction import MAX, MEAN, MIN, SUM
+from nemo_prorl.algorithms.registry import (
+    get_policy_loss,
+    policy_loss_metric_reductions,
+    register_policy_loss,
+)
 
 #: the log-ratio is clamped to [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP] before exp (as verl) so extreme
 #: ratios stay finite; the clipped objective has zero gradient there anyway unless A has the other sign.
@@ -133,7 +138,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return v.sum() / keep.sum().clamp_min(1).to(values.dtype)
 
 
-@register_policy_loss("clipped")
+#: how the clipped loss's metrics reduce over micro-batches and ranks (token means, except the extremes)
+CLIPPED_METRICS: dict[str, str] = {
+    "clip_frac_low": MEAN, "clip_frac_high": MEAN, "dual_clip_frac": MEAN, "approx_kl": MEAN,
+    "ratio_mean": MEAN, "ratio_min": MIN, "ratio_max": MAX,
+}
+
+#: the metrics :func:`prorl_loss` adds: the aggregated terms are already normalised by the global counts
+PRORL_METRICS: dict[str, str] = {
+    "pg_loss": SUM, "kl_loss": SUM, "entropy": SUM,
+    "sampling_importance_ratio": MEAN, "gen_kl_error": MEAN, "is_oob_ratio": MEAN,
+}
+
+
+@register_policy_loss("clipped", metric_reductions=CLIPPED_METRICS)
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -267,11 +285,14 @@ class LossOutput:
     Attributes:
         loss: scalar to back-propagate (already divided by the global normaliser if one was given).
         metrics: detached scalars: ``pg_loss``, ``kl_loss``, ``entropy`` plus the policy loss metrics.
+        reductions: ``{metric: "sum" | "mean" | "max" | "min"}`` for every metric, how it combines over
+            micro-batches and ranks (:mod:`~nemo_prorl.algorithms.metric_reduction`).
 
     """
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    reductions: dict[str, str] = field(default_factory=dict)
 
 
 def prorl_loss(
@@ -308,7 +329,8 @@ def prorl_loss(
             truncation) ``is_oob_ratio`` are reported.
 
     Returns:
-        :class:`LossOutput`.
+        :class:`LossOutput`; its ``reductions`` are :data:`PRORL_METRICS` and the policy loss's
+        declaration (a metric the policy loss does not declare is a token mean).
 
     """
     agg = cfg.loss.agg
@@ -369,4 +391,6 @@ def prorl_loss(
         if cfg.entropy.coef > 0:
             total = total - cfg.entropy.coef * ent
         metrics["entropy"] = ent.detach()
-    return LossOutput(loss=total, metrics=metrics)
+    declared = policy_loss_metric_reductions(cfg.loss.name)
+    reductions = {k: PRORL_METRICS.get(k, declared.get(k, MEAN)) for k in metrics}
+    return LossOutput(loss=total, metrics=metrics, reductions=reductions)

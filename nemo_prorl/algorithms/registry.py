@@ -9,9 +9,11 @@ under the entry point's name. Configs name entries only through these registries
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
+
+from nemo_prorl.algorithms.metric_reduction import check_reductions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,6 +21,8 @@ ENTRY_POINT_GROUP = "nemo_prorl.losses"
 
 _ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Any]] = {}
 _POLICY_LOSSES: dict[str, Callable[..., Any]] = {}
+#: name -> {metric: reduction kind} declared by each policy loss (see ``metric_reduction``)
+_POLICY_LOSS_METRICS: dict[str, dict[str, str]] = {}
 _ENTRY_POINTS_LOADED = False
 
 
@@ -46,14 +50,37 @@ def register_advantage_estimator(name: str) -> Callable[[F], F]:
     return _register(_ADVANTAGE_ESTIMATORS, "advantage estimator", name)
 
 
-def register_policy_loss(name: str) -> Callable[[F], F]:
+def register_policy_loss(
+    name: str, metric_reductions: Mapping[str, str] | None = None
+) -> Callable[[F], F]:
     """Decorator registering a per-token policy loss under ``name``.
 
     The function has the signature ``fn(logprobs, old_logprobs, advantages, mask, cfg) ->
     (loss_mat [B, T], metrics: dict[str, Tensor])``; the caller aggregates ``loss_mat`` with
     :func:`~nemo_prorl.algorithms.policy_loss.aggregate_loss`.
+
+    Args:
+        name: the registry name (``algorithm.loss.name``).
+        metric_reductions: how each of its metrics reduces over micro-batches and ranks,
+            ``{name: "sum" | "mean" | "max" | "min"}`` (:mod:`~nemo_prorl.algorithms.metric_reduction`);
+            metrics it does not name are token means (``"mean"``).
+
     """
-    return _register(_POLICY_LOSSES, "policy loss", name)
+    declared = check_reductions(metric_reductions or {}, f"policy loss {name!r}")
+    register = _register(_POLICY_LOSSES, "policy loss", name)
+
+    def deco(fn: F) -> F:
+        register(fn)
+        _POLICY_LOSS_METRICS[name] = declared
+        return fn
+
+    return deco
+
+
+def policy_loss_metric_reductions(name: str) -> dict[str, str]:
+    """The metric reductions policy loss ``name`` declared (empty: all its metrics are token means)."""
+    get_policy_loss(name)
+    return dict(_POLICY_LOSS_METRICS.get(name, {}))
 
 
 def _load_entry_points() -> None:

@@ -40,8 +40,12 @@ Loss function contract
   (megatron's own scalings are switched off). Hence DP=2 with half the batch each equals DP=1 with the
   whole batch, and two micro-batches equal one.
 * ``metrics``: scalar tensors, reduced the same way as the loss (summed over micro-batches and
-  data-parallel ranks), so they too should be normalised by ``norm``. Metric names ending in
-  ``"_max"`` / ``"_min"`` are reduced with max / min instead.
+  data-parallel ranks), so they too should be normalised by ``norm``. A ``loss_fn`` may declare other
+  reductions in an attribute ``metric_reductions: Mapping[str, str]`` (metric name -> ``"sum"``,
+  ``"mean"``, ``"max"`` or ``"min"``, :mod:`nemo_prorl.algorithms.metric_reduction`): ``max`` / ``min``
+  metrics are reduced with max / min; ``sum`` and ``mean`` ones are summed (a ``mean`` metric's
+  contribution is already weighted by the micro-batch's token share). No metric name implies a
+  reduction.
 
 :meth:`PolicyInterface.train_step` returns ``loss``, ``grad_norm`` (before clipping), ``lr``,
 ``num_tokens``, ``num_seqs`` and the reduced metrics, as Python floats, on every rank.
@@ -193,6 +197,27 @@ class PolicyInterface(Protocol):
         """One optimizer step over ``batch`` (this data-parallel rank's shard); see the module docs."""
         ...
 
+    @property
+    def dp_rank(self) -> int:
+        """The data-parallel rank of this process (which shard of a batch it trains on)."""
+        ...
+
+    @property
+    def dp_size(self) -> int:
+        """The number of data-parallel ranks (shards of a batch)."""
+        ...
+
+    def gather_data_parallel(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every data-parallel rank's ``[b, ...]`` tensor along dim 0, in rank order.
+
+        Collective over the data-parallel group; the result is on the device ``tensor`` was on.
+        """
+        ...
+
+    def set_temperature(self, temperature: float) -> None:
+        """Log-probs and training use the policy's distribution at ``temperature`` (the rollouts' one)."""
+        ...
+
     def reset_reference(self) -> None:
         """Reference policy := current policy weights (ProRL's reference reset)."""
         ...
@@ -203,6 +228,13 @@ class PolicyInterface(Protocol):
 
     def export_hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Full HF-named weights of the current policy (gathered over TP/PP), for the rollout engine."""
+        ...
+
+    def export_hf_checkpoint(self, directory: str | Path, *, tokenizer_dir: str | Path | None = None) -> Path:
+        """Write the current policy as an HF checkpoint (weights, config, tokenizer files) into ``directory``.
+
+        Collective (the weights are gathered); one rank writes, atomically (a temporary directory renamed).
+        """
         ...
 
     def save_checkpoint(self, directory: str | Path, extra_state: Mapping[str, Any]) -> Path:

@@ -12,6 +12,7 @@ happens only when that name is built); other packages add backends through the
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 POLICY_BACKENDS = BackendRegistry(
     "policy backend", ENTRY_POINT_GROUP, {"megatron": "nemo_prorl.policy.megatron.engine"}
 )
+
+#: the class of the ``policy:`` config block (module, name); imported when first asked for
+_POLICY_CONFIG = ("nemo_prorl.policy.config", "MegatronPolicyConfig")
+
+
+def policy_config_class() -> type:
+    """The dataclass that validates the ``policy:`` block (``from_dict``, defaults).
+
+    Every backend takes :class:`~nemo_prorl.policy.megatron.config.MegatronPolicyConfig` today (a plain
+    dataclass that imports no megatron-core; plug-in backends receive it too). The trainer's config asks
+    for it here, so the trainer package names no engine module.
+    """
+    module, name = _POLICY_CONFIG
+    return getattr(importlib.import_module(module), name)
 
 
 def register_policy_backend(name: str) -> Callable[[F], F]:

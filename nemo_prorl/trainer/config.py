@@ -18,7 +18,7 @@ from typing import Any
 from nemo_prorl.algorithms.config import AlgorithmConfig
 from nemo_prorl.config_schema import ConfigError, build, check, unknown_key
 from nemo_prorl.data.config import DataConfig, check_weights
-from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
+from nemo_prorl.policy.config import MegatronPolicyConfig
 from nemo_prorl.rewards.config import RewardsConfig
 from nemo_prorl.rollout.config import RolloutConfig
 
@@ -279,7 +279,7 @@ class ProRLConfig:
             also accepts a known model name without a directory.
         run_dir: where checkpoints, ``metrics.jsonl``, TensorBoard files and plots go.
         seed: seed of the run (the data order's default ``data.seed``).
-        policy: the training engine (:class:`~nemo_prorl.policy.megatron.config.MegatronPolicyConfig`).
+        policy: the training engine (:class:`~nemo_prorl.policy.config.MegatronPolicyConfig`).
         rollout: the rollout engine and its sampling (:class:`~nemo_prorl.rollout.config.RolloutConfig`).
         data: training and validation data (:class:`~nemo_prorl.data.config.DataConfig`).
         rewards: the reward worker pool and each domain's options

@@ -9,7 +9,8 @@ backend type associated with device type cpu`` (``c10d::ProcessGroup::getBackend
 ``_get_object_coll_device`` puts them for NCCL, and torch's lazy device stands in for the current GPU.
 A run that finishes therefore sent no host tensor over "NCCL"; the test also checks that each layout's
 call sites were reached (so a site that silently stopped communicating would be noticed). Before the
-helper existed, the DP layout failed at the first step in ``ProRLTrainer._gather_dp`` (CPU log-probs).
+helper existed, the DP layout failed at the first step in the trainer's DP gather of the CPU log-probs
+(now ``MegatronPolicy.gather_data_parallel``).
 megatron-core's own collectives are recorded but out of scope.
 """
 
@@ -40,7 +41,7 @@ COMMON = {"nemo_prorl.trainer.trainer:_broadcast",
           "nemo_prorl.policy.megatron.checkpoint:_broadcast_str",
           "nemo_prorl.policy.megatron.checkpoint:_barrier"}
 LAYOUTS = {
-    "dp": ([], {"nemo_prorl.trainer.trainer:ProRLTrainer._gather_dp",
+    "dp": ([], {"nemo_prorl.policy.megatron.engine:MegatronPolicy.gather_data_parallel",
                 "nemo_prorl.policy.megatron.engine:MegatronPolicy._dp_sum",
                 "nemo_prorl.policy.megatron.engine:MegatronPolicy._reduce_metrics"}),
     "tp": (["policy.tensor_model_parallel_size=2"],

@@ -42,7 +42,7 @@ TENSOR_OPS = ("all_reduce", "broadcast", "all_gather", "gather", "scatter", "all
               "reduce_scatter_tensor")
 _HERE = os.path.abspath(__file__)
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_COLLECTIVES = os.sep + os.path.join("nemo_prorl", "collectives.py")
+_COLLECTIVES = os.sep + os.path.join("nemo_prorl", "algorithms", "collectives.py")
 #: the CPU shim's TorchFunctionMode forwards megatron's own calls (policy/megatron/compat.py; CPU only)
 _COMPAT = os.sep + os.path.join("nemo_prorl", "policy", "megatron", "compat.py")
 

@@ -23,7 +23,9 @@ from fake_nccl import FakeNccl, lazy_device
 
 from nemo_prorl import collectives
 
-PACKAGE = Path(collectives.__file__).resolve().parent
+#: the helper's implementation lives in ``algorithms`` (``nemo_prorl.collectives`` is the same module)
+HELPER = Path(collectives.__file__).resolve()
+PACKAGE = HELPER.parents[1]
 
 #: every torch.distributed communication call (public and the two private base ops megatron uses)
 COLLECTIVES = frozenset({
@@ -63,14 +65,14 @@ def find_direct_collectives(source: str, filename: str = "<src>") -> list[str]:
             for a in node.names:
                 if a.name == "torch.distributed" and a.asname:
                     dist_names.add(a.asname)
-                if a.name == "nemo_prorl.collectives":
+                if a.name in ("nemo_prorl.collectives", "nemo_prorl.algorithms.collectives"):
                     helper_names.add(a.asname or a.name)
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             for a in node.names:
                 if mod == "torch" and a.name == "distributed":
                     dist_names.add(a.asname or a.name)
-                if mod == "nemo_prorl" and a.name == "collectives":
+                if mod in ("nemo_prorl", "nemo_prorl.algorithms") and a.name == "collectives":
                     helper_names.add(a.asname or a.name)
                 if mod in c10d_modules and a.name in COLLECTIVES:
                     hits.append(f"{filename}:{node.lineno}: from {mod} import {a.name}")
@@ -96,7 +98,7 @@ def find_direct_collectives(source: str, filename: str = "<src>") -> list[str]:
 def test_no_collective_is_called_outside_the_helper():
     hits: list[str] = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "collectives.py" and path.parent == PACKAGE:
+        if path.resolve() == HELPER:
             continue
         hits += find_direct_collectives(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE)))
     assert not hits, ("call these through nemo_prorl.collectives (it places tensors on the device the "
@@ -222,12 +224,13 @@ def test_object_collectives_stage_their_pickles_on_the_gpu(fake_nccl):
     assert all(d == "lazy:0" for _, devs in ops for d in devs), ops  # sizes and bytes, all on the "GPU"
 
 
-def test_the_trainer_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl):
-    """The DP>1 crash: MegatronPolicy.logprobs returns CPU tensors; _gather_dp all-gathers them."""
+def test_the_policy_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl):
+    """The DP>1 crash: MegatronPolicy.logprobs returns CPU tensors; the trainer's log-prob stage has the
+    policy gather them (MegatronPolicy.gather_data_parallel, the DP gather behind PolicyInterface)."""
     from megatron.core import parallel_state as ps
 
     from nemo_prorl.policy.megatron import parallel
-    from nemo_prorl.trainer.trainer import ProRLTrainer
+    from nemo_prorl.policy.megatron.engine import MegatronPolicy
 
     parallel.init_parallel(1, 1)  # megatron's groups on the fake-NCCL world (its *_gloo groups stay gloo)
     try:
@@ -236,11 +239,12 @@ def test_the_trainer_gathers_cpu_logprobs_over_the_dp_group_on_the_gpu(fake_nccl
         with pytest.raises(RuntimeError, match="device type cpu"):
             dist.all_gather([torch.empty_like(lp)], lp, group=ps.get_data_parallel_group())
         fake_nccl.calls.clear()
-        trainer = ProRLTrainer.__new__(ProRLTrainer)
-        trainer.dp_rank, trainer.dp_size = 0, 1
-        full = trainer._gather_dp(lp)
+        policy = MegatronPolicy.__new__(MegatronPolicy)  # only its parallel layout is needed here
+        policy._parallel = parallel
+        assert (policy.dp_rank, policy.dp_size) == (0, 1)
+        full = policy.gather_data_parallel(lp)
         assert full.device.type == "cpu" and torch.equal(full, lp)
-        site = "nemo_prorl.trainer.trainer:ProRLTrainer._gather_dp"
+        site = "nemo_prorl.policy.megatron.engine:MegatronPolicy.gather_data_parallel"
         assert fake_nccl.checked_sites() == {site: {"all_gather"}}
         assert _ops(fake_nccl) == [("all_gather", ["lazy:0", "lazy:0"])]
     finally:

@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -45,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_prorl import collectives
+from nemo_prorl.policy.checkpoint_layout import COMPLETE, checkpoint_path, is_complete, latest_checkpoint
 
 if TYPE_CHECKING:
     from nemo_prorl.policy.megatron.engine import MegatronPolicy
@@ -63,60 +62,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-COMPLETE = "COMPLETE"
-_STEP_RE = re.compile(r"^step_(\d+)$")
 _OPTIM_SHARDING = "fully_reshardable"
 _REF_PREFIX = "reference."
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, partial, corrupt or incompatible; the message names the path."""
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    """The canonical directory of the checkpoint taken after ``step`` steps: ``<run_dir>/step_XXXXXXXX``."""
-    if step < 0:
-        raise ValueError(f"checkpoint_path: step must be >= 0, got {step}")
-    return Path(run_dir) / f"step_{step:08d}"
-
-
-def is_complete(directory: str | Path) -> bool:
-    """Whether ``directory`` is a finished checkpoint (has the ``COMPLETE`` marker)."""
-    return (Path(directory) / COMPLETE).is_file()
-
-
-def latest_checkpoint(run_dir: str | Path, *, cleanup: bool = False) -> Path | None:
-    """The newest complete ``step_*`` checkpoint under ``run_dir``, or ``None``.
-
-    Partial checkpoints (``*.tmp-*`` directories and ``step_*`` directories without ``COMPLETE``) are
-    ignored; with ``cleanup=True`` they are deleted (call it from one process, while no save runs).
-
-    Args:
-        run_dir: the directory holding ``step_*`` checkpoint directories.
-        cleanup: delete partial checkpoints.
-
-    """
-    root = Path(run_dir)
-    if not root.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for child in root.iterdir():
-        if not child.is_dir():
-            continue
-        partial = ".tmp-" in child.name
-        match = _STEP_RE.match(child.name)
-        if match and not partial:
-            if is_complete(child):
-                step = int(match.group(1))
-                if best is None or step > best[0]:
-                    best = (step, child)
-                continue
-            partial = True
-        if partial:
-            _log.warning("ignoring partial checkpoint %s", child)
-            if cleanup:
-                shutil.rmtree(child, ignore_errors=True)
-    return best[1] if best else None
 
 
 # ---------------------------------------------------------------------------------------------- helpers

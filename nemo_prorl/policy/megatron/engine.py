@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 
 from nemo_prorl import collectives
+from nemo_prorl.algorithms.metric_reduction import engine_op
 from nemo_prorl.policy import packing
 from nemo_prorl.policy.interface import LossFn, TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
@@ -559,7 +560,8 @@ class MegatronPolicy:
         sliced to them, log-probs ``[r, seq_len]`` laid out as in the chunked path) and its gradient is
         taken inside the head's forward (:func:`~nemo_prorl.algorithms.logprobs.vocab_parallel_fused_loss`).
         Equal to the chunked path because the ``loss_fn`` contract makes the loss (and the summed
-        metrics) a sum over row slices; ``*_max`` / ``*_min`` metrics are reduced with max / min.
+        metrics) a sum over row slices; metrics ``loss_fn.metric_reductions`` declares ``max`` / ``min``
+        are reduced with max / min.
 
         Returns:
             ``(loss, metrics)`` of the micro-batch.
@@ -598,7 +600,8 @@ class MegatronPolicy:
         merged: dict[str, torch.Tensor] = {}
         for key in (chunk_metrics[0] if chunk_metrics else {}):
             vals = torch.stack([torch.as_tensor(m[key]).detach().double().reshape(()) for m in chunk_metrics])
-            reduce = torch.amax if key.endswith("_max") else torch.amin if key.endswith("_min") else torch.sum
+            op = engine_op(getattr(loss_fn, "metric_reductions", {}), key)
+            reduce = torch.amax if op == "max" else torch.amin if op == "min" else torch.sum
             merged[key] = reduce(vals)
         return loss, merged
 
@@ -712,10 +715,11 @@ class MegatronPolicy:
         ``loss_fn`` contract; the cut does not change the loss or the gradient.
 
         Returns:
-            ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; ``*_max`` /
-            ``*_min`` reduced with max / min), ``grad_norm`` (before clipping), ``lr``, ``num_tokens``,
-            ``num_seqs``, ``perf/padding_fraction`` (share of the positions the forward computed, over
-            all micro-batches and DP ranks, that lie past their row's last response token; with sequence
+            ``loss`` and the ``loss_fn`` metrics (summed over micro-batches and DP ranks; those
+            ``loss_fn.metric_reductions`` declares ``max`` / ``min`` reduced with max / min),
+            ``grad_norm`` (before clipping), ``lr``, ``num_tokens``, ``num_seqs``,
+            ``perf/padding_fraction`` (share of the positions the forward computed, over all
+            micro-batches and DP ranks, that lie past their row's last response token; with sequence
             packing only the pack's alignment positions, usually 0); identical on every rank.
 
         """
@@ -784,7 +788,7 @@ class MegatronPolicy:
         )
         metrics: dict[str, float] = {}
         if self.is_last_stage:
-            metrics = self._reduce_metrics(outputs)
+            metrics = self._reduce_metrics(outputs, getattr(loss_fn, "metric_reductions", {}))
         metrics = self._broadcast_object_from_last_stage(metrics)
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["num_tokens"] = num_tokens
@@ -827,9 +831,12 @@ class MegatronPolicy:
             collectives.all_reduce(flag, op=collectives.ReduceOp.MAX)
         return float(flag.item()) == 0.0
 
-    def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _reduce_metrics(
+        self, outputs: list[dict[str, torch.Tensor]], declared: Mapping[str, str]
+    ) -> dict[str, float]:
+        """Sum / max / min each metric over micro-batches and DP ranks as ``declared`` (default: sum)."""
         keys = sorted(outputs[0]) if outputs else ["loss"]
-        sums = [k for k in keys if not (k.endswith("_max") or k.endswith("_min"))]
+        sums = [k for k in keys if engine_op(declared, k) == "sum"]
         local = {k: torch.stack([o[k] for o in outputs]) for k in keys}
         result: dict[str, float] = {}
         summed = self._dp_sum([float(local[k].double().sum()) for k in sums])
@@ -837,7 +844,7 @@ class MegatronPolicy:
         for k in keys:
             if k in result:
                 continue
-            is_max = k.endswith("_max")
+            is_max = engine_op(declared, k) == "max"
             value = torch.tensor(
                 float(local[k].max() if is_max else local[k].min()), dtype=torch.float64, device=self.device
             )
@@ -916,6 +923,46 @@ class MegatronPolicy:
         from nemo_prorl.policy.megatron import convert
 
         return convert.iter_hf_weights(self.model, self.hf_config)
+
+    def export_hf_checkpoint(self, directory: str | Path, *, tokenizer_dir: str | Path | None = None) -> Path:
+        """Write the current policy as an HF checkpoint into ``directory`` (collective; global rank 0 writes).
+
+        The weights are gathered on every rank; rank 0 writes them (safetensors + config, and the tokenizer
+        files of ``tokenizer_dir``) into ``<directory>.tmp`` and renames it over ``directory``.
+        """
+        import os
+        import shutil
+
+        from nemo_prorl.policy.megatron import convert
+
+        state = self.export_hf_state_dict()  # collective
+        out = Path(directory)
+        if not collectives.is_active() or torch.distributed.get_rank() == 0:
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            convert.save_hf_checkpoint(state, self.hf_config, tmp, tokenizer_dir=tokenizer_dir)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        return out
+
+    @property
+    def dp_rank(self) -> int:
+        """The data-parallel rank of this process (megatron's DP group)."""
+        return self._parallel.dp_rank()
+
+    @property
+    def dp_size(self) -> int:
+        """The number of data-parallel ranks."""
+        return self._parallel.dp_size()
+
+    def gather_data_parallel(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every DP rank's ``[b, ...]`` rows concatenated in rank order (collective over the DP group)."""
+        # the policy's tensors are on the CPU: the helper stages them on the group's device (NCCL: the GPU)
+        return collectives.all_gather_cat(tensor, 0, group=self._parallel.dp_group())
+
+    def set_temperature(self, temperature: float) -> None:
+        """Log-probs and training use the distribution at ``temperature`` (the trainer's rollout one)."""
+        self.config.temperature = float(temperature)
 
     def save_checkpoint(self, directory: str | Path, extra_state: Mapping[str, Any]) -> Path:
         """Write a checkpoint atomically (:func:`nemo_prorl.policy.megatron.checkpoint.save_checkpoint`)."""

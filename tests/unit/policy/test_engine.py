@@ -102,6 +102,9 @@ def _nll(lp, ent, micro, norm):
     return loss, metrics
 
 
+_nll.metric_reductions = {"lp_min": "min"}  # the loss declares it (interface.py); the rest are summed
+
+
 def _pg(lp, ent, micro, norm):
     """A REINFORCE-style loss using per-sample extras."""
     m = micro["response_mask"].float()
@@ -188,7 +191,7 @@ def test_train_step_loss_and_metrics_and_decrease(policy):
     m = policy.train_step(batch, _nll)
     assert m["loss"] == pytest.approx(expected, abs=1e-5)
     assert m["tokens"] == pytest.approx(1.0, abs=1e-6)  # summed contributions of the token fractions
-    assert m["lp_min"] == pytest.approx(float(lp0.min()), abs=1e-5)  # "_min" metrics are min-reduced
+    assert m["lp_min"] == pytest.approx(float(lp0.min()), abs=1e-5)  # declared "min": min-reduced
     assert m["num_tokens"] == float(batch.response_mask.sum()) and m["num_seqs"] == 4.0
     assert m["lr"] == pytest.approx(1e-3) and m["grad_norm"] > 0
     losses = [m["loss"]] + [policy.train_step(batch, _nll)["loss"] for _ in range(4)]
