@@ -18,6 +18,7 @@ also report their mean reward.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_prorl.eval.cli import _parse_ks
-from nemo_prorl.eval.sampling import sample_and_score, summarize
+from nemo_prorl.eval.sampling import DEFAULT_MAX_TOKENS, fit_lengths, sample_and_score, summarize
 
 
 def _parse_checkpoint(text: str) -> tuple[str, Path]:
@@ -118,9 +119,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--k", type=_parse_ks, default=None, help="k values (default: powers of 2 up to n)")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-tokens", type=int, default=1024, help="max response tokens")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="max response tokens (default: the model's positions minus the longest prompt, "
+                         "at most 1024; eval/sampling.py fit_lengths)")
     ap.add_argument("--max-prompt-tokens", type=int, default=None,
-                    help="longest prompt (default: the model's context minus --max-tokens)")
+                    help="longest prompt (default: the longest prompt of --data, or the model's positions "
+                         "minus --max-tokens when that is given)")
     ap.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each file")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--workers", type=int, default=2, help="reward worker processes")
@@ -164,8 +168,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-                              seed=args.seed)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                              max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, seed=args.seed)
     with RewardPool(RewardsConfig(num_workers=args.workers)) as pool, \
             tempfile.TemporaryDirectory(prefix="nemo-prorl-eval-") as scratch:
         for label, path in args.checkpoint:
@@ -175,16 +179,19 @@ def main(argv: list[str]) -> int:
                 print(f"nemo-prorl eval: {exc}", file=sys.stderr)
                 return 2
             tok = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
-            max_prompt = args.max_prompt_tokens
-            if max_prompt is None:
-                ctx = json.loads((hf_dir / "config.json").read_text()).get("max_position_embeddings", 4096)
-                max_prompt = ctx - args.max_tokens
-            if max_prompt < 1:
-                print(f"nemo-prorl eval: {label}: --max-tokens {args.max_tokens} leaves no room for a prompt",
-                      file=sys.stderr)
+            ctx = json.loads((hf_dir / "config.json").read_text()).get("max_position_embeddings", 4096)
+            longest = max(len(tokenize_prompt(r, tok, templates)) for rs in rows_by_file.values() for r in rs)
+            try:  # defaults that fit the model given (the demo has 128 positions)
+                max_prompt, max_tokens, note = fit_lengths(ctx, longest, args.max_tokens,
+                                                           args.max_prompt_tokens)
+            except ValueError as exc:
+                print(f"nemo-prorl eval: {label}: {exc}", file=sys.stderr)
                 return 2
+            if note:
+                print(f"nemo-prorl eval: {label}: {note}", file=sys.stderr)
+            sampling = dataclasses.replace(sampling, max_tokens=max_tokens)
             engine = HFRolloutEngine.from_pretrained(
-                hf_dir, tok, max_prompt_tokens=max_prompt, max_response_tokens=args.max_tokens,
+                hf_dir, tok, max_prompt_tokens=max_prompt, max_response_tokens=max_tokens,
                 overlong_prompt="skip",
             )
             samples_path = out / "samples" / f"{label}.jsonl"
