@@ -315,9 +315,9 @@ class HFRolloutEngine:
             input_ids=ids.to(device),
             attention_mask=mask,
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwarg(self.model, cache),
         )
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)  # [B, V]
         steps = sampling.max_tokens
@@ -486,6 +486,22 @@ def llama_decoder_unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
+def cache_kwarg(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword a causal LM's ``forward`` takes its KV cache under, with ``cache`` as its value.
+
+    ``{"cache": cache}`` where the forward has that parameter (transformers 5.x: ``past_key_values`` is
+    deprecated there and goes in 5.40), else ``{"past_key_values": cache}`` (older releases).
+    """
+    import inspect
+
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 class _HFDecoder:
     """Decode steps through the model's own forward (any HF causal LM): growing KV cache, 2D mask."""
 
@@ -505,8 +521,8 @@ class _HFDecoder:
             input_ids=tokens.unsqueeze(-1),
             attention_mask=self.mask,
             position_ids=self.pos.unsqueeze(-1),
-            past_key_values=self.cache,
             use_cache=True,
+            **cache_kwarg(self.model, self.cache),
         )
         self.pos = self.pos + 1
         return out.logits[:, -1, :]

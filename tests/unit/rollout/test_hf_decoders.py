@@ -144,3 +144,24 @@ def test_bf16_llama_decoder_matches_hf_decoder(tok, prompts):
         assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
         for x, y in zip(a.samples, b.samples):
             assert torch.allclose(x.logprobs, y.logprobs, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("decoder", ["hf", "llama"])
+def test_no_deprecated_cache_keyword(tok, prompts, decoder):
+    """transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40):
+    a generate call passes the cache under the name the installed model takes, so no deprecation warning
+    is raised (turned into an error here) and the samples are those of the same call without the check."""
+    import inspect
+    import warnings
+
+    from nemo_prorl.rollout.hf_engine import cache_kwarg
+
+    model = build_tiny_model(tok, seed=0)
+    takes_cache = "cache" in inspect.signature(model.forward).parameters
+    assert list(cache_kwarg(model, None)) == (["cache"] if takes_cache else ["past_key_values"])
+    eng = HFRolloutEngine(model, tok, max_prompt_tokens=32, max_response_tokens=8, decoder=decoder)
+    sp = SamplingParams(temperature=1.0, max_tokens=8, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any FutureWarning/DeprecationWarning from the forward fails here
+        out = eng.generate(prompts, 2, sp)
+    assert [s.token_ids for s in out.samples] == [s.token_ids for s in eng.generate(prompts, 2, sp).samples]
