@@ -16,7 +16,7 @@ defaults include gradient checkpointing and ``adamw_torch_fused``); a ``TrainerC
 optimizer step, and the generation phase is timed by wrapping the trainer's generate method.
 
 Ours (``--child ours``): the step loop the trainer runs, from the package's public pieces:
-``HFRolloutEngine.generate`` (the hand-written Llama-family decode step, ``decoder="auto"``) -> reward
+``HFRolloutEngine.generate`` (the transformers forward with a growing cache) -> reward
 -> ``compute_advantages`` -> old log-probs by the trainer's rule ``skip_old_logprobs``: with one update
 per rollout batch (this benchmark) the separate ``MegatronPolicy.logprobs`` pass is skipped and the
 update's own log-probs, detached, are the old ones, as TRL does with ``num_iterations=1``
