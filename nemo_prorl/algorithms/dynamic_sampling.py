@@ -15,6 +15,7 @@ verl, which keeps them.
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class DynamicSamplingBuffer(Generic[T]):
         self.exhausted = False
         self._groups: list[T] = []
         self.stats = DynamicSamplingStats()
+        #: the common reward of each group dropped as all-equal this step (for the exhaustion message)
+        self._dropped_at: list[float] = []
 
     @property
     def full(self) -> bool:
@@ -197,7 +200,9 @@ class DynamicSamplingBuffer(Generic[T]):
 
         """
         if self.enable:
-            kept, _ = filter_groups(groups, rewards_per_group, self.tol)
+            kept, kept_idx = filter_groups(groups, rewards_per_group, self.tol)
+            keep = set(kept_idx)
+            self._dropped_at += [_as_list(r, i)[0] for i, r in enumerate(rewards_per_group) if i not in keep]
         else:
             if len(groups) != len(rewards_per_group):
                 raise ValueError(f"got {len(groups)} groups but rewards for {len(rewards_per_group)}")
@@ -216,10 +221,33 @@ class DynamicSamplingBuffer(Generic[T]):
                 f"dynamic sampling: only {len(self._groups)} of {self.target_groups} groups have non-zero "
                 "reward "
                 f"variance after {s.rounds} generation rounds ({s.groups_seen} groups generated, "
-                f"{s.groups_dropped} dropped as all-equal); raise {self.config_key} (now {self.max_rounds}), "
-                "generate more prompts per round, or use easier/harder data"
+                f"{s.groups_dropped} dropped as all-equal{self._dropped_summary()}); raise {self.config_key} "
+                f"(now {self.max_rounds}), generate more prompts per round, or use easier/harder data"
+                + self._dropped_hint()
             )
         return len(kept)
+
+    def _dropped_summary(self) -> str:
+        """``": 4 with every reward 0"`` / ``": 3 at 0, 1 at 1"`` for the dropped groups of this step."""
+        if not self._dropped_at:
+            return ""
+        counts = collections.Counter(round(v, 6) for v in self._dropped_at)
+        if len(counts) == 1:
+            (value, n), = counts.items()
+            return f": {'all' if n == len(self._dropped_at) else n} with every reward {value:g}"
+        return ": " + ", ".join(f"{n} at {v:g}" for v, n in sorted(counts.items()))
+
+    def _dropped_hint(self) -> str:
+        """What to change when every dropped group sat at the same reward (e.g. all 0 at the first step)."""
+        values = {round(v, 6) for v in self._dropped_at}
+        if self._groups or len(values) != 1:
+            return ""
+        value = values.pop()
+        if value <= 0:
+            return (f". Every sample scored {value:g}: check that the prompt template asks for the answer "
+                    "format the reward reads (`nemo-prorl score` on a few responses shows the status), or "
+                    "start from a stronger base or easier data")
+        return f". Every sample scored {value:g}: the data is too easy for this policy; use harder data"
 
     def pop_batch(self) -> tuple[list[T], DynamicSamplingStats]:
         """Take the first ``target_groups`` groups, discard the extra, and reset for the next step.
@@ -243,4 +271,5 @@ class DynamicSamplingBuffer(Generic[T]):
         self.exhausted = False
         self._groups = []
         self.stats = DynamicSamplingStats()
+        self._dropped_at = []
         return batch, stats

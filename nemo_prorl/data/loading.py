@@ -17,7 +17,13 @@ from typing import Any
 
 from nemo_prorl.data.config import DataConfig
 from nemo_prorl.data.mixture import MixtureSampler
-from nemo_prorl.data.preflight import PreflightReport, expand_paths, group_by_domain, preflight
+from nemo_prorl.data.preflight import (
+    EmptyDomainError,
+    PreflightReport,
+    expand_paths,
+    group_by_domain,
+    preflight,
+)
 
 
 def load_hf_dataset(paths: list[str], streaming: bool = False) -> Any:
@@ -43,6 +49,48 @@ def load_hf_dataset(paths: list[str], streaming: bool = False) -> Any:
         raise ValueError(f"cannot load a mix of parquet and JSON files in one dataset: {files}")
     # built-in packaged builders only: no loading script, no remote code
     return datasets.load_dataset(kinds.pop(), data_files=files, split="train", streaming=streaming)
+
+
+def _why_empty(report: PreflightReport, domain: str | None, limit: int | None) -> str:
+    """Why ``domain`` (``None``: all domains) kept no row, with counts, e.g. ``"8 row(s) read, ..."``."""
+    if domain is None:
+        read, long = report.rows_read, len(report.too_long)
+    else:
+        read, long = report.read_by_domain.get(domain, 0), report.too_long_by_domain.get(domain, 0)
+    if not read:
+        return "no rows read" if domain is None else f"no {domain!r} rows in data.train_files"
+    parts = [f"{long} prompt(s) longer than data.max_prompt_tokens={limit} tokens"] if long else []
+    if read - long:
+        parts.append(f"{read - long} malformed (`nemo-prorl data check FILE` lists them)")
+    return f"all {read} row(s) read were filtered by preflight: " + ", ".join(parts)
+
+
+def check_domains_survive(cfg: DataConfig, train: PreflightReport) -> None:
+    """Raise :class:`EmptyDomainError` naming the cause, the domain, the count and the key to change.
+
+    A domain with weight > 0 in ``data.mixture`` or in any ``data.phase_mixtures`` entry must keep at
+    least one training row after preflight, or the sampler could never draw from it.
+    """
+    limit = cfg.max_prompt_tokens
+    if not train.rows:
+        fix = (f"raise data.max_prompt_tokens (now {limit})" if train.too_long
+               else "fix the rows or point data.train_files at other files")
+        raise EmptyDomainError(train, f"data.train_files: no usable training rows: "
+                                      f"{_why_empty(train, None, limit)}; {fix}\n{train.format_summary()}")
+    mixtures = [("data.mixture", cfg.mixture)]
+    mixtures += [(f"data.phase_mixtures.{name}", w) for name, w in cfg.phase_mixtures.items()]
+    for key, weights in mixtures:
+        for domain, weight in (weights or {}).items():
+            if weight <= 0 or train.kept_by_domain.get(domain):
+                continue
+            fixes = [f"set {key}.{domain}=0"]
+            if train.too_long_by_domain.get(domain):
+                fixes.insert(0, f"raise data.max_prompt_tokens (now {limit})")
+            if not train.read_by_domain.get(domain):
+                fixes.insert(0, f"add {domain!r} rows to data.train_files")
+            raise EmptyDomainError(
+                train, f"{key}: domain {domain!r} has weight {weight:g} but no training row left: "
+                       f"{_why_empty(train, domain, limit)}; {' or '.join(fixes)}")
 
 
 @dataclass
@@ -73,7 +121,9 @@ def prepare_data(cfg: DataConfig, tokenizer: Any = None, phase: str | None = Non
 
     Raises:
         DataValidationError: under ``validation_policy="fail"`` when a row is malformed.
-        ValueError: when no training files are configured or nothing survives preflight.
+        EmptyDomainError: when nothing survives preflight, or every row of a domain that a mixture
+            (``data.mixture`` or any ``data.phase_mixtures`` entry) samples from was filtered.
+        ValueError: when no training files are configured.
 
     """
     if not cfg.train_files:
@@ -83,8 +133,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any = None, phase: str | None = Non
         templates=cfg.templates, system_prompt=cfg.system_prompt, check_rewards=cfg.check_rewards,
     )
     train = preflight(cfg.train_files, **common)
-    if not train.rows:
-        raise ValueError(f"data.train_files: no usable rows\n{train.format_summary()}")
+    check_domains_survive(cfg, train)
     val = preflight(cfg.val_files, **common) if cfg.val_files else None
     sampler = MixtureSampler(
         group_by_domain(train.rows), cfg.weights_for_phase(phase), seed=cfg.seed, shuffle=cfg.shuffle

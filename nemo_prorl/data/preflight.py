@@ -57,6 +57,14 @@ class DataValidationError(ValueError):
         super().__init__(f"{len(report.issues)} data problem(s) (policy 'fail'):\n" + "\n".join(lines))
 
 
+class EmptyDomainError(DataValidationError):
+    """A domain the mixture samples from has no row left after preflight (the CLI exits 2 with it)."""
+
+    def __init__(self, report: PreflightReport, message: str) -> None:
+        self.report = report
+        ValueError.__init__(self, message)
+
+
 def categorize(problem: Problem) -> str:
     """The summary bucket of a schema :class:`~nemo_prorl.schema.Problem`."""
     reason = problem.reason
@@ -194,6 +202,7 @@ class PreflightReport:
         rows: the rows kept, in file order (the training rows themselves, unchanged).
         issues: every malformed-row problem, in file order (several per row possible).
         too_long: ``(file, row, id, n_tokens)`` of prompts filtered for exceeding the maximum.
+        too_long_by_domain: number of those prompts per domain.
         rows_read: rows read (blank lines not counted).
         skipped_by_reason: number of skipped rows per category (a row counts once, under its first).
         read_by_domain / kept_by_domain: rows per domain (rows whose domain is unknown count as
@@ -206,6 +215,7 @@ class PreflightReport:
     rows: list[dict] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     too_long: list[tuple[str, int, Any, int]] = field(default_factory=list)
+    too_long_by_domain: Counter = field(default_factory=Counter)
     rows_read: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
     read_by_domain: Counter = field(default_factory=Counter)
@@ -374,6 +384,7 @@ def preflight(
                 n_tokens = len(tokenize_prompt(row, tokenizer, all_templates, system_prompt))
                 if n_tokens > max_prompt_tokens:
                     report.too_long.append((path, rec.row, row["id"], n_tokens))
+                    report.too_long_by_domain[domain] += 1
                     report.skipped_by_reason["prompt too long"] += 1
                     continue
             report.rows.append(row)

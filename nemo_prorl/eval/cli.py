@@ -139,9 +139,12 @@ def build_eval_parser() -> argparse.ArgumentParser:
     ap.add_argument("--k", type=_parse_ks, default=None, help="k values (default: powers of 2 up to n)")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-tokens", type=int, default=1024, help="max response tokens")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="max response tokens (default: the model's positions minus the longest prompt, "
+                         "at most 1024; eval/sampling.py fit_lengths)")
     ap.add_argument("--max-prompt-tokens", type=int, default=None,
-                    help="longest prompt (default: the model's context minus --max-tokens)")
+                    help="longest prompt (default: the longest prompt of --data, or the model's positions "
+                         "minus --max-tokens when that is given)")
     ap.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each file")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--workers", type=int, default=2, help="reward worker processes")

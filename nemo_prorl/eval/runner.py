@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemo_prorl.eval.sampling import sample_and_score, summarize
+from nemo_prorl.eval.sampling import fit_lengths, sample_and_score, summarize
 
 #: config.json keys that do not change what a model computes (ignored when deciding to reuse an engine)
 _NAME_KEYS = frozenset({"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"})
@@ -53,8 +53,10 @@ class EvalSpec:
         n: samples per prompt (ProRL: 16; 256 for boundary curves).
         ks: k values (default: powers of 2 up to n).
         temperature, top_p: sampling (ProRL eval: 0.6, 0.95).
-        max_tokens: most response tokens per sample.
-        max_prompt_tokens: longest prompt (default: the model's context minus ``max_tokens``); longer
+        max_tokens: most response tokens per sample (default: the model's positions minus the longest
+            prompt, at most 1024: :func:`nemo_prorl.eval.sampling.fit_lengths`).
+        max_prompt_tokens: longest prompt (default: the longest prompt of the data, or the model's
+            positions minus ``max_tokens`` when that is given); longer
             prompts are skipped and reported.
         max_prompts: use only the first N prompts of each file.
         seed: sampling seed (the run is reproducible for a given engine and layout).
@@ -76,7 +78,7 @@ class EvalSpec:
     ks: list[int] | None = None
     temperature: float = 0.6
     top_p: float = 0.95
-    max_tokens: int = 1024
+    max_tokens: int | None = None
     max_prompt_tokens: int | None = None
     max_prompts: int | None = None
     seed: int = 1234
@@ -305,13 +307,19 @@ def run_eval(spec: EvalSpec, log: Callable[[str], None] = print) -> dict[str, An
             for label, path in spec.checkpoints:
                 hf_dir = hf_dir_for(Path(path), Path(scratch))
                 tok = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
-                max_prompt = spec.max_prompt_tokens
-                if max_prompt is None:
-                    hf_cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-                    max_prompt = int(hf_cfg.get("max_position_embeddings", 4096)) - spec.max_tokens
-                if max_prompt < 1:
-                    raise EvalError(f"{label}: --max-tokens {spec.max_tokens} leaves no room for a prompt")
-                config = rollout_config(spec, max_prompt)
+                hf_cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+                positions = int(hf_cfg.get("max_position_embeddings", 4096))
+                longest = max((len(tokenize_prompt(r, tok, spec.templates))
+                               for rows in rows_by_file.values() for r in rows), default=1)
+                try:  # defaults that fit the model given (the demo has 128 positions)
+                    max_prompt, max_tokens, note = fit_lengths(positions, longest, spec.max_tokens,
+                                                               spec.max_prompt_tokens)
+                except ValueError as exc:
+                    raise EvalError(f"{label}: {exc}") from None
+                if note:
+                    log(f"{label}: {note}")
+                cspec = dataclasses.replace(spec, max_tokens=max_tokens, max_prompt_tokens=max_prompt)
+                config = rollout_config(cspec, max_prompt)
                 sig = engine_signature(hf_dir, tok, config)
                 if engine is not None and sig == signature:
                     load_weights(engine, hf_dir)  # same architecture: new weights, same engine
@@ -321,7 +329,7 @@ def run_eval(spec: EvalSpec, log: Callable[[str], None] = print) -> dict[str, An
                     engine = build_rollout_engine(config, hf_dir, tok)
                     signature, backend = sig, config.backend
                 batch = spec.batch_prompts or (32 if backend == "hf" else 512)
-                results[label] = _evaluate_checkpoint(engine, label, tok, rows_by_file, spec, ks, out, pool,
+                results[label] = _evaluate_checkpoint(engine, label, tok, rows_by_file, cspec, ks, out, pool,
                                                       batch, tokenize_prompt)
                 shown = ", ".join(f"pass@{k}={results[label].get(f'pass@{k}', float('nan')):.4f}" for k in ks)
                 log(f"{label}: {shown}")

@@ -136,3 +136,55 @@ def summarize(
     for s, c in statuses.items():
         out[f"{prefix}status/{s}"] = c / total
     return out
+
+
+#: ``nemo-prorl eval``'s response budget when neither it nor the prompt budget is given (if the model fits it)
+DEFAULT_MAX_TOKENS = 1024
+
+
+def fit_lengths(positions: int, longest_prompt: int, max_tokens: int | None = None,
+                max_prompt_tokens: int | None = None) -> tuple[int, int, str | None]:
+    """Split a model's ``positions`` between prompt and response: ``(max_prompt, max_tokens, note)``.
+
+    The rule (``nemo-prorl eval``, the flags ``--max-tokens`` / ``--max-prompt-tokens``):
+
+    * both given: used as given;
+    * only ``max_prompt_tokens``: the response gets the rest, ``positions - max_prompt_tokens``;
+    * only ``max_tokens``: the prompt gets the rest, ``positions - max_tokens``;
+    * neither: the prompt budget is the longest prompt of the data, the response gets
+      ``min(DEFAULT_MAX_TOKENS, positions - longest_prompt)``.
+
+    ``note`` says what was derived (``None`` when both were given). Raises ``ValueError`` naming the
+    flag to change when no room is left for a prompt or a response.
+
+    Example: the demo model (128 positions) with 8-token prompts and no flags -> ``(8, 120, note)``.
+    """
+    if positions < 2:
+        raise ValueError(f"the model has {positions} position(s): no room for a prompt and a response")
+    if max_tokens is not None and max_prompt_tokens is not None:
+        return max_prompt_tokens, max_tokens, None
+    if max_tokens is None:
+        prompt = longest_prompt if max_prompt_tokens is None else max_prompt_tokens
+        room = positions - prompt
+        if room < 1:
+            flag = "--max-prompt-tokens" if max_prompt_tokens is not None else "the longest prompt"
+            raise ValueError(f"{flag} ({prompt} tokens) leaves no room for a response in the model's "
+                             f"{positions} positions; shorten the prompts or use a model with more positions")
+        tokens = room if max_prompt_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
+        src = (f"--max-prompt-tokens {prompt}" if max_prompt_tokens is not None
+               else f"the longest prompt, {prompt} tokens")
+        cap = "" if max_prompt_tokens is not None else f", at most {DEFAULT_MAX_TOKENS}"
+        return prompt, tokens, (f"--max-tokens not given: using {tokens} (the model's {positions} positions "
+                                f"minus {src}{cap})")
+    room = positions - max_tokens
+    fits = positions - longest_prompt
+    if room < 1:
+        hint = (f"--max-tokens {fits} or less fits the longest prompt ({longest_prompt} tokens)" if fits >= 1
+                else f"the longest prompt ({longest_prompt} tokens) alone fills them")
+        raise ValueError(f"--max-tokens {max_tokens} leaves no room for a prompt in the model's {positions} "
+                         f"positions; {hint}")
+    note = (f"--max-prompt-tokens not given: using {room} (the model's {positions} positions minus "
+            f"--max-tokens {max_tokens})")
+    if room < longest_prompt:
+        note += f"; prompts longer are skipped (the longest has {longest_prompt} tokens)"
+    return room, max_tokens, note

@@ -1,14 +1,19 @@
-"""``nemo-prorl score``: score model responses offline, JSONL in, JSONL out.
+r"""``nemo-prorl score``: score model responses offline, JSONL in, JSONL out.
 
 Every non-blank input line yields exactly one output line, in input order: the input object plus
 ``reward`` (float), ``status`` (``ok``/``no_answer``/``timeout``/``error``/``violation``) and
 ``reward_info``. A line that is not UTF-8, not JSON (including JSON nested too deep or integers past
 Python's digit limit), longer than ``--max-row-bytes``, not an object, misses a field, names an
 unknown domain or carries bad ground truth gets ``status: error`` and ``error``: a reason naming the
-file, the 1-based line and the field. No row makes the command crash. The exit code is the number
-of lines that failed validation (capped at 255); 0 when all were valid. The output is streamed to a
-temporary file next to ``--output`` and renamed into place at the end, so a reader never sees half a
-file.
+file, the 1-based line and the field. Text must be valid Unicode: a string holding a lone surrogate
+(JSON ``"\ud800"``, which no UTF-8 writer can write back) makes its row an error row, written back
+with U+FFFD in its place. No row makes the command crash. The exit code is the number of lines that
+failed validation (capped at 255); 0 when all were valid.
+
+The output is written progressively to ``OUTPUT.partial`` (flushed after every ``--chunk`` rows) and
+renamed to ``--output`` at the end, so a reader never sees half a file under the final name; if the
+command is stopped (Ctrl-C, a crash), the rows scored so far stay in ``OUTPUT.partial`` and the message
+says how many.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import collections
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +33,8 @@ from nemo_prorl.rewards.pool import RewardPool
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nemo-prorl score", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="JSONL file of scoring rows")
-    p.add_argument("--output", required=True, help="JSONL file to write (replaced atomically)")
+    p.add_argument("--output", required=True,
+                   help="JSONL file to write (rows go to OUTPUT.partial as scored, renamed at the end)")
     p.add_argument("--workers", type=int, default=None, help="reward worker processes (default: config or 2)")
     p.add_argument("--timeout", type=float, default=None, help="per-sample deadline in seconds (default 10)")
     p.add_argument("--rewards-config", default=None,
@@ -74,14 +79,78 @@ def _lines(f: Any, max_bytes: int) -> Iterator[tuple[bytes, bool]]:
         yield raw[:64], True
 
 
+def _is_surrogate(ch: str) -> bool:
+    return "\ud800" <= ch <= "\udfff"
+
+
+def _lone_surrogate(obj: Any) -> tuple[str, str, int] | None:
+    r"""``(field path, character, offset)`` of the first string (or key) with a lone surrogate, else None.
+
+    A JSON text may spell one with an escape (``"\ud800"``); Python decodes it into a str that no UTF-8
+    writer accepts. Iterative, so a deeply nested row cannot exhaust the stack here.
+    """
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            for i, ch in enumerate(value):
+                if _is_surrogate(ch):
+                    return path or "<row>", ch, i
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                sub = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and any(_is_surrogate(c) for c in key):
+                    return f"{sub} (the key)", next(c for c in key if _is_surrogate(c)), 0
+                stack.append((sub, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _fix_text(text: str) -> str:
+    return "".join("\ufffd" if _is_surrogate(c) else c for c in text)
+
+
+def _replace_surrogates(obj: Any) -> Any:
+    """``obj`` with every lone surrogate replaced by U+FFFD (what a UTF-8 writer can write)."""
+    stack: list[Any] = []
+    root: list[Any] = [obj]
+    stack.append((root, 0))
+    while stack:  # iterative, like _lone_surrogate
+        parent, key = stack.pop()
+        value = parent[key]
+        if isinstance(value, str):
+            parent[key] = _fix_text(value)
+        elif isinstance(value, dict):
+            fixed = {(_fix_text(k) if isinstance(k, str) else k): v for k, v in value.items()}
+            parent[key] = fixed
+            stack.extend((fixed, k) for k in fixed)
+        elif isinstance(value, list):
+            fixed_list = list(value)
+            parent[key] = fixed_list
+            stack.extend((fixed_list, i) for i in range(len(fixed_list)))
+    return root[0]
+
+
 def _decode_row(raw: bytes) -> tuple[Any, str | None]:
-    """``(object, None)`` or ``(None, reason)`` for one line; never raises."""
+    """``(object, None)`` or ``(object_or_None, reason)`` for one line; never raises.
+
+    A row whose text holds a lone surrogate comes back with the reason and with U+FFFD in place of each
+    surrogate, so it can still be written back (as an error row).
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, f"<row>: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
     try:
-        return json.loads(text), None
+        obj = json.loads(text)
+        bad = _lone_surrogate(obj)
+        if bad is None:
+            return obj, None
+        field, ch, offset = bad
+        return _replace_surrogates(obj), (
+            f"field '{_fix_text(field)}': lone surrogate U+{ord(ch):04X} at character {offset}: not valid "
+            "Unicode text (replaced by U+FFFD in this output row; not scored)")
     except json.JSONDecodeError as exc:
         return None, f"<row>: not valid JSON ({exc.msg} at column {exc.colno})"
     except RecursionError:
@@ -152,12 +221,34 @@ class _Summary:
         return "\n".join(lines)
 
 
+def _output_row(in_path: str, lineno: int, obj: Any, err: str | None, res: Any) -> dict[str, Any]:
+    """The output row of one input line: the input object plus reward, status and, if any, error."""
+    row = dict(obj) if isinstance(obj, dict) else {}
+    if err is not None:
+        row.update(line=lineno, reward=0.0, status="error", reward_info={},
+                   error=f"{in_path}:{lineno}: {err}")
+        return row
+    row.update(reward=res.result.score, status=res.result.status, reward_info=res.result.info)
+    if not isinstance(obj, dict):
+        row["line"] = lineno
+    if res.problems:
+        row["error"] = "; ".join(f"{in_path}:{lineno}: field '{f}': {why}" for f, why in res.problems)
+    elif res.result.status == "error":
+        row["error"] = f"{in_path}:{lineno}: {res.result.info.get('reason', 'reward error')}"
+    return row
+
+
 def score_file(in_path: str, out_path: str, config: RewardsConfig, chunk: int = 256,
                progress: bool = True, max_row_bytes: int = MAX_ROW_BYTES) -> _Summary:
-    """Score ``in_path`` into ``out_path`` (atomically); returns the per-domain/status summary."""
+    """Score ``in_path`` into ``out_path``; returns the per-domain/status summary.
+
+    Rows go to ``out_path + ".partial"`` as they are scored (flushed every ``chunk`` rows), renamed to
+    ``out_path`` when every row is written. If scoring stops early (an exception, Ctrl-C) the partial
+    file is kept and the exception re-raised after a message saying how many rows it holds.
+    """
     summary = _Summary()
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".score-", suffix=".jsonl.tmp", dir=out_dir)
+    partial = f"{out_path}.partial"
+    written = 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -165,34 +256,28 @@ def score_file(in_path: str, out_path: str, config: RewardsConfig, chunk: int = 
         bar = tqdm(total=_count_lines(in_path), unit="row", file=sys.stderr, desc="score",
                    disable=None, mininterval=0.5)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out, RewardPool(config) as pool:
+        with open(partial, "w", encoding="utf-8") as out, RewardPool(config) as pool:
             batch: list[tuple[int, Any, str | None]] = []
 
             def flush() -> None:
+                nonlocal written
                 scorable = [(k, obj) for k, (_, obj, err) in enumerate(batch) if err is None]
                 scored = pool.score_detailed([obj for _, obj in scorable]) if scorable else []
                 by_index = {k: s for (k, _), s in zip(scorable, scored)}
                 for k, (lineno, obj, err) in enumerate(batch):
-                    row = dict(obj) if isinstance(obj, dict) else {}
-                    if err is not None:
-                        row.update(line=lineno, reward=0.0, status="error", reward_info={},
-                                   error=f"{in_path}:{lineno}: {err}")
+                    res = by_index.get(k)
+                    try:
+                        row = _output_row(in_path, lineno, obj, err, res)
+                    except Exception as exc:  # a result that cannot be turned into a row: still one line
+                        row = {"line": lineno, "reward": 0.0, "status": "error", "reward_info": {},
+                               "error": f"{in_path}:{lineno}: cannot build the output row: "
+                                        f"{type(exc).__name__}: {exc}"}
+                    if err is not None or (res is not None and res.problems):
                         summary.invalid += 1
-                    else:
-                        res = by_index[k]
-                        row.update(reward=res.result.score, status=res.result.status,
-                                   reward_info=res.result.info)
-                        if not isinstance(obj, dict):
-                            row["line"] = lineno
-                        if res.problems:
-                            summary.invalid += 1
-                            row["error"] = "; ".join(f"{in_path}:{lineno}: field '{f}': {why}"
-                                                     for f, why in res.problems)
-                        elif res.result.status == "error":
-                            reason = res.result.info.get("reason", "reward error")
-                            row["error"] = f"{in_path}:{lineno}: {reason}"
                     summary.add(obj.get("domain") if isinstance(obj, dict) else None, row["status"])
                     out.write(_dump_line(row, lineno) + "\n")
+                    written += 1
+                out.flush()  # what is scored is on disk: a crash later loses none of it
                 if bar is not None:
                     bar.update(batch[-1][0] - bar.n if batch else 0)
                 batch.clear()
@@ -202,12 +287,13 @@ def score_file(in_path: str, out_path: str, config: RewardsConfig, chunk: int = 
                 if len(batch) >= chunk:
                     flush()
             flush()
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
+        os.replace(partial, out_path)
+    except BaseException as exc:
+        if bar is not None:  # close the bar first, so the message below is not drawn over
+            bar.close()
+            bar = None
+        print(f"nemo-prorl score: stopped ({type(exc).__name__}) after {written} row(s); they are in "
+              f"{partial}; the rest of {in_path} was not scored", file=sys.stderr)
         raise
     finally:
         if bar is not None:

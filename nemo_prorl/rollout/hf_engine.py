@@ -3,11 +3,14 @@
 It runs its own decoding loop instead of ``model.generate`` so that sampling is exactly the one
 specified in :mod:`nemo_prorl.rollout.sampling` (vLLM's semantics) and the returned log-probs come from
 the distribution actually sampled from. The prompts are prefilled with the model's forward (left
-padding); the decode steps then run either through a hand-written step for Llama-family models
-(:class:`_LlamaDecoder`: preallocated KV buffers, one GEMM for q/k/v, no per-step mask or rotary
-construction) or through the model's forward with a growing HF cache (:class:`_HFDecoder`, any causal
-LM). Sampling, EOS and length bookkeeping are tensor operations over the whole batch; finished rows are
+padding); the decode steps run through the model's forward with a growing HF cache (:class:`_HFDecoder`,
+any causal LM; only public transformers API: the forward, ``DynamicCache`` and its batch methods).
+Sampling, EOS and length bookkeeping are tensor operations over the whole batch; finished rows are
 dropped from the batch once a quarter of it has finished.
+
+(A hand-written Llama-family decode step, which read transformers internals, was removed on 2026-12-06:
+on the demo it gave 0.86x-1.06x the transformers forward's speed, interleaved medians; see
+benchmarks/RESULTS.md, "CPU decode step".)
 
 Reproducibility: sample ``j`` of prompt ``i`` draws its random numbers from a generator seeded with
 ``sample_seed(seed, i, j)``, one uniform number per decoding step (drawn up front as one vector, which
@@ -36,8 +39,6 @@ from nemo_prorl.rollout.registry import register_rollout_backend
 from nemo_prorl.rollout.sampling import find_stop, sample_seed, sample_tokens, tokens_covering
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: per layer: stacked q/k/v weight and bias, stacked gate/up weight and bias (biases may be None)
-_Fused = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, "torch.Tensor | None"]
 
 
 def _tied_lm_head(model: torch.nn.Module) -> bool:
@@ -58,17 +59,12 @@ class HFRolloutEngine:
         overlong_prompt: ``"error"`` or ``"skip"`` (see :func:`nemo_prorl.rollout.limits.check_prompts`).
         eos_token_ids: tokens that end a sample; default: the tokenizer's EOS plus the model's
             ``generation_config.eos_token_id``.
-        decoder: how decode steps run after the HF prefill. ``"llama"``: the hand-written step of
-            :class:`_LlamaDecoder` (Llama / Qwen2 / Qwen3 with full attention; on the GRPO-step
-            benchmark's 2-layer Qwen2, 32 x 32 tokens take 0.031 s instead of 0.048 s, 1 CPU thread).
-            ``"hf"``: the model's own forward with a growing HF cache (any causal LM). ``"auto"``
-            (default): ``"llama"`` where :func:`llama_decoder_unsupported` finds nothing against it,
-            else ``"hf"``. Both give the same log-probs up to float rounding (tested against a full
-            teacher-forced forward).
+        decoder: ``"auto"`` or ``"hf"`` (the same: the model's own forward with a growing HF cache).
+            ``"llama"``, the removed hand-written step, is refused with the reason.
 
     Raises:
         ValueError: the limits exceed the model's context (``max_position_embeddings``); an unknown
-            ``decoder``; ``decoder="llama"`` for a model it does not support (the reason is named).
+            ``decoder``.
 
     """
 
@@ -83,13 +79,11 @@ class HFRolloutEngine:
         eos_token_ids: Sequence[int] | None = None,
         decoder: str = "auto",
     ) -> None:
-        if decoder not in ("auto", "llama", "hf"):
-            raise ValueError(f"HFRolloutEngine: decoder must be 'auto', 'llama' or 'hf', got {decoder!r}")
-        unsupported = llama_decoder_unsupported(model)
-        if decoder == "llama" and unsupported is not None:
-            raise ValueError(f"HFRolloutEngine: decoder='llama' cannot run this model: {unsupported}")
-        self._use_llama_decoder = decoder != "hf" and unsupported is None
-        self._fused: list | None = None
+        if decoder == "llama":
+            raise ValueError("HFRolloutEngine: decoder='llama' was removed (on the demo it ran at "
+                             "0.86x-1.06x the transformers forward's speed); use decoder='auto' or 'hf'")
+        if decoder not in ("auto", "hf"):
+            raise ValueError(f"HFRolloutEngine: decoder must be 'auto' or 'hf', got {decoder!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_prompt_tokens = int(max_prompt_tokens)
@@ -258,13 +252,10 @@ class HFRolloutEngine:
         rows = [(i, j) for i in keep for j in range(n)]
         samples: list[Sample] = []
         prompts_per_batch = max(1, self.max_batch_size // n)
-        try:
-            for start in range(0, len(keep), prompts_per_batch):
-                chunk = keep[start : start + prompts_per_batch]
-                chunk_prompts = [list(prompts[i]) for i in chunk]
-                samples.extend(self._generate_chunk(chunk_prompts, chunk, n, sampling, base_seed))
-        finally:
-            self._fused = None  # stacked projections: built from the live weights once per call
+        for start in range(0, len(keep), prompts_per_batch):
+            chunk = keep[start : start + prompts_per_batch]
+            chunk_prompts = [list(prompts[i]) for i in chunk]
+            samples.extend(self._generate_chunk(chunk_prompts, chunk, n, sampling, base_seed))
         elapsed = time.perf_counter() - t0
         n_tokens = sum(len(s.token_ids) for s in samples)
         timings = {
@@ -315,18 +306,13 @@ class HFRolloutEngine:
             input_ids=ids.to(device),
             attention_mask=mask,
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwarg(self.model, cache),
         )
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)  # [B, V]
         steps = sampling.max_tokens
-        if self._use_llama_decoder:
-            decoder: _LlamaDecoder | _HFDecoder = _LlamaDecoder(
-                self.model, cache, mask, lengths_t, n, width + steps, self._fused_weights()
-            )
-        else:
-            decoder = _HFDecoder(self.model, cache, mask, lengths_t, n)
+        decoder = _HFDecoder(self.model, cache, mask, lengths_t, n)
 
         rows = [(i, j) for i in prompt_indices for j in range(n)]
         n_rows = len(rows)
@@ -411,79 +397,21 @@ class HFRolloutEngine:
             )
         return samples
 
-    def _fused_weights(self) -> list[_Fused]:
-        """Per layer: the q/k/v projections and the gate/up projections stacked into one matrix each.
 
-        Built on the first chunk of every ``generate`` call from the live parameters (so
-        ``update_weights`` and direct edits of the model are always seen) and dropped when the call
-        returns; the copy costs about as much memory traffic as one decode step and saves two GEMM
-        launches per layer and step.
-        """
-        if self._fused is not None:
-            return self._fused
-        fused = []
-        for layer in self.model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            qkv = _stack_linear([a.q_proj, a.k_proj, a.v_proj])
-            fused.append((*qkv, *_stack_linear([m.gate_proj, m.up_proj])))
-        self._fused = fused
-        return fused
+def cache_kwarg(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword a causal LM's ``forward`` takes its KV cache under, with ``cache`` as its value.
 
-
-def _stack_linear(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the weights (and biases; a missing bias counts as zeros) of linears sharing the input."""
-    weight = torch.cat([lin.weight for lin in linears], dim=0)
-    if all(lin.bias is None for lin in linears):
-        return weight, None
-    bias = torch.cat([
-        lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears
-    ])
-    return weight, bias
-
-
-#: ``config.model_type`` values whose decoder layers the hand-written decode step reproduces.
-LLAMA_FAMILY = frozenset({"llama", "qwen2", "qwen3"})
-
-
-def llama_decoder_unsupported(model: torch.nn.Module) -> str | None:
-    """Why the hand-written decode step cannot run ``model`` (``None`` when it can).
-
-    Supported: Llama, Qwen2 and Qwen3 causal LMs (pre-norm decoder layers with RMSNorm, rotary
-    attention with grouped KV heads, optional q/k/v biases, optional per-head q/k RMSNorm, gated MLP)
-    with full attention in every layer, ``sdpa`` or ``eager`` attention, and a rotary embedding that
-    does not depend on the sequence length.
+    ``{"cache": cache}`` where the forward has that parameter (transformers 5.x: ``past_key_values`` is
+    deprecated there and goes in 5.40), else ``{"past_key_values": cache}`` (older releases).
     """
-    cfg = model.config
-    if getattr(cfg, "model_type", None) not in LLAMA_FAMILY:
-        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {sorted(LLAMA_FAMILY)}"
-    impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
-        return f"attention implementation {impl!r} (supported: sdpa, eager)"
-    if getattr(cfg, "use_sliding_window", False) or any(
-        t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])
-    ):
-        return "sliding-window attention layers"
-    if (getattr(cfg, "pretraining_tp", 1) or 1) != 1:
-        return f"pretraining_tp={cfg.pretraining_tp}"
-    base = getattr(model, "model", None)
-    rotary = getattr(base, "rotary_emb", None)
-    if rotary is None or not hasattr(base, "layers") or not hasattr(base, "norm"):
-        return "no model.model.{layers, norm, rotary_emb}"
-    rope_type = str(getattr(rotary, "rope_type", "default"))
-    if "dynamic" in rope_type or rope_type == "longrope":
-        return f"rope type {rope_type!r} depends on the sequence length"
-    if model.get_output_embeddings() is None:
-        return "no output embeddings"
-    for i, layer in enumerate(base.layers):
-        a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        needed = [(a, ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")),
-                  (m, ("gate_proj", "up_proj", "down_proj", "act_fn")),
-                  (layer, ("input_layernorm", "post_attention_layernorm"))]
-        for owner, names in needed:
-            missing = [nm for nm in names if not hasattr(owner, nm)]
-            if owner is None or missing:
-                return f"layer {i} lacks {missing or names}"
-    return None
+    import inspect
+
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 class _HFDecoder:
@@ -505,8 +433,8 @@ class _HFDecoder:
             input_ids=tokens.unsqueeze(-1),
             attention_mask=self.mask,
             position_ids=self.pos.unsqueeze(-1),
-            past_key_values=self.cache,
             use_cache=True,
+            **cache_kwarg(self.model, self.cache),
         )
         self.pos = self.pos + 1
         return out.logits[:, -1, :]
@@ -515,111 +443,6 @@ class _HFDecoder:
         """Keep only the batch positions ``sel`` (ascending)."""
         self.cache.batch_select_indices(sel)
         self.mask, self.pos = self.mask[sel], self.pos[sel]
-
-
-class _LlamaDecoder:
-    """Hand-written single-token decode steps for Llama-family models (see :data:`LLAMA_FAMILY`).
-
-    The same computation as the HF forward, reading the HF modules' weights, but
-    without the per-call machinery (mask construction, cache objects, rotary recomputation, module
-    hooks): preallocated K/V buffers ``[B, kv_heads, capacity, head_dim]`` per layer written at one
-    column per step (left padding aligns every row's write position), an additive mask buffer, a
-    rotary cos/sin table for all positions computed once by the model's own rotary module, q/k/v and
-    gate/up projections as one GEMM each, and grouped-query attention as two batched matmuls (fp32)
-    or SDPA (16-bit weights: its kernel keeps the softmax and its product with V in fp32, as the HF
-    forward's sdpa path does; tested to give the same bf16 samples).
-    """
-
-    def __init__(self, model: torch.nn.Module, cache: Any, prompt_mask: torch.Tensor,
-                 prompt_lengths: torch.Tensor, n: int, capacity: int,
-                 fused: list[_Fused]) -> None:
-        base = model.model
-        self.base, self.lm_head, self.fused = base, model.get_output_embeddings(), fused
-        self.layers = list(base.layers)
-        attn = self.layers[0].self_attn
-        self.head_dim = int(attn.head_dim)
-        self.n_q = attn.q_proj.out_features // self.head_dim
-        self.n_kv = attn.k_proj.out_features // self.head_dim
-        self.qk_norm = hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
-        n_prompts, width = prompt_mask.shape
-        rows = n_prompts * n
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        for layer_cache in cache.layers:  # [P, kv_heads, width, head_dim] -> n copies per prompt
-            for src, dst in ((layer_cache.keys, self.k), (layer_cache.values, self.v)):
-                buf = src.new_empty((rows, src.shape[1], capacity, src.shape[3]))
-                copies = buf.view(n_prompts, n, src.shape[1], capacity, src.shape[3])
-                copies[:, :, :, :width] = src.unsqueeze(1)
-                dst.append(buf)
-        dtype, device = self.k[0].dtype, self.k[0].device
-        # fp32: two batched matmuls and a softmax (cheaper than SDPA's kernel for one query token);
-        # 16-bit: SDPA, which keeps the softmax and its product with V in fp32
-        self.matmul_attention = dtype == torch.float32
-        self.mask = torch.full((rows, 1, 1, capacity), float("-inf"), dtype=dtype, device=device)
-        self.mask[:, 0, 0, :width].masked_fill_(prompt_mask.bool().repeat_interleave(n, dim=0), 0.0)
-        self.pos = prompt_lengths.repeat_interleave(n).clone()
-        self.col = width  # the cache column the next token is written to (same for every row)
-        positions = torch.arange(capacity, device=device).unsqueeze(0)
-        cos, sin = base.rotary_emb(self.mask, positions)  # [1, capacity, head_dim] in the model dtype
-        half = self.head_dim // 2
-        self.cos = cos[0]
-        # rotate_half(x) * sin == roll(x, half) * [-sin_first_half, sin_second_half]
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row ``[B]``; return the next-token logits ``[B, V]``."""
-        import torch.nn.functional as F
-
-        b, c, d = tokens.shape[0], self.col, self.head_dim
-        nq, nkv = self.n_q, self.n_kv
-        group = nq // nkv
-        half = d // 2
-        self.mask[:b, 0, 0, c] = 0.0
-        mask = self.mask[:b, :, :, : c + 1]  # [b, 1, 1, c+1]
-        cos = self.cos[self.pos].view(b, 1, 1, d)
-        sin = self.sin[self.pos].view(b, 1, 1, d)
-        h = self.base.embed_tokens(tokens.unsqueeze(-1))  # [b, 1, H]
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv_w, qkv_b, gu_w, gu_b = self.fused[i]
-            qkv = F.linear(layer.input_layernorm(h), qkv_w, qkv_b).view(b, nq + 2 * nkv, 1, d)
-            if self.qk_norm:
-                q = attn.q_norm(qkv[:, :nq])
-                k = attn.k_norm(qkv[:, nq : nq + nkv])
-                q = q * cos + q.roll(half, -1) * sin
-                k = k * cos + k.roll(half, -1) * sin
-            else:
-                qk = qkv[:, : nq + nkv]
-                qk = qk * cos + qk.roll(half, -1) * sin
-                q, k = qk[:, :nq], qk[:, nq:]
-            key_buf, val_buf = self.k[i], self.v[i]
-            key_buf[:b, :, c] = k[:, :, 0]
-            val_buf[:b, :, c] = qkv[:, nq + nkv :, 0]
-            keys, vals = key_buf[:b, :, : c + 1], val_buf[:b, :, : c + 1]  # [b, kv, c+1, d]
-            if self.matmul_attention:
-                scores = torch.matmul(q.view(b, nkv, group, d), keys.transpose(-1, -2))  # [b, kv, g, c+1]
-                probs = torch.softmax(scores.mul_(attn.scaling).add_(mask), dim=-1)
-                ctx = torch.matmul(probs, vals).view(b, 1, nq * d)
-            else:
-                ctx = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=attn.scaling,
-                                                     enable_gqa=group > 1).view(b, 1, nq * d)
-            h = h + F.linear(ctx, attn.o_proj.weight, attn.o_proj.bias)
-            gate_up = F.linear(layer.post_attention_layernorm(h), gu_w, gu_b)
-            inter = gate_up.shape[-1] // 2
-            act = mlp.act_fn(gate_up[..., :inter]) * gate_up[..., inter:]
-            h = h + F.linear(act, mlp.down_proj.weight, mlp.down_proj.bias)
-        logits = self.lm_head(self.base.norm(h))[:, 0, :]
-        self.pos += 1
-        self.col += 1
-        return logits
-
-    def keep(self, sel: torch.Tensor) -> None:
-        """Keep only the batch positions ``sel`` (ascending): move them to the front of every buffer."""
-        m, c = sel.numel(), self.col
-        for buf in (*self.k, *self.v):
-            buf[:m, :, :c] = buf[sel, :, :c]
-        self.mask[:m] = self.mask[sel]
-        self.pos = self.pos[sel]
 
 
 @torch.no_grad()

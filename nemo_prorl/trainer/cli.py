@@ -10,6 +10,14 @@ import time
 from nemo_prorl.config_schema import ConfigError
 
 
+def _close_progress_bar(trainer) -> None:
+    """Close the trainer's progress bar (if any) so that what is printed next starts on a clean line."""
+    bar = getattr(trainer, "progress_bar", None)
+    if bar is not None:
+        bar.close()
+        sys.stderr.flush()
+
+
 def main(argv: list[str]) -> int:
     """Run training; returns the exit code.
 
@@ -73,9 +81,11 @@ def main(argv: list[str]) -> int:
         summary = trainer.fit()
         failed = False
     except (DataValidationError, ConfigError) as exc:
+        _close_progress_bar(trainer)
         print(f"nemo-prorl train: {exc}", file=sys.stderr)
         return 2
     except (TrainingError, DynamicSamplingExhausted) as exc:
+        _close_progress_bar(trainer)  # first: a live bar redraws itself over the message
         print(f"nemo-prorl train: aborted: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -426,6 +426,7 @@ class ProRLTrainer:
             from tqdm import tqdm
 
             bar = tqdm(total=tc.max_steps, initial=self.step, desc="ProRL", dynamic_ncols=True)
+        self.progress_bar = bar  # the CLI closes it before printing why a run stopped
         preempted = False
         with PreemptionHandler(cfg.checkpoint.save_on_signals) as preempt:
             while self.step < tc.max_steps:

@@ -38,6 +38,7 @@ def test_parallel_layout_matches_single_process(work, mode):
     hf, root = work
     out = _run(mode, hf, root, 2)
     assert out.count(f"ENGINE_OK {mode} ") == 2, out
+    print("\n".join(line for line in out.splitlines() if line.startswith("ENGINE_OK")))
 
 
 def test_checkpoint_saved_at_tp2_loads_at_tp1(work):

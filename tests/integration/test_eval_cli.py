@@ -54,3 +54,17 @@ def test_eval_rejects_bad_checkpoint(tmp_path):
                 str(tmp_path / "o"), "--workers", "1"], tmp_path)
     assert res.returncode == 2
     assert "neither an HF model directory" in res.stderr
+
+
+def test_eval_defaults_fit_the_demo_model(tmp_path):
+    """The README's quick-tour command without --max-tokens: the demo model has 128 positions, so the
+    default response budget is derived from them (it used to be a fixed 1024 and the command failed)."""
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(open(DEMO / "val.jsonl").readlines()[:2]))
+    res = _run(["eval", "--checkpoint", f"base={DEMO}", "--data", str(data), "--n", "2", "--k", "1,2",
+                "--template", "reasoning_gym={prompt}\\n", "--out", str(tmp_path / "o"), "--workers", "1"],
+               tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "base: --max-tokens not given: using 1" in res.stderr  # 128 minus a few prompt tokens
+    assert "(the model's 128 positions minus the longest prompt" in res.stderr
+    assert "pass@1" in json.dumps(json.loads((tmp_path / "o" / "results.json").read_text()))

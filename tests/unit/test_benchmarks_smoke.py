@@ -17,10 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(script: str, out: Path, *extra: str) -> dict:
+def _run(script: str, out: Path, *extra: str, timeout: int = 120) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -47,11 +47,31 @@ def test_code_reward_quick(tmp_path):
 
 
 def test_grpo_step_quick(tmp_path):
-    res = _run("bench_grpo_step.py", tmp_path / "grpo.json", "--variants", "ours", "--steps", "2")
+    res = _run("bench_grpo_step.py", tmp_path / "grpo.json", "--variants", "ours,ours_recompute",
+               "--steps", "2", timeout=300)  # two processes (~20 s each on quiet cores)
     ours = res["variants"]["ours"]
     assert ours["step_s"]["median"] > 0
     assert set(ours["stages_s"]) == {"generate_s", "reward_s", "logprobs_s", "train_s", "sync_s"}
     assert 1 <= ours["mean_completion_tokens"]["median"] <= 32
+    assert ours["extra"]["old_logprobs_reused"] is True
+    assert res["variants"]["ours_recompute"]["extra"]["old_logprobs_reused"] is False
+    assert res["ratios"] == {}  # no TRL in this run: no ratio to it (never one taken from another run)
+
+
+def test_ratios_are_like_for_like():
+    """Hand values: only serial/serial and 2-way/2-way for the code reward; TRL ratios only within a run."""
+    import importlib
+
+    sys.path.insert(0, str(REPO))
+    code = importlib.import_module("benchmarks.bench_code_reward")
+    grpo = importlib.import_module("benchmarks.bench_grpo_step")
+    med = {"ours_score": 74.0, "ours_pool": 89.0, "baseline": 43.0, "baseline_2": 68.0}
+    assert code.like_for_like_ratios(med) == {"serial_ours_vs_baseline": 74.0 / 43.0,
+                                              "two_in_flight_ours_vs_baseline": 89.0 / 68.0}
+    assert code.like_for_like_ratios({"ours_pool": 89.0, "baseline": 43.0}) == {}  # 2 workers vs 1: none
+    assert grpo.like_for_like_ratios({"ours": 0.05, "ours_recompute": 0.06, "trl": 0.1}) == {
+        "ours_speedup_vs_trl": 0.1 / 0.05, "ours_recompute_speedup_vs_trl": 0.1 / 0.06}
+    assert grpo.like_for_like_ratios({"ours_recompute": 0.06}) == {}
 
 
 def test_packing_quick(tmp_path):

@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 
 ROWS, LENGTH, VOCAB = 8, 16, 320
-TOL = {"lp": 2e-5, "loss": 2e-5, "grad_norm": 1e-4, "params": 2e-5}
+# "lp" is the figure README states for TP=2 / PP=2 vs TP=1 log-probs: measured max |diff| 4.8e-7 at TP=2
+# (the order of the TP reductions) and 0 at PP=2 and DP=2 (2-core x86 CPU, torch 2.13), asserted at 1e-6;
+# entropies (a sum over the vocabulary) measured 1.9e-6, asserted at 4e-6.
+TOL = {"lp": 1e-6, "ent": 4e-6, "loss": 2e-5, "grad_norm": 1e-4, "params": 2e-5}
 
 
 def _batch(seed: int):
@@ -122,7 +125,7 @@ def main() -> None:
     diffs: dict[str, float] = {}
     for name, value in tensors.items():
         diffs[name] = float((value - ref_t[name][rows]).abs().max())
-        assert diffs[name] <= TOL["lp"], (mode, rank, name, diffs[name])
+        assert diffs[name] <= TOL["ent" if name == "ent" else "lp"], (mode, rank, name, diffs[name])
     for key, value in results.items():
         metric = key.split("/", 1)[1]
         want = ref_m[key]

@@ -104,3 +104,23 @@ def test_bad_arguments():
         DynamicSamplingBuffer(target_groups=0, max_rounds=1)
     with pytest.raises(ValueError, match="max_rounds"):
         DynamicSamplingBuffer(target_groups=1, max_rounds=0)
+
+
+def test_exhaustion_names_the_common_reward_and_what_to_change():
+    buf = DynamicSamplingBuffer(target_groups=2, max_rounds=2)
+    buf.add(["a", "b"], [[0, 0, 0], [0.0, 0.0, 0.0]])
+    with pytest.raises(DynamicSamplingExhausted) as info:
+        buf.add(["c"], [torch.zeros(3)])
+    msg = str(info.value)
+    assert "3 groups generated, 3 dropped as all-equal: all with every reward 0)" in msg
+    assert msg.endswith("Every sample scored 0: check that the prompt template asks for the answer format "
+                        "the reward reads (`nemo-prorl score` on a few responses shows the status), or start "
+                        "from a stronger base or easier data")
+    mixed = DynamicSamplingBuffer(target_groups=2, max_rounds=1)
+    with pytest.raises(DynamicSamplingExhausted) as info:
+        mixed.add(["a", "b", "c"], [[1, 1], [0, 0], [1, 1]])
+    assert "dropped as all-equal: 1 at 0, 2 at 1)" in str(info.value)
+    assert "Every sample" not in str(info.value)
+    easy = DynamicSamplingBuffer(target_groups=1, max_rounds=1)
+    with pytest.raises(DynamicSamplingExhausted, match="Every sample scored 1: .* use harder data"):
+        easy.add(["a"], [[1, 1]])

@@ -10,9 +10,10 @@ import torch
 from nemo_prorl.policy.megatron import convert as C
 from nemo_prorl.policy.megatron.testing import make_tiny_hf_model
 
-# Megatron (local spec, unfused fp32) vs transformers eager attention: measured max |diff| ~4e-7 on
-# logits of magnitude ~1; we allow 1e-5 absolute.
-LOGITS_ATOL = 1e-5
+# Megatron (local spec, unfused fp32) vs transformers eager attention, the figure README states: max
+# |diff| 2.1e-7..2.4e-7 over the four cases below (logits of magnitude ~1, 2-core x86 CPU, torch 2.13);
+# asserted at 5e-7, 2x headroom for another CPU's summation order.
+LOGITS_ATOL = 5e-7
 
 CASES = [("qwen2", False), ("qwen2", True), ("llama", False), ("llama", True)]
 

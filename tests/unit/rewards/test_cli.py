@@ -73,7 +73,7 @@ def test_dispatcher_and_all_valid_exit_zero(tmp_path):
     )
     rows = read(dst)
     assert [r["reward"] for r in rows] == [1.0 if i < 3 else 0.0 for i in range(30)]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".score-")]  # temp file renamed away
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]  # renamed into place
 
 
 def test_small_chunks_keep_order_and_config_file(tmp_path):
@@ -126,10 +126,68 @@ def test_unreadable_rows_become_error_rows_never_a_crash(tmp_path):
     rc = main(["--input", str(src), "--output", str(dst), "--workers", "1", "--no-progress",
                "--max-row-bytes", "1000000"])
     rows = read(dst)
-    assert len(rows) == 8 and rc == 5
+    assert len(rows) == 8 and rc == 6
     assert "nested too deeply" in rows[0]["error"] and rows[0]["line"] == 1
     assert "unreadable JSON" in rows[1]["error"] and "longer than 1000000 bytes" in rows[2]["error"]
     assert rows[3]["status"] == "error" and "field 'domain': missing" in rows[4]["error"]
     assert rows[5]["status"] == "ok" and rows[5]["reward"] == 1.0  # deep but readable: scored
-    assert rows[6]["status"] == "ok" and rows[6]["reward"] == 1.0 and rows[6]["response"].startswith("\ud800")
+    # a lone surrogate cannot be written back as UTF-8: an error row naming the field, U+FFFD in its place
+    assert rows[6]["status"] == "error" and rows[6]["reward"] == 0.0 and rows[6]["line"] == 7
+    assert "field 'response': lone surrogate U+D800 at character 0" in rows[6]["error"]
+    assert rows[6]["response"] == "\ufffd \\boxed{2}"
     assert rows[7]["reward"] == 1.0
+
+
+def test_lone_surrogates_anywhere_every_row_comes_back(tmp_path):
+    """Surrogates in a nested field, a key, the domain, and a valid escaped pair: each row is written back
+    as valid UTF-8 JSON, the bad ones as error rows naming the field; the good rows are scored."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(src, [
+        b'{"domain": "math", "response": "\\\\boxed{1}", "answer": "1"}\n',
+        b'{"domain": "ifeval", "response": "x", "instructions": [{"id": "punctuation:no_comma", '
+        b'"kwargs": {"k\\udfff": 1}}]}\n',
+        b'{"domain": "math\\ud800", "response": "1", "answer": "1"}\n',
+        b'{"domain": "math", "response": "\\ud83d\\ude00 \\\\boxed{2}", "answer": "2"}\n',  # a pair: valid
+        b'{"domain": "math", "response": "\\\\boxed{3}", "answer": "4"}\n',
+    ])
+    rc = main(["--input", str(src), "--output", str(dst), "--workers", "1", "--no-progress"])
+    raw = dst.read_bytes()
+    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
+    rows = read(dst)
+    assert rc == 2 and [r["status"] for r in rows] == ["ok", "error", "error", "ok", "ok"]
+    assert [r["reward"] for r in rows] == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert "field 'instructions[0].kwargs.k\ufffd (the key)': lone surrogate U+DFFF" in rows[1]["error"]
+    assert "field 'domain': lone surrogate U+D800 at character 4" in rows[2]["error"]
+    assert rows[2]["domain"] == "math\ufffd" and rows[3]["response"].startswith("\U0001F600")
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_interrupted_run_keeps_every_row_already_scored(tmp_path):
+    """Ctrl-C in the middle: the rows scored so far stay in OUT.partial (valid, in order), the message
+    says how many, and no half file appears under the final name."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(src, [{"domain": "math", "response": f"\\boxed{{{i}}}", "answer": str(i % 2)} for i in range(5000)])
+    partial = tmp_path / "out.jsonl.partial"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nemo_prorl.cli", "score", "--input", str(src), "--output", str(dst),
+         "--workers", "1", "--chunk", "1", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if partial.exists() and partial.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and not dst.exists()
+    rows = read(partial)
+    assert len(rows) >= 3 and [r["reward"] for r in rows] == [1.0 if i < 2 else 0.0 for i in range(len(rows))]
+    assert [r["response"] for r in rows] == [f"\\boxed{{{i}}}" for i in range(len(rows))]
+    assert f"stopped (KeyboardInterrupt) after {len(rows)} row(s); they are in {partial}" in err, err

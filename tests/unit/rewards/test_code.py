@@ -34,12 +34,17 @@ ASSERT_ROW = {"domain": "code", "entry_point": "add", "tests": [
 ]}
 
 
-@pytest.fixture(scope="module")
-def reward():
+def _code_reward(**kw) -> CodeReward:
+    """A CodeReward on the real sandbox, or a skip naming why this host has none."""
     try:
-        return CodeReward(case_timeout_s=1.0, total_timeout_s=6.0, memory_mb=512, max_output_bytes=1 << 20)
+        return CodeReward(**kw)
     except SandboxUnavailableError as exc:
         pytest.skip(f"no isolated sandbox on this host: {exc}")
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return _code_reward(case_timeout_s=1.0, total_timeout_s=6.0, memory_mb=512, max_output_bytes=1 << 20)
 
 
 def _slot_uid_processes(r: CodeReward) -> list[int]:
@@ -87,11 +92,33 @@ def _slot_uid_processes(r: CodeReward) -> list[int]:
     return leftovers
 
 
+def _live_descendants() -> list[str]:
+    """Processes still running below this test process, whatever their uid.
+
+    Every sandbox launch is a child of the grader (bwrap, then the solution as pid 1 of a fresh pid
+    namespace); a daemon the solution forks stays inside that namespace, so it is a descendant of ours
+    until the namespace's pid 1 dies and the kernel kills the rest. After ``score()`` returns, anything
+    still alive below us escaped the clean-up. This holds with or without root (as root the slot-uid scan
+    below also finds processes that left our process tree).
+    """
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def _grader_goes_on(r: CodeReward) -> None:
     """After an attack the next row is scored normally and nothing of the attack is left running."""
     res = r.score(answer(ADD_SRC), ADD_IO)
     assert res.status == "ok" and res.score == 1.0, res.info
-    if os.geteuid() == 0:
+    assert _live_descendants() == []
+    if os.geteuid() == 0:  # slot uids exist only when the grader runs as root
         assert _slot_uid_processes(r) == []
 
 
@@ -192,7 +219,7 @@ def test_no_block_and_bad_rows(reward):
 def test_tests_as_json_string_and_max_tests():
     import json
 
-    r = CodeReward(case_timeout_s=1.0, max_tests=2)
+    r = _code_reward(case_timeout_s=1.0, max_tests=2)
     row = {"domain": "code", "tests": json.dumps(ADD_IO["tests"])}
     res = r.score(answer("print(3)"), row)
     assert res.info["total"] == 2 and res.score == pytest.approx(0.5)
@@ -267,7 +294,7 @@ def test_infinite_loop_ignoring_signals_times_out(reward):
 
 
 def test_total_budget_exhausted_is_timeout():
-    r = CodeReward(case_timeout_s=1.0, total_timeout_s=1.5)
+    r = _code_reward(case_timeout_s=1.0, total_timeout_s=1.5)
     src = "import time\nx = int(input())\nif x > 5:\n    time.sleep(5)\nprint(x)"
     row = {"domain": "code", "tests": [{"input": str(x), "output": str(x)} for x in (10, 10, 1, 2)]}
     res = r.score(answer(src), row)
@@ -318,21 +345,40 @@ def test_network_to_host_loopback_blocked(reward):
 
 
 def test_host_secrets_not_readable(reward, tmp_path):
-    """S2: a host canary file and an environment secret are invisible inside."""
+    """S2: a host canary file, a file in the grader's home and an environment secret are invisible inside.
+
+    The solution reports, for each secret, whether it saw it, and the expected output is "nothing seen":
+    a full or a partial leak (any one secret, found anywhere: the file itself, the grader's home, its
+    environment, ``/proc/1/environ``, ``/proc/self/environ``, ``/etc/shadow``) gives a wrong answer and
+    fails this test, and so does a solution that did not run at all; a control row shows the program
+    does report a secret it can see.
+    """
     canary = tmp_path / "canary.txt"
     canary.write_text("CANARY-7f3a")
+    home = os.path.expanduser("~")
+    home_canary = os.path.join(home, f".nemo-test-canary-{os.getpid()}")
     os.environ["NEMO_TEST_API_KEY"] = "SECRET-91bc"
-    home_file = os.path.join(os.path.expanduser("~"), ".bashrc")  # the grader's home directory
-    src = ("import os, sys\nout = []\n"
-           f"for p in ({str(canary)!r}, {home_file!r}, '/etc/shadow', '/proc/1/environ'):\n"
-           "    try:\n        out.append(open(p).read())\n    except OSError:\n        pass\n"
-           "out.append(os.environ.get('NEMO_TEST_API_KEY', ''))\nprint(' '.join(out))\n")
+    src = ("import os, sys\n"
+           "seen = sys.stdin.read()\n"
+           f"for p in ({str(canary)!r}, {home_canary!r}, '/etc/shadow', '/proc/1/environ',\n"
+           "          '/proc/self/environ'):\n"
+           "    try:\n        seen += open(p, errors='replace').read()\n    except OSError:\n        pass\n"
+           "seen += ' '.join(f'{k}={v}' for k, v in os.environ.items())\n"
+           "found = [s for s in ('CANARY-7f3a', 'HOME-55e2', 'SECRET-91bc') if s in seen]\n"
+           "print('leaked: ' + ','.join(found) if found else 'nothing seen')\n")
     try:
-        row = {"domain": "code", "tests": [{"input": "", "output": "CANARY-7f3a SECRET-91bc"}]}
+        with open(home_canary, "w") as fh:
+            fh.write("HOME-55e2")
+        row = {"domain": "code", "tests": [{"input": "", "output": "nothing seen"}]}
         res = reward.score(answer(src), row)
     finally:
         del os.environ["NEMO_TEST_API_KEY"]
-    assert res.score == 0.0 and res.info["outcomes"] == {"wrong_answer": 1}
+        os.unlink(home_canary)
+    assert res.status == "ok" and res.score == 1.0, res.info
+    # control: the same program does report a secret it can see (handed to it on stdin)
+    control = reward.score(answer(src), {"domain": "code", "tests": [
+        {"input": "x SECRET-91bc CANARY-7f3a", "output": "leaked: CANARY-7f3a,SECRET-91bc"}]})
+    assert control.status == "ok" and control.score == 1.0, control.info
     _grader_goes_on(reward)
 
 
