@@ -20,13 +20,24 @@ Ours (``--child ours``): the step loop the trainer runs, from the package's publ
 -> ``compute_advantages`` -> old log-probs by the trainer's rule ``skip_old_logprobs``: with one update
 per rollout batch (this benchmark) the separate ``MegatronPolicy.logprobs`` pass is skipped and the
 update's own log-probs, detached, are the old ones, as TRL does with ``num_iterations=1``
-(variant ``ours_recompute`` forces the pass) -> ``MegatronPolicy.train_step`` with the trainer's
+(variant ``ours_recompute`` forces the pass; ``ours_padded`` uses fixed micro-batches padded to the longest) -> ``MegatronPolicy.train_step`` with the trainer's
 ``make_loss_fn`` (``prorl_loss``, entropy computed, rollout/trainer mismatch metric) -> weight sync
 ``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
 
 The first ``--warmup`` steps are dropped; the rest give the per-process median s/step; the reported
 number is the median over ``--runs`` processes per side, interleaved. Ratios to TRL are printed only
 for variants measured in the same run as TRL (``like_for_like_ratios``).
+
+``--lengths long-tail`` (the realistic shape): at most 256 completion tokens, untied output layer whose
+end-of-sequence row is a fixed random vector (scale 1.3/8, seed 1), so the stop probability varies with
+the context and completion lengths are long-tailed as reasoning traces are (measured on the benchmark
+prompts: median ~42, 90th percentile ~190 tokens, a few near the cap). Variants then are ``ours``
+(token-budget micro-batches: ``micro_batch_tokens = 8 x (64 + 256)``, rows sorted by length and binned),
+``ours_padded`` (the same step with fixed micro-batches of 8 rows padded to the batch's longest: the same
+memory bound) and ``trl``. Every step records completion tokens/s and the padding fraction of the
+training forward (ours: the engine's ``perf/padding_fraction``; TRL, which pads completions to the
+batch's longest and left-pads prompts, estimated from its logged mean/max completion length and the
+prompts' mean/max length).
 
 Usage::
 
@@ -57,20 +68,29 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 
-VARIANTS = ("ours", "ours_recompute", "trl")
+VARIANTS = ("ours", "ours_padded", "ours_recompute", "trl")
+PROMPTS_PER_STEP, N, N_PROMPTS, MAX_PROMPT_TOKENS = 8, 4, 64, 64
+#: per ``--lengths``: completion cap, rows per micro-batch (the memory bound both of our variants keep),
+#: and the scale of the end-of-sequence output row (``None`` = tied embeddings, the original benchmark)
+SHAPES = {"short": {"max_tokens": 32, "micro_rows": PROMPTS_PER_STEP * N, "eos_scale": None},
+          "long-tail": {"max_tokens": 256, "micro_rows": 8, "eos_scale": 1.3}}
 
 
 def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
-    """TRL's s/step over ours, for each of our variants measured in the same run as TRL (never across runs).
+    """Speed-ups between variants measured in the same run (never across runs), from s/step medians.
 
-    ``ours`` skips the redundant old-log-prob pass (``trainer.old_logprobs=auto``, as TRL does with
-    ``num_iterations=1``); ``ours_recompute`` forces it.
+    TRL's s/step over each of ours (``ours`` skips the redundant old-log-prob pass, as TRL does with
+    ``num_iterations=1``; ``ours_recompute`` forces it; ``ours_padded`` pads fixed micro-batches to the
+    longest), and ``ours_padded`` over ``ours`` (what token-budget micro-batches gain).
     """
-    if "trl" not in medians:
-        return {}
-    return {f"{v}_speedup_vs_trl": medians["trl"] / medians[v] for v in ("ours", "ours_recompute")
-            if v in medians}
-PROMPTS_PER_STEP, N, MAX_TOKENS, N_PROMPTS = 8, 4, 32, 64
+    out = {}
+    if "trl" in medians:
+        out.update({f"{v}_speedup_vs_trl": medians["trl"] / medians[v]
+                    for v in ("ours", "ours_recompute", "ours_padded") if v in medians})
+    if "ours" in medians and "ours_padded" in medians:
+        out["ours_speedup_vs_ours_padded"] = medians["ours_padded"] / medians["ours"]
+    return out
+
 LR, CLIP = 1e-5, 0.2
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
@@ -97,18 +117,27 @@ def build_tokenizer():
                                    bos_token="<bos>", unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer, seed: int = 0):
-    """The random 2-layer Qwen2 of the benchmark (fp32)."""
+def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None):
+    """The random 2-layer Qwen2 of the benchmark (fp32).
+
+    ``eos_scale``: untie the output layer and set its end-of-sequence row to ``eos_scale / 8`` times a
+    fixed standard-normal vector (generator seed 1): the stop probability then depends on the context,
+    which gives long-tailed completion lengths (``--lengths long-tail``).
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=eos_scale is None,
                       max_position_embeddings=512, rope_theta=10000.0, torch_dtype="float32",
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
+    if eos_scale is not None:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(1)
+            model.lm_head.weight[tokenizer.eos_token_id] = eos_scale * torch.randn(64, generator=g) / 8
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -130,8 +159,9 @@ def child_trl(args: argparse.Namespace) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(args.threads)
+    shape = SHAPES[args.lengths]
     tok = build_tokenizer()
-    model = build_model(tok)
+    model = build_model(tok, eos_scale=shape["eos_scale"])
     ds = Dataset.from_list([{"prompt": p} for p in prompts()])
 
     def reward_fn(completions, **kwargs):  # noqa: ANN001, ANN003, ARG001
@@ -140,6 +170,7 @@ def child_trl(args: argparse.Namespace) -> dict:
     steps: list[float] = []
     gen: list[float] = []
     lengths: list[float] = []
+    max_lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):  # noqa: ANN001, ANN003, ARG002
@@ -151,10 +182,11 @@ def child_trl(args: argparse.Namespace) -> dict:
         def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001, ANN003, ARG002
             if logs and "completions/mean_length" in logs:
                 lengths.append(float(logs["completions/mean_length"]))
+                max_lengths.append(float(logs.get("completions/max_length", float("nan"))))
 
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * N, num_generations=N,
-                         gradient_accumulation_steps=1, max_completion_length=MAX_TOKENS,
+                         gradient_accumulation_steps=1, max_completion_length=shape["max_tokens"],
                          max_steps=args.steps, learning_rate=LR, logging_steps=1, save_strategy="no",
                          report_to="none", bf16=False, use_cpu=True, seed=42, dataloader_num_workers=0,
                          use_vllm=False, log_completions=False, epsilon=CLIP, beta=0.0, loss_type="dapo")
@@ -173,8 +205,15 @@ def child_trl(args: argparse.Namespace) -> dict:
         setattr(trainer, name, timed)
         trainer.train()
     keep = steps[args.warmup:]
+    plens = [len(tok(p)["input_ids"]) for p in prompts()]
+    p_mean, p_max = statistics.mean(plens), max(plens)
+    rows = PROMPTS_PER_STEP * N
+    tok_s = [rows * m / t for m, t in zip(lengths[args.warmup:], keep)]
+    pad = [1 - (p_mean + m) / (p_max + x) for m, x in zip(lengths[args.warmup:], max_lengths[args.warmup:])]
     return {"variant": "trl", "trl": trl.__version__, "torch": torch.__version__,
             "step_s": statistics.median(keep), "steps": keep,
+            "completion_tokens_per_s": statistics.median(tok_s) if tok_s else None,
+            "padding_fraction": statistics.median(pad) if pad else None,
             "stages": {"generate_s": (statistics.median(gen[args.warmup:])
                                       if len(gen) > args.warmup else None)},
             "mean_completion_tokens": statistics.mean(lengths) if lengths else None,
@@ -185,6 +224,7 @@ def child_trl(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------- ours
 
 def child_ours(args: argparse.Namespace) -> dict:
+    """``ours`` (token-budget micro-batches) or ``ours_padded`` (fixed rows padded to the longest)."""
     import torch
 
     from nemo_prorl.algorithms import AlgorithmConfig, compute_advantages
@@ -196,8 +236,10 @@ def child_ours(args: argparse.Namespace) -> dict:
     from nemo_prorl.trainer.trainer import make_loss_fn, skip_old_logprobs
 
     torch.set_num_threads(args.threads)
+    shape = SHAPES[args.lengths]
+    max_tokens, rows = shape["max_tokens"], shape["micro_rows"]
     tok = build_tokenizer()
-    model = build_model(tok)
+    model = build_model(tok, eos_scale=shape["eos_scale"])
     alg = AlgorithmConfig()
     alg.loss.clip_low = alg.loss.clip_high = CLIP
     alg.loss.agg = "token-mean"
@@ -208,14 +250,17 @@ def child_ours(args: argparse.Namespace) -> dict:
     steps: list[float] = []
     lengths: list[float] = []
     mismatch: list[float] = []
+    tok_s: list[float] = []
+    pad: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
-        pcfg = MegatronPolicyConfig(micro_batch_size=PROMPTS_PER_STEP * N, params_dtype="fp32", lr=LR,
-                                    weight_decay=0.0, clip_grad=1.0, seed=42)
+        budget = None if args.child == "ours_padded" else rows * (MAX_PROMPT_TOKENS + max_tokens)
+        pcfg = MegatronPolicyConfig(micro_batch_size=rows, micro_batch_tokens=budget, params_dtype="fp32",
+                                    lr=LR, weight_decay=0.0, clip_grad=1.0, seed=42)
         policy = MegatronPolicy(d, pcfg)
-        engine = HFRolloutEngine(model, tok, max_prompt_tokens=64, max_response_tokens=MAX_TOKENS,
-                                 max_batch_size=PROMPTS_PER_STEP * N)
+        engine = HFRolloutEngine(model, tok, max_prompt_tokens=MAX_PROMPT_TOKENS,
+                                 max_response_tokens=max_tokens, max_batch_size=PROMPTS_PER_STEP * N)
 
         loss_fn = make_loss_fn(alg)
         mode = "recompute" if args.child == "ours_recompute" else "auto"
@@ -226,7 +271,7 @@ def child_ours(args: argparse.Namespace) -> dict:
             lo = (step * PROMPTS_PER_STEP) % N_PROMPTS
             batch_prompts = prompt_ids[lo : lo + PROMPTS_PER_STEP]
             t0 = time.perf_counter()
-            out = engine.generate(batch_prompts, N, SamplingParams(temperature=1.0, max_tokens=MAX_TOKENS,
+            out = engine.generate(batch_prompts, N, SamplingParams(temperature=1.0, max_tokens=max_tokens,
                                                                    seed=step))
             t1 = time.perf_counter()
             rewards = torch.tensor([reward_len(s.text) for s in out.samples])
@@ -256,11 +301,16 @@ def child_ours(args: argparse.Namespace) -> dict:
             engine.update_weights(policy.export_hf_state_dict())
             t5 = time.perf_counter()
             steps.append(t5 - t_start)
+            tok_s.append(sum(len(s.token_ids) for s in out.samples) / (t5 - t_start))
+            pad.append(metrics["perf/padding_fraction"])
             for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 stages[k].append(v)
             lengths.append(sum(len(s.token_ids) for s in out.samples) / len(out.samples))
     keep = steps[args.warmup:]
-    return {"variant": "ours", "torch": torch.__version__, "step_s": statistics.median(keep), "steps": keep,
+    return {"variant": args.child, "torch": torch.__version__, "step_s": statistics.median(keep),
+            "steps": keep,
+            "completion_tokens_per_s": statistics.median(tok_s[args.warmup:]),
+            "padding_fraction": statistics.median(pad[args.warmup:]),
             "stages": {k: statistics.median(v[args.warmup:]) for k, v in stages.items()},
             "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average(),
             "old_logprobs_reused": reuse,
@@ -276,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="processes per side, interleaved")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--lengths", choices=tuple(SHAPES), default="short",
+                    help="completion-length shape: short (32-token cap) or long-tail (256 cap, long-tailed)")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -295,20 +347,23 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in variants if v not in skipped]
     if skipped:
         print("bench_grpo_step: trl skipped: no .venv-bench (run benchmarks/setup_peers.sh)", file=sys.stderr)
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+              "--lengths", args.lengths]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
             res = run_child(peer if v == "trl" else this_python(), __file__, [*common, "--child", v])
             runs[v].append(res)
-            print(f"run {r + 1}/{args.runs} {v:14s} {res['step_s']:.3f} s/step  stages {res['stages']}  "
+            print(f"run {r + 1}/{args.runs} {v:14s} {res['step_s']:.3f} s/step  "
+                  f"{res.get('completion_tokens_per_s') or float('nan'):.0f} tok/s  "
+                  f"padding {res.get('padding_fraction') or float('nan'):.3f}  stages {res['stages']}  "
                   f"load {res['load_avg']:.2f}", file=sys.stderr)
     result: dict = {
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
-                     "prompts_per_step": PROMPTS_PER_STEP, "n": N, "max_tokens": MAX_TOKENS,
-                     "quick": args.quick},
+                     "prompts_per_step": PROMPTS_PER_STEP, "n": N, "lengths": args.lengths,
+                     **SHAPES[args.lengths], "quick": args.quick},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():
@@ -318,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             "stages_s": {k: summary([x["stages"][k] for x in rs]) for k in stage_keys},
             "mean_completion_tokens": summary([x["mean_completion_tokens"] for x in rs
                                                if x.get("mean_completion_tokens") is not None]),
+            "completion_tokens_per_s": summary([x["completion_tokens_per_s"] for x in rs
+                                                if x.get("completion_tokens_per_s") is not None]),
+            "padding_fraction": summary([x["padding_fraction"] for x in rs
+                                         if x.get("padding_fraction") is not None]),
             "load_avg": summary([x["load_avg"] for x in rs]),
             "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim",
                                             "old_logprobs_reused", "token_mult_prob_error") if k in rs[0]},

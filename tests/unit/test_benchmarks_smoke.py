@@ -72,6 +72,8 @@ def test_ratios_are_like_for_like():
     assert grpo.like_for_like_ratios({"ours": 0.05, "ours_recompute": 0.06, "trl": 0.1}) == {
         "ours_speedup_vs_trl": 0.1 / 0.05, "ours_recompute_speedup_vs_trl": 0.1 / 0.06}
     assert grpo.like_for_like_ratios({"ours_recompute": 0.06}) == {}
+    assert grpo.like_for_like_ratios({"ours": 0.05, "ours_padded": 0.08}) == {
+        "ours_speedup_vs_ours_padded": 0.08 / 0.05}
 
 
 def test_packing_quick(tmp_path):
