@@ -20,7 +20,8 @@ Ours (``--child ours``): the step loop the trainer runs, from the package's publ
 -> ``compute_advantages`` -> old log-probs by the trainer's rule ``skip_old_logprobs``: with one update
 per rollout batch (this benchmark) the separate ``MegatronPolicy.logprobs`` pass is skipped and the
 update's own log-probs, detached, are the old ones, as TRL does with ``num_iterations=1``
-(variant ``ours_recompute`` forces the pass; ``ours_padded`` uses fixed micro-batches padded to the longest) -> ``MegatronPolicy.train_step`` with the trainer's
+(variant ``ours_recompute`` forces the pass; ``ours_padded`` uses fixed micro-batches padded to the
+longest) -> ``MegatronPolicy.train_step`` with the trainer's
 ``make_loss_fn`` (``prorl_loss``, entropy computed, rollout/trainer mismatch metric) -> weight sync
 ``export_hf_state_dict`` -> ``update_weights``. Each stage is timed.
 
