@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemo_prorl.eval.sampling import fit_lengths, sample_and_score, summarize
+from nemo_prorl.eval.sampling import DEFAULT_MAX_TOKENS, fit_lengths, sample_and_score, summarize
 
 #: config.json keys that do not change what a model computes (ignored when deciding to reuse an engine)
 _NAME_KEYS = frozenset({"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"})
@@ -129,7 +129,8 @@ def rollout_config(spec: EvalSpec, max_prompt_tokens: int) -> Any:
     values.update(spec.rollout)
     values.update(backend=resolve_backend(spec.backend), n=spec.n, temperature=spec.temperature,
                   top_p=spec.top_p, seed=spec.seed, max_prompt_tokens=max_prompt_tokens,
-                  max_response_tokens=spec.max_tokens, overlong_prompt="skip")
+                  max_response_tokens=spec.max_tokens if spec.max_tokens is not None else DEFAULT_MAX_TOKENS,
+                  overlong_prompt="skip")
     try:
         return RolloutConfig.from_dict(values, where="--rollout")
     except (ValueError, TypeError) as exc:

@@ -65,6 +65,7 @@ def test_eval_defaults_fit_the_demo_model(tmp_path):
                 "--template", "reasoning_gym={prompt}\\n", "--out", str(tmp_path / "o"), "--workers", "1"],
                tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "base: --max-tokens not given: using 1" in res.stderr  # 128 minus a few prompt tokens
-    assert "(the model's 128 positions minus the longest prompt" in res.stderr
+    said = res.stdout + res.stderr  # the note is part of the run's log (stdout)
+    assert "base: --max-tokens not given: using 1" in said  # 128 minus a few prompt tokens
+    assert "(the model's 128 positions minus the longest prompt" in said
     assert "pass@1" in json.dumps(json.loads((tmp_path / "o" / "results.json").read_text()))
