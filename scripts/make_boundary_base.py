@@ -174,8 +174,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--check-every", type=int, default=50)
-    ap.add_argument("--max-steps", type=int, default=300)
-    ap.add_argument("--pass16-every", type=int, default=0, help="print pass@16 per group every N steps")
+    ap.add_argument("--max-steps", type=int, default=400)
+    ap.add_argument("--pass16-every", type=int, default=100, help="print pass@16 per group every N steps")
     ap.add_argument("--save-every-check", action="store_true", help="exploration: keep each pass@16 model")
     ap.add_argument("--init-from", default="nemo_prorl/assets/demo",
                     help="start from this base (its tokenizer and weights); '' for a random model")
