@@ -76,7 +76,8 @@ setup(
     include_package_data=True,
     # Recipes and the demo's base model/tokenizer/data ship inside the package: a wheel install finds them
     # from any working directory (tests/integration/test_wheel_install.py builds and runs one).
-    package_data={"nemo_prorl": ["conf/*.yaml", "assets/demo/*", "data/fixtures/*", "data/fixtures/**/*"]},
+    package_data={"nemo_prorl": ["conf/*.yaml", "assets/demo/*", "assets/boundary/*", "data/fixtures/*",
+                                 "data/fixtures/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

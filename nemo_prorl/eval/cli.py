@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from nemo_prorl.eval.passk import pass_at_k_curve
+from nemo_prorl.eval.passk import grouped_pass_at_k, pass_at_k_curve
 
 
 class InputError(ValueError):
@@ -26,8 +26,10 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def read_counts(path: str) -> list[tuple[str, int, int]]:
+def read_counts(path: str, groups: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
     """Read ``(id, n, c)`` per row from a JSONL file of ``{"id", "correct": [...]}`` or ``{"id", "n", "c"}``.
+
+    A row may carry a difficulty ``group`` (a string); when ``groups`` is given it is filled with id -> group.
 
     Raises:
         InputError: naming the file, 1-based row and field of the first problem.
@@ -69,6 +71,10 @@ def read_counts(path: str) -> list[tuple[str, int, int]]:
                     raise InputError(f"{where}:c: must be in [0, n={n}], got {c}")
             else:
                 raise InputError(f"{where}:correct: missing (need 'correct', or 'n' and 'c')")
+            if groups is not None and row.get("group") is not None:
+                if not isinstance(row["group"], str) or not row["group"]:
+                    raise InputError(f"{where}:group: expected a non-empty string, got {row['group']!r}")
+                groups[rid] = row["group"]
             rows.append((rid, n, c))
     if not rows:
         raise InputError(f"{path}: no rows")
@@ -81,8 +87,9 @@ def passk_main(argv: list[str]) -> int:
     parser.add_argument("--input", required=True, help="JSONL rows {id, correct: [bool...]} or {id, n, c}")
     parser.add_argument("--k", type=_parse_ks, default=[1], help="comma-separated k values (default 1)")
     args = parser.parse_args(argv)
+    groups: dict[str, str] = {}
     try:
-        rows = read_counts(args.input)
+        rows = read_counts(args.input, groups)
     except (InputError, OSError) as exc:
         print(f"nemo-prorl passk: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +99,11 @@ def passk_main(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
     result = pass_at_k_curve([(n, c) for _, n, c in rows], args.k)
+    by_group: dict[str, list[tuple[int, int]]] = {}
+    for rid, n, c in rows:  # rows with a difficulty group also count in their group: pass@K/group:G
+        if rid in groups:
+            by_group.setdefault(groups[rid], []).append((n, c))
+    result.update(grouped_pass_at_k(by_group, args.k))
     print(json.dumps(result))
     return 0
 

@@ -12,7 +12,8 @@ When ``n - c < k`` every k-subset contains a correct sample and pass@k is exactl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -66,3 +67,79 @@ def pass_at_k_curve(counts: Iterable[tuple[int, int]], ks: Sequence[int]) -> dic
     for k in ks:
         out[f"pass@{k}"] = math.fsum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
     return out
+
+
+#: the key suffix of a group's numbers: ``pass@16/group:hard``
+GROUP_PREFIX = "group:"
+
+
+def group_counts(records: Iterable[Mapping[str, Any]],
+                 key: str = "group") -> dict[str, list[tuple[int, int]]]:
+    """``(n, c)`` per problem, split by the records' ``group`` field (records without one are skipped).
+
+    Args:
+        records: per-problem records with ``correct`` (a list of booleans, one per sample) and, optionally,
+            ``key`` (the difficulty group, a non-empty string), e.g. :func:`nemo_prorl.eval.sampling.
+            sample_and_score` records of rows that carry a ``group``.
+        key: the field that names the group.
+
+    Returns:
+        ``{group: [(n, c), ...]}`` in first-seen order of the groups.
+
+    Raises:
+        ValueError: a group that is not a non-empty string, or a record without ``correct``.
+
+    """
+    out: dict[str, list[tuple[int, int]]] = {}
+    for i, rec in enumerate(records):
+        group = rec.get(key)
+        if group is None:
+            continue
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"record {i} (id={rec.get('id')!r}): {key} must be a non-empty string, "
+                             f"got {group!r}")
+        if "correct" not in rec:
+            raise ValueError(f"record {i} (id={rec.get('id')!r}): no 'correct' list to count")
+        correct = rec["correct"]
+        out.setdefault(group, []).append((len(correct), sum(bool(x) for x in correct)))
+    return out
+
+
+def pass_at_k_by_group(records: Iterable[Mapping[str, Any]], ks: Sequence[int],
+                       key: str = "group") -> dict[str, float]:
+    """Mean pass@k within each difficulty group: ``{"pass@K/group:G": value}``.
+
+    Each group's value is the mean over its own problems (a group is an evaluation set of its own,
+    so a large easy group cannot hide a hard group's zero). A problem enters the pass@K mean only
+    when it has at least K samples, as in :func:`nemo_prorl.eval.sampling.summarize`; a group where no
+    problem has K samples gets no pass@K key. Records without a group are left out (their numbers stay
+    in the overall ``pass@K``).
+
+    Args:
+        records: per-problem records with ``correct`` and optionally ``key`` (see :func:`group_counts`).
+        ks: the k values.
+        key: the field that names the group.
+
+    Returns:
+        ``{"pass@K/group:G": mean pass@K over group G's problems}`` plus ``{"problems/group:G": count}``.
+
+    """
+    return grouped_pass_at_k(group_counts(records, key), ks)
+
+
+def grouped_pass_at_k(groups: Mapping[str, Sequence[tuple[int, int]]], ks: Sequence[int]) -> dict[str, float]:
+    """:func:`pass_at_k_by_group` from ``{group: [(n, c), ...]}`` (e.g. :func:`group_counts`)."""
+    out: dict[str, float] = {}
+    for group, counts in groups.items():
+        out[f"problems/{GROUP_PREFIX}{group}"] = float(len(counts))
+        for k in ks:
+            vals = [pass_at_k(n, c, k) for n, c in counts if n >= k]
+            if vals:
+                out[f"pass@{k}/{GROUP_PREFIX}{group}"] = math.fsum(vals) / len(vals)
+    return out
+
+
+def groups_in(metrics: Mapping[str, Any]) -> list[str]:
+    """The group names that have pass@k keys in ``metrics`` (e.g. a ``passk.json`` curve), sorted."""
+    return sorted({k.split(f"/{GROUP_PREFIX}", 1)[1] for k in metrics
+                   if k.startswith("pass@") and f"/{GROUP_PREFIX}" in k})

@@ -247,13 +247,15 @@ def markdown(results: dict[str, dict[str, float]], ks: list[int]) -> str:
     heads = ["reward"] + [f"pass@{k}" for k in ks]
     lines = ["| checkpoint | scope | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for label, m in results.items():
-        domains = sorted({k.split("/", 1)[1] for k in m if k.startswith("pass@1/")})
+        domains = sorted({k.split("/", 1)[1] for k in m if k.startswith("pass@1/") and "group:" not in k})
+        groups = sorted({k.split("/group:", 1)[1] for k in m if k.startswith("pass@1/group:")})
         benches = sorted({k.split("/pass@1", 1)[0] for k in m if k.endswith("/pass@1")})
         scopes = [("all", "reward/mean", lambda h: h)]
         scopes += [(f"domain {d}", f"reward/{d}", lambda h, d=d: f"{h}/{d}") for d in domains]
         scopes += [(f"file {b}", f"{b}/reward/mean", lambda h, b=b: f"{b}/{h}") for b in benches]
+        scopes += [(f"group {g}", None, lambda h, g=g: f"{h}/group:{g}") for g in groups]
         for scope, reward_key, name in scopes:
-            cells = [m.get(reward_key)] + [m.get(name(f"pass@{k}")) for k in ks]
+            cells = [m.get(reward_key) if reward_key else None] + [m.get(name(f"pass@{k}")) for k in ks]
             shown = ["-" if v is None else f"{v:.4f}" for v in cells]
             lines.append(f"| {label} | {scope} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from nemo_prorl.eval.passk import pass_at_k
+from nemo_prorl.eval.passk import pass_at_k, pass_at_k_by_group
 from nemo_prorl.rollout.base import RolloutEngine, SamplingParams
 from nemo_prorl.schema import DOMAINS
 
@@ -60,7 +60,8 @@ def sample_and_score(
 
     Returns:
         One record per row: ``{"id", "domain", "rewards": [n floats], "statuses": [n], "correct": [n bools],
-        "lengths": [n ints], "finish_reasons": [n], "responses": [n str]}``.
+        "lengths": [n ints], "finish_reasons": [n], "responses": [n str]}``, plus the row's difficulty
+        ``group`` when it has one.
 
     """
     records: list[dict[str, Any]] = []
@@ -80,6 +81,8 @@ def sample_and_score(
         for row in chunk:
             batch_records.append({"id": row.get("id"), "domain": row["domain"], "rewards": [], "statuses": [],
                                   "correct": [], "lengths": [], "finish_reasons": [], "responses": []})
+            if row.get("group") is not None:
+                batch_records[-1]["group"] = row["group"]
         for (i, s), res in zip(owners, results):
             rec = batch_records[i]
             rec["rewards"].append(float(res.score))
@@ -102,7 +105,9 @@ def summarize(
     ``reward/mean`` is the mean reward over all samples (pass@1 for binary domains, the mean continuous
     reward otherwise, as ProRL reports); ``pass@k`` uses the unbiased estimator on ``reward == 1``.
     Keys: ``{prefix}reward/mean``, ``{prefix}reward/<domain>``, ``{prefix}pass@K``,
-    ``{prefix}pass@K/<domain>``, ``{prefix}response_length/mean``, ``{prefix}status/<status>``.
+    ``{prefix}pass@K/<domain>``, ``{prefix}response_length/mean``, ``{prefix}status/<status>``; records with
+    a difficulty ``group`` add ``{prefix}pass@K/group:<group>`` and ``{prefix}problems/group:<group>``
+    (:func:`nemo_prorl.eval.passk.pass_at_k_by_group`).
     """
     out: dict[str, float] = {}
     if not records:
@@ -125,6 +130,8 @@ def summarize(
     block(records, "")
     for dom, recs in sorted(by_domain.items()):
         block(recs, f"/{dom}")
+    for key, value in pass_at_k_by_group(records, ks).items():
+        out[f"{prefix}{key}"] = value
     lengths = [x for r in records for x in r["lengths"]]
     if lengths:
         out[f"{prefix}response_length/mean"] = sum(lengths) / len(lengths)

@@ -114,6 +114,14 @@ def main(argv: list[str]) -> int:
                     if label in curves:
                         print(f"  pass@k {label:5s}: "
                               + "  ".join(f"@{k}={curves[label][f'pass@{k}']:.3f}" for k in ks))
+                from nemo_prorl.eval.passk import groups_in
+
+                for group in groups_in(curves["final"]):  # rows with a difficulty group: one line each
+                    for label in ("base", "final"):
+                        vals = [curves.get(label, {}).get(f"pass@{k}/group:{group}") for k in ks]
+                        if all(v is not None for v in vals):
+                            print(f"  pass@k {label:5s} [{group}]: "
+                                  + "  ".join(f"@{k}={v:.3f}" for k, v in zip(ks, vals)))
                 print(f"  pass@k:        {run}/passk.json, {run}/plots/passk.png")
             if summary.get("preempted"):
                 print(f"  preempted:     checkpoint saved; re-run the same command to resume"

@@ -26,7 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: the shipped recipes and the demo's base model + data: package data, so a wheel install finds them from
 #: any working directory (``setup.py`` ``package_data``). Paths a user gives stay relative to the cwd.
 CONF_DIR = PACKAGE_ROOT / "conf"
-ASSETS = {"demo": PACKAGE_ROOT / "assets" / "demo"}
+ASSETS = {"demo": PACKAGE_ROOT / "assets" / "demo", "boundary": PACKAGE_ROOT / "assets" / "boundary"}
 DEFAULT_CONFIG = "demo"
 #: values of ``trainer.old_logprobs``
 OLD_LOGPROB_MODES = ("auto", "recompute")
@@ -312,7 +312,7 @@ class ProRLConfig:
 
     @property
     def model_dir(self) -> Path:
-        """The HF model directory (``demo`` names the packaged demo base model)."""
+        """The HF model directory (``demo`` / ``boundary`` name the packaged base models)."""
         return ASSETS.get(self.model, Path(self.model))
 
     def phase_at(self, step: int) -> tuple[int, PhaseConfig | None]:
@@ -332,8 +332,12 @@ class ProRLConfig:
 
 
 def _resolve_paths(values: list[str]) -> list[str]:
-    """``demo:NAME`` -> the packaged demo file; other paths unchanged (relative to the working directory)."""
-    return [str(ASSETS["demo"] / v.split(":", 1)[1]) if v.startswith("demo:") else v for v in values]
+    """``demo:NAME`` / ``boundary:NAME`` -> a packaged asset file; other paths unchanged (relative to cwd)."""
+    out = []
+    for v in values:
+        name, sep, rest = v.partition(":")
+        out.append(str(ASSETS[name] / rest) if sep and name in ASSETS else v)
+    return out
 
 
 def build_config(raw: dict[str, Any], *, require_model: bool = True) -> ProRLConfig:

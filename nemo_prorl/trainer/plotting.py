@@ -25,6 +25,66 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return steps, events
 
 
+def passk_series(curve: dict[str, float], group: str | None = None) -> tuple[list[int], list[float]]:
+    """(ks, values) of one pass@k curve, sorted by k.
+
+    The overall ``pass@K`` keys, or with ``group`` that group's ``pass@K/group:G`` keys.
+    """
+    from nemo_prorl.eval.passk import GROUP_PREFIX
+
+    suffix = "" if group is None else f"/{GROUP_PREFIX}{group}"
+    ks = []
+    for key in curve:
+        head, sep, tail = key.partition("/")
+        if head.startswith("pass@") and (sep + tail) == suffix:
+            ks.append(int(head[len("pass@"):]))
+    ks.sort()
+    return ks, [curve[f"pass@{k}{suffix}"] for k in ks]
+
+
+def plot_passk(curves: dict[str, dict[str, float]], path: Path) -> list[str]:
+    """pass@k against k (log2 axis) for each curve (``base``, ``final``, ...).
+
+    Without difficulty groups: one line per curve. With groups (``pass@K/group:G`` keys, written when the
+    evaluation rows carry a ``group``): one colour per group, solid for the final policy and dashed for
+    the base, so the gap between a group's two lines is where RL moved what the model can solve.
+    Returns the drawn lines' labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nemo_prorl.eval.passk import groups_in
+
+    groups = sorted({g for c in curves.values() for g in groups_in(c)})
+    fig, ax = plt.subplots(figsize=(6.5 if groups else 5, 4.2 if groups else 3.5))
+    if not groups:
+        for label, curve in curves.items():
+            ks, ys = passk_series(curve)
+            ax.plot(ks, ys, marker="o", label=label)
+    else:
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for gi, group in enumerate(groups):
+            for label, curve in curves.items():
+                ks, ys = passk_series(curve, group)
+                if ks:
+                    ax.plot(ks, ys, marker="o" if label != "base" else "x", color=colours[gi % len(colours)],
+                            linestyle="--" if label == "base" else "-", label=f"{group} {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.legend(fontsize=8, ncol=2 if groups else 1)
+    ax.grid(alpha=0.3)
+    ax.set_title("pass@k on held-out prompts" + (" per difficulty group" if groups else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    labels = [line.get_label() for line in ax.get_lines()]
+    plt.close(fig)
+    return labels
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Write one PNG per available curve (reset events drawn as vertical lines) and an overview."""
     import matplotlib
@@ -62,21 +122,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     written.append(path)
     passk = run_dir / "passk.json"
     if passk.exists():
-        data = json.loads(passk.read_text())
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, curve in data.get("curves", {}).items():
-            ks = sorted(int(k.split("@")[1]) for k in curve if k.startswith("pass@") and "/" not in k)
-            ax.plot(ks, [curve[f"pass@{k}"] for k in ks], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        ax.set_title("pass@k on held-out prompts")
-        fig.tight_layout()
         path = out_dir / "passk.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        plot_passk(json.loads(passk.read_text()).get("curves", {}), path)
         written.append(path)
     return written
 
