@@ -209,7 +209,8 @@ class HFRolloutEngine:
                 )
         with torch.no_grad():
             for name, tensor in state_dict.items():
-                params[name].copy_(tensor)
+                # a streamed sync hands over tensors gathered on the training device (NCCL: the GPU)
+                params[name].copy_(tensor.to(params[name].device))
         self.weights_version += 1
 
     def sleep(self) -> None:

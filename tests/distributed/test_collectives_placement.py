@@ -34,7 +34,7 @@ TINY = ["trainer.max_steps=1", "trainer.prompts_per_step=4", "trainer.mini_batch
         "reset.on_val_plateau=false"]
 
 #: call sites every layout reaches ("module:qualname" of the helper's caller)
-COMMON = {"nemo_prorl.trainer.trainer:_broadcast",
+COMMON = {"nemo_prorl.trainer.batch_broadcast:broadcast_rollout_batch",
           "nemo_prorl.launch.preemption:PreemptionHandler.requested_on_any_rank",
           "nemo_prorl.policy.megatron.engine:MegatronPolicy._all_finite",
           "nemo_prorl.policy.megatron.checkpoint:_agree",
