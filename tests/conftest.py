@@ -65,3 +65,20 @@ def pytest_terminal_summary(terminalreporter):
     if _VLLM_STATUS is not None:
         ready = _VLLM_STATUS.state == "ready"
         terminalreporter.write_sep("=", _VLLM_STATUS.summary(), green=ready, red=not ready, bold=True)
+
+
+#: the launch variables a single-process rollout driver or vLLM engine sets for itself (os.environ, as
+#: torchrun would); a later test in the same pytest process must not read them as its own launch
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "SLURM_NTASKS")
+
+
+@pytest.fixture(autouse=True)
+def _restore_launch_env():
+    before = {k: os.environ.get(k) for k in _LAUNCH_VARS}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

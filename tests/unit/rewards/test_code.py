@@ -44,7 +44,17 @@ def _code_reward(**kw) -> CodeReward:
 
 @pytest.fixture(scope="module")
 def reward():
-    return _code_reward(case_timeout_s=1.0, total_timeout_s=6.0, memory_mb=512, max_output_bytes=1 << 20)
+    r = _code_reward(case_timeout_s=1.0, total_timeout_s=6.0, memory_mb=512, max_output_bytes=1 << 20)
+    # what already ran below this process (e.g. multiprocessing's resource tracker and spawn workers left
+    # by earlier tests in the same pytest process) is not an attack's leftover
+    r._pids_before = _descendant_pids()
+    return r
+
+
+def _descendant_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def _slot_uid_processes(r: CodeReward) -> list[int]:
@@ -92,7 +102,7 @@ def _slot_uid_processes(r: CodeReward) -> list[int]:
     return leftovers
 
 
-def _live_descendants() -> list[str]:
+def _live_descendants(ignore: set[int] = frozenset()) -> list[str]:
     """Processes still running below this test process, whatever their uid.
 
     Every sandbox launch is a child of the grader (bwrap, then the solution as pid 1 of a fresh pid
@@ -105,6 +115,8 @@ def _live_descendants() -> list[str]:
 
     out = []
     for p in psutil.Process().children(recursive=True):
+        if p.pid in ignore:
+            continue
         try:
             if p.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
                 out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
@@ -117,7 +129,7 @@ def _grader_goes_on(r: CodeReward) -> None:
     """After an attack the next row is scored normally and nothing of the attack is left running."""
     res = r.score(answer(ADD_SRC), ADD_IO)
     assert res.status == "ok" and res.score == 1.0, res.info
-    assert _live_descendants() == []
+    assert _live_descendants(getattr(r, "_pids_before", set())) == []
     if os.geteuid() == 0:  # slot uids exist only when the grader runs as root
         assert _slot_uid_processes(r) == []
 
