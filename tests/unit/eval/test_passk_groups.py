@@ -121,10 +121,10 @@ def test_passk_series_and_per_group_plot(tmp_path):
 
 
 def test_eval_markdown_has_one_row_per_group():
-    from nemo_prorl.eval.runner import _markdown
+    from nemo_prorl.eval.runner import markdown
 
     metrics = summarize(RECORDS, ks=(1, 2))
-    table = _markdown({"base": metrics}, [1, 2])
+    table = markdown({"base": metrics}, [1, 2])
     rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
     assert set(rows) == {"all", "domain reasoning_gym", "group easy", "group hard"}
     # the group row: no reward column, then pass@1 and pass@2 of the hard group (1/8 and 1/4)
