@@ -125,8 +125,8 @@ def test_sample_that_kills_its_worker_twice_gets_error():
 
         slow = {
             "domain": "ifeval",
-            # under ifeval's 100,000-character cap, so it is really scored (~0.4 s: the assassin, polling every
-            # 5 ms, always finds it running; an over-cap answer is refused in ~1 ms and raced the assassin)
+            # under ifeval's 100,000-character cap, so it is really scored (~0.4 s: the assassin, polling
+            # every 5 ms, always finds it running; an over-cap answer is refused in ~1 ms and raced it)
             "response": "word " * 19000,
             "instructions": [{"id": "language:response_language", "kwargs": {"language": "en"}}] * 5,
         }
