@@ -42,15 +42,17 @@ from pathlib import Path
 
 import reasoning_gym
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from make_demo_base import (  # same tokenizer and format
+    PROMPT_TEMPLATE,
+    bare_prompt,
+    build_tokenizer,
+    encode_pair,
+)
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 TASK = "chain_sum"
 #: group -> (terms, digits): every term of a chain_sum item has the same number of digits
 GROUPS = {"easy": (2, 2), "medium": (3, 2), "long": (4, 2), "hard": (6, 2)}
-PROMPT_TEMPLATE = "{prompt}\n"
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
 #: reasoning-gym base seeds per split; item i of a split uses seed + i, so the bases are far apart
 SPLIT_SEEDS = {"sft": 1, "train": 10_000_000, "val": 20_000_000, "eval": 30_000_000, "check": 40_000_000}
 
@@ -85,43 +87,11 @@ def unique(items: list[dict], seen: set[str], size: int, strict: bool = True) ->
     raise ValueError(f"only {len(out)} unique {items[0]['group']} items, {size} wanted: raise the pool size")
 
 
-def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """Byte-level BPE over the task text; single-digit tokens so numbers are spelled digit by digit."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[PAD, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens(["<answer>", "</answer>"])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
-    fast.padding_side = "left"
-    return fast
-
-
-def bare_prompt(item: dict) -> str:
-    """The expression as the prompt, e.g. ``426 + 381 =`` (reasoning-gym's preamble stays in ``entry``)."""
-    prompt = f"{item['metadata']['expression']} ="
-    if not item["question"].endswith(prompt):
-        raise ValueError(f"chain_sum item {item['metadata'].get('source_index')}: question "
-                         f"{item['question']!r} does not end with its expression {prompt!r}")
-    return prompt
-
-
 def to_row(item: dict, idx: str) -> dict:
     """A reasoning-gym item as a nemo_prorl row with its difficulty ``group``."""
     entry = {k: v for k, v in item.items() if k != "group"}
     return {"id": idx, "domain": "reasoning_gym", "prompt": bare_prompt(item), "task": TASK,
             "group": item["group"], "entry": entry}
-
-
-def encode_pair(tok, item: dict) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids + EOS) of one SFT example."""
-    prompt_ids = tok(PROMPT_TEMPLATE.format(prompt=bare_prompt(item)))["input_ids"]
-    resp_ids = tok(f"<answer>{item['answer']}</answer>")["input_ids"] + [tok.eos_token_id]
-    return prompt_ids, resp_ids
 
 
 @torch.no_grad()
