@@ -47,6 +47,7 @@ from make_demo_base import (  # same tokenizer and format
     bare_prompt,
     build_tokenizer,
     encode_pair,
+    sft_batch,
 )
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -215,15 +216,7 @@ def main() -> None:
         for group in opt.param_groups:  # linear warm-up, then constant
             group["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
         chunk = [random.choice(pairs[g]) for g in random.choices(names, probs, k=batch)]
-        width = max(len(p) + len(r) for p, r in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        attn = torch.zeros((batch, width), dtype=torch.long)
-        for b, (p, r) in enumerate(chunk):
-            seq = p + r
-            ids[b, : len(seq)] = torch.tensor(seq)
-            labels[b, len(p): len(seq)] = torch.tensor(r)
-            attn[b, : len(seq)] = 1
+        ids, attn, labels = sft_batch(chunk, tok.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad()
         loss.backward()

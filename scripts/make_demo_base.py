@@ -96,6 +96,23 @@ def encode_pair(tok, item: dict) -> tuple[list[int], list[int]]:
     return prompt_ids, resp_ids
 
 
+def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ``[B, W]`` (input ids, attention mask, labels) of (prompt, response) id pairs.
+
+    Labels are the response ids (-100 on the prompt and the padding): the loss is on the response only.
+    """
+    batch, width = len(pairs), max(len(p) + len(r) for p, r in pairs)
+    ids = torch.full((batch, width), pad_id)
+    labels = torch.full((batch, width), -100)
+    attn = torch.zeros((batch, width), dtype=torch.long)
+    for b, (p, r) in enumerate(pairs):
+        seq = p + r
+        ids[b, : len(seq)] = torch.tensor(seq)
+        labels[b, len(p): len(seq)] = torch.tensor(r)
+        attn[b, : len(seq)] = 1
+    return ids, attn, labels
+
+
 @torch.no_grad()
 def sampled_accuracy(model, tok, items: list[dict], temperature: float = 1.0) -> float:
     """Fraction of items answered exactly right with one sample each at ``temperature``."""
@@ -169,15 +186,7 @@ def main() -> None:
         for group in opt.param_groups:  # linear warm-up, then constant
             group["lr"] = args.lr * min(1.0, step / max(1, args.warmup))
         chunk = random.sample(pairs, batch)
-        width = max(len(p) + len(r) for p, r in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        attn = torch.zeros((batch, width), dtype=torch.long)
-        for b, (p, r) in enumerate(chunk):
-            seq = p + r
-            ids[b, : len(seq)] = torch.tensor(seq)
-            labels[b, len(p): len(seq)] = torch.tensor(r)
-            attn[b, : len(seq)] = 1
+        ids, attn, labels = sft_batch(chunk, tok.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad()
         loss.backward()
