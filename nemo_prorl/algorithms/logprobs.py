@@ -712,6 +712,77 @@ def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return out if out.dtype == dtype else out.to(dtype)
 
 
+#: elements of the ``[c, block]`` scratch buffers of the single-pass tile walks (:func:`_tile_exp_stats`,
+#: :func:`_tile_logsoftmax_grad_`): two fp32 buffers of 128k elements (1 MiB together) stay in a core's
+#: cache, so each tile element is read from memory once per walk however many operations touch it
+_BLOCK_ELEMS = 1 << 17
+#: fewest columns per block (bounds the number of blocks, i.e. of Python-level operations, on tall tiles)
+_MIN_BLOCK_COLUMNS = 128
+
+
+def _block_columns(rows: int, width: int) -> int:
+    """Vocabulary columns per block of a ``[rows, width]`` tile walk: about ``_BLOCK_ELEMS / rows``."""
+    return max(1, min(width, max(_MIN_BLOCK_COLUMNS, _BLOCK_ELEMS // max(rows, 1))))
+
+
+def _tile_exp_stats(
+    z: torch.Tensor, shift: torch.Tensor, with_dot: bool, buf_z: torch.Tensor, buf_e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(sum_v e^z', sum_v e^z' z')`` per row of ``z' = z - shift[:, None]``, one read of ``z [c, V]``.
+
+    ``z`` is not modified. Each block of columns is shifted into ``buf_z`` and exponentiated into ``buf_e``
+    (both ``[>= c, block]``, reused; their width is the block's): the element-wise work stays in cache.
+    """
+    c, width = z.shape
+    sum_e = torch.zeros(c, dtype=z.dtype, device=z.device)
+    dot = torch.zeros_like(sum_e) if with_dot else None
+    cols = buf_z.shape[1]
+    for v0 in range(0, width, cols):
+        blk = z[:, v0 : v0 + cols]
+        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, : blk.shape[1]])
+        e = torch.exp(zs, out=buf_e[:c, : blk.shape[1]])
+        sum_e += e.sum(dim=-1)
+        if dot is not None:
+            dot += e.mul_(zs).sum(dim=-1)
+    return sum_e, dot
+
+
+def _tile_logsoftmax_grad_(
+    z: torch.Tensor,
+    shift: torch.Tensor,
+    ent: torch.Tensor | None,
+    g_lp: torch.Tensor | None,
+    g_ent: torch.Tensor | None,
+    buf_z: torch.Tensor,
+    buf_e: torch.Tensor,
+) -> torch.Tensor:
+    """Overwrite the logits tile ``z [c, V]`` with ``-p * (g_lp + g_ent * (log p + H))``; return it.
+
+    ``log p = z - shift[:, None]`` (``shift`` = max + log-sum-exp over the full vocabulary). This is the
+    gradient of ``g_lp . logprob + g_ent . entropy`` with respect to the logits without the one-hot term
+    of the log-prob (the caller adds ``g_lp`` at the labels). One read and one write of the tile; the
+    element-wise work runs in cache-sized blocks of ``buf_z`` / ``buf_e``.
+    """
+    c, width = z.shape
+    cols = buf_z.shape[1]
+    neg_lp = -g_lp[:, None] if g_lp is not None else None
+    neg_ent = -g_ent[:, None] if g_ent is not None else None
+    for v0 in range(0, width, cols):
+        blk = z[:, v0 : v0 + cols]
+        logp = torch.sub(blk, shift[:, None], out=buf_z[:c, : blk.shape[1]])
+        p = torch.exp(logp, out=buf_e[:c, : blk.shape[1]])
+        if neg_ent is not None:
+            coef = logp.add_(ent[:, None]).mul_(neg_ent)  # -g_ent (log p + H)
+            if neg_lp is not None:
+                coef.add_(neg_lp)
+            torch.mul(p, coef, out=blk)
+        elif neg_lp is not None:
+            torch.mul(p, neg_lp, out=blk)
+        else:
+            blk.zero_()
+    return z
+
+
 class _VocabParallelFusedLoss(torch.autograd.Function):
     """Autograd Function behind :func:`vocab_parallel_fused_loss` (grads in forward, scaled in backward)."""
 
@@ -744,10 +815,12 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=st, device=dev)
         chunks = _token_chunks(keep, chunk_size, False) or [(0, rows, keep)]
         most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
-        # one [c, V_local] tile for the whole call (logits, then log-probs or p, then their gradient, all in
-        # place) and a [c, block] scratch for the element-wise passes: no second tile
+        # one [c, V_local] tile for the whole call (the logits, then their gradient, in place) and two
+        # cache-sized [c, block] buffers for the element-wise walks over it: no second tile
         tile = torch.empty((most, w.shape[0]), dtype=st, device=dev) if mm_dtype == st else None
-        scratch = torch.empty((most, min(_VOCAB_BLOCK, max(w.shape[0], 1))), dtype=st, device=dev)
+        cols = _block_columns(most, max(w.shape[0], 1))
+        buf_z = torch.empty((most, cols), dtype=st, device=dev)
+        buf_e = torch.empty((most, cols), dtype=st, device=dev)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask]  # [c, H]
             hs = hs if hs.dtype == mm_dtype else hs.to(mm_dtype)
@@ -755,17 +828,21 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             local = labels[r0:r1][cmask].long() - vocab_start
             in_shard = (local >= 0) & (local < w.shape[0])
             safe = torch.where(in_shard, local, torch.zeros_like(local))
-            # [c, V_local] logits / T in fp32 (or fp64)
-            z = (torch.mm(hs, w.T, out=tile[:c]) if tile is not None else _mm_to(hs, w.T, st)).mul_(inv_t)
+            # [c, V_local] logits / T in fp32 (or fp64). fp32 GEMM: 1/T folded into the [c, H] input (no pass
+            # over the tile); bf16 GEMM: applied to the fp32 logits, not to rounded bf16 inputs
+            if tile is not None:
+                z = torch.mm(hs if inv_t == 1.0 else hs * inv_t, w.T, out=tile[:c])
+            else:
+                z = _mm_to(hs, w.T, st)
+                if inv_t != 1.0:
+                    z.mul_(inv_t)
             zmax = z.amax(dim=-1) if z.shape[1] else torch.full((c,), -torch.inf, dtype=st, device=dev)
             if parallel:
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
-            z.sub_(zmax[:, None])  # z' = z - max over the full vocabulary
-            tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1), torch.zeros((), dtype=st))
-            if with_entropy:
-                sum_e, dot = _exp_stats_blockwise(z, scratch)  # z' stays in the tile
-            else:
-                sum_e, dot = z.exp_().sum(dim=-1), torch.zeros_like(tgt)  # the tile now holds e^z'
+            # z stays raw; z' = z - max over the full vocabulary is formed block by block
+            tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1) - zmax, torch.zeros((), dtype=st))
+            sum_e, dot = _tile_exp_stats(z, zmax, with_entropy, buf_z, buf_e)
+            dot = dot if dot is not None else torch.zeros_like(tgt)
             stats = torch.stack([sum_e, tgt, dot, in_shard.to(st)])  # [4, c]
             if parallel:
                 collectives.all_reduce(stats, op=collectives.ReduceOp.SUM, group=group)
@@ -775,7 +852,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
                                  "one vocabulary shard (label outside [0, V) or overlapping shards)")
             log_sum = stats[0].log()
             lp = stats[1] - log_sum
-            ent = log_sum - stats[2] / stats[0] if with_entropy else None
+            ent = log_sum - stats[2] / stats[0] if with_entropy else None  # H = log sum - E_q[z']
             lp_leaf = lp.detach().requires_grad_(True)
             ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
             with torch.enable_grad():
@@ -796,18 +873,16 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             if (g_lp is None and g_ent is None) or not (need_h or need_w) or c == 0:
                 del z
                 continue
-            # dL/dz' = -g_lp * p - g_ent * p * (log p + H) + g_lp * onehot(y); * 1/T for d/d(h W^T)
-            if with_entropy:
-                _softmax_grad_blockwise_(z.sub_(log_sum[:, None]), ent, g_lp, g_ent, scratch)  # log p -> grad
-                grad_z = z
-            else:
-                grad_z = z.div_(stats[0][:, None]).mul_(-g_lp[:, None])  # e^z' -> p -> grad
+            # d/d(h W^T) = 1/T d/dz': the 1/T goes into the [c] coefficients, not over the tile
+            g_lp = g_lp * inv_t if g_lp is not None else None
+            g_ent = g_ent * inv_t if g_ent is not None else None
+            # dL/dz' = -g_lp * p - g_ent * p * (log p + H) + g_lp * onehot(y), written over the logits
+            grad_z = _tile_logsoftmax_grad_(z, zmax + log_sum, ent, g_lp, g_ent, buf_z, buf_e)
             del z
             if g_lp is not None:
                 own = torch.nonzero(in_shard).squeeze(1)
                 grad_z[own, safe[own]] += g_lp[own]
-            gz = grad_z.mul_(inv_t)
-            gz = gz if gz.dtype == mm_dtype else gz.to(mm_dtype)
+            gz = grad_z if grad_z.dtype == mm_dtype else grad_z.to(mm_dtype)
             del grad_z
             if need_h:
                 grad_h[r0:r1][cmask] = gz @ w  # this shard's part; summed over the group below
@@ -817,7 +892,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
                 else:  # bf16 GEMM (fp32 accumulation inside), accumulated over chunks in fp32
                     grad_w += _mm_to(gz.T, hs, st)
             del gz
-        del tile, scratch
+        del tile, buf_z, buf_e
         if need_h and parallel:
             collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
         out["logprobs"], out["entropy"] = lp_all, ent_all

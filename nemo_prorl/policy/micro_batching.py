@@ -6,12 +6,12 @@ step's batch into a fixed number of rows padded to the step's longest sequence w
 ``1 - sum(len) / (B x L_max)`` of that compute and sizes activation memory by the worst row; with
 RL response lengths spread from a few hundred tokens to the 8k/16k cap most of it is padding.
 
-:func:`token_budget_bins` sorts rows by length (longest first) and fills micro-batches greedily: a
-micro-batch opened by a row of length ``l`` (its longest, since rows arrive in decreasing order)
-takes the following rows while ``rows x l <= budget``. This gives the fewest micro-batches any
-partition can have under the budget (exchange argument: the micro-batch holding the longest row
-``l_1`` has at most ``floor(budget / l_1)`` rows, and taking the longest ones for it never makes
-another micro-batch longer or fuller), and the shortest rows end up together, padded among themselves.
+:func:`token_budget_bins` sorts rows by length (longest first) and cuts them into runs of
+consecutive rows: the fewest micro-batches any partition can have under the budget, and among those
+the one that computes the fewest padded tokens (a dynamic programme over the cut points). Filling
+greedily instead (each micro-batch takes rows while ``rows x longest <= budget``) gives the same count
+but pads short rows up to long ones (the measured padding fractions of both are in
+``benchmarks/RESULTS.md``, long-tailed GRPO step).
 
 A row longer than the budget cannot be split (a sequence is one forward), so it gets a micro-batch of
 its own, padded to nothing. That micro-batch exceeds the budget; size the budget at least
@@ -60,6 +60,15 @@ def sequence_lengths(response_mask: torch.Tensor) -> list[int]:
 def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """Partition rows into micro-batches of at most ``budget`` padded tokens each.
 
+    Objective, in order: the fewest micro-batches, then the fewest padded tokens
+    ``sum(len(bin) x max(lengths[bin]))`` among partitions with that many. Rows are sorted longest
+    first and cut into consecutive runs (some optimal partition is of that form: swapping a longer row
+    of a micro-batch with a shorter row of one whose longest row is at least as long changes no row
+    count and no longest row of the second, and can only shorten the first's), and the cuts come from
+    a dynamic programme over the sorted rows: ``best[j]`` = the best (micro-batches, tokens) for the
+    ``j`` longest rows, ``best[j] = min over i of best[i] + (1, (j - i) x l_i)`` with
+    ``(j - i) x l_i <= budget``. ``O(n x k)`` for ``n`` rows and at most ``k`` rows per micro-batch.
+
     Args:
         lengths: per-row lengths (positive integers), e.g. from :func:`sequence_lengths`.
         budget: the most ``rows x padded_len`` tokens a micro-batch may compute (``>= 1``).
@@ -67,11 +76,13 @@ def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
     Returns:
         Lists of row indices; every row appears in exactly one. Micro-batches come longest first;
         inside one, rows are in decreasing length, ties in increasing index. A micro-batch's padded
-        length is ``lengths[bin[0]]``. A row longer than ``budget`` is alone in its micro-batch.
+        length is ``lengths[bin[0]]``. A row longer than ``budget`` is alone in its micro-batch. Among
+        equally good partitions the one whose last micro-batch is shortest is taken (recursively).
 
     Example:
-        ``token_budget_bins([3, 9, 4, 2, 8], 16)`` -> ``[[1], [4, 2], [0, 3]]``: 9 and 8 cannot share
-        (2 x 9 > 16); 8 takes 4 (2 x 8 = 16) but not 3 as well (3 x 8 > 16); 3 and 2 are padded to 3.
+        ``token_budget_bins([3, 9, 4, 2, 8], 16)`` -> ``[[1], [4], [2, 0, 3]]``: 9 and 8 cannot share
+        (2 x 9 > 16), so three micro-batches are the fewest; ``[9] [8] [4, 3, 2]`` computes
+        9 + 8 + 3 x 4 = 29 tokens where filling greedily, ``[9] [8, 4] [3, 2]``, computes 31.
 
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
@@ -80,13 +91,24 @@ def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"lengths[{i}] must be a positive integer, got {n!r}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    longest = [lengths[i] for i in order]
+    n = len(order)
+    best: list[tuple[int, int]] = [(0, 0)] + [(n + 1, 0)] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # the last micro-batch holds sorted rows i .. j-1
+            rows = j - i
+            if rows > 1 and rows * longest[i] > budget:
+                break  # longer rows only make it worse
+            cand = (best[i][0] + 1, best[i][1] + rows * longest[i])
+            if cand < best[j]:
+                best[j], cut[j] = cand, i
     bins: list[list[int]] = []
-    for i in order:
-        if bins and (len(bins[-1]) + 1) * lengths[bins[-1][0]] <= budget:
-            bins[-1].append(i)
-        else:
-            bins.append([i])
-    return bins
+    j = n
+    while j > 0:
+        bins.append(order[cut[j] : j])
+        j = cut[j]
+    return bins[::-1]
 
 
 def padded_tokens(bins: Sequence[Sequence[int]], lengths: Sequence[int], rows: int | None = None) -> int:

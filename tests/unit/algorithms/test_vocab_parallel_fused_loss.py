@@ -61,7 +61,8 @@ CASES = list(itertools.product(
 
 @pytest.mark.parametrize("agg,estimator,dual_clip,tis", CASES)
 def test_matches_chunked_head_loss_and_grads_float64(agg, estimator, dual_clip, tis, monkeypatch):
-    monkeypatch.setattr(lp_mod, "_VOCAB_BLOCK", 4)  # exercise the blocked entropy passes (V=13)
+    monkeypatch.setattr(lp_mod, "_BLOCK_ELEMS", 8)  # exercise the blocked tile walks (V=13: blocks of 2-4)
+    monkeypatch.setattr(lp_mod, "_MIN_BLOCK_COLUMNS", 2)
     cfg = AlgorithmConfig()
     cfg.loss.agg, cfg.loss.dual_clip, cfg.loss.tis = agg, dual_clip, tis
     cfg.loss.tis_min = 0.8 if tis == "icepop" else None

@@ -35,8 +35,14 @@ def test_sequence_lengths_end_at_the_last_response_token():
 @pytest.mark.parametrize(
     "lengths,budget,bins",
     [
-        # sorted 9, 8, 4, 3, 2: 9+8 -> 2x9 = 18 > 16; 8+4 -> 2x8 = 16; +3 -> 3x8 = 24 > 16; 3+2 -> 2x3 = 6
-        ([3, 9, 4, 2, 8], 16, [[1], [4, 2], [0, 3]]),
+        # sorted 9, 8, 4, 3, 2: 9+8 -> 2x9 = 18 > 16, so 3 micro-batches at least; [9][8][4,3,2] = 29
+        # tokens beats the greedy fill [9][8,4][3,2] = 31
+        ([3, 9, 4, 2, 8], 16, [[1], [4], [2, 0, 3]]),
+        # sorted 10, 9, 5, 5, 5, 2 under 20: [10,9] = 20, [5,5,5,2] = 20 -> 2 micro-batches, 40 tokens
+        ([5, 10, 2, 9, 5, 5], 20, [[1, 3], [0, 4, 5, 2]]),
+        # sorted 6, 5, 5, 2, 2, 2 under 12: two cannot hold them ([6,5] leaves 4 rows of up to 5 = 20);
+        # the greedy fill [6,5][5,2][2,2] = 12 + 10 + 4 = 26, the optimum [6][5,5][2,2,2] = 6 + 10 + 6 = 22
+        ([6, 5, 5, 2, 2, 2], 12, [[0], [1, 2], [3, 4, 5]]),
         # everything fits in one: 5 x 4 = 20 <= 20
         ([4, 4, 1, 2, 3], 20, [[0, 1, 4, 3, 2]]),
         # ties keep index order; 3 rows of 5 = 15 <= 15, the 4th opens a new micro-batch
@@ -67,9 +73,49 @@ def test_token_budget_bins_properties_on_random_batches():
             assert len(b) * longest <= budget or (len(b) == 1 and longest > budget)
         heads = [lengths[b[0]] for b in bins]
         assert heads == sorted(heads, reverse=True)
-        # fewest micro-batches: no bin could have absorbed the first row of the next one
-        for cur in bins[:-1]:
-            assert (len(cur) + 1) * lengths[cur[0]] > budget
+        # the fewest micro-batches (the greedy fill's count) and no more padded tokens than that fill
+        greedy = _greedy_fill(lengths, budget)
+        assert len(bins) == len(greedy)
+        assert padded_tokens(bins, lengths) <= padded_tokens(greedy, lengths)
+
+
+def _greedy_fill(lengths, budget):
+    """The reference fill: longest first, each micro-batch takes rows while ``rows x longest <= budget``."""
+    bins = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if bins and (len(bins[-1]) + 1) * lengths[bins[-1][0]] <= budget:
+            bins[-1].append(i)
+        else:
+            bins.append([i])
+    return bins
+
+
+def _set_partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _set_partitions(rest):
+        yield [[first], *part]
+        for k in range(len(part)):
+            yield [*part[:k], [first, *part[k]], *part[k + 1 :]]
+
+
+def test_token_budget_bins_is_optimal_over_every_partition():
+    """Exhaustive check on small batches: no partition (consecutive or not) within the budget has fewer
+    micro-batches, or as many and fewer padded tokens; this also checks the consecutive-runs argument."""
+    rng = random.Random(3)
+    for _ in range(150):
+        lengths = [rng.randint(1, 12) for _ in range(rng.randint(1, 7))]
+        budget = rng.randint(max(lengths), 40)
+        bins = token_budget_bins(lengths, budget)
+        got = (len(bins), padded_tokens(bins, lengths))
+        feasible = [
+            (len(p), padded_tokens(p, lengths))
+            for p in _set_partitions(list(range(len(lengths))))
+            if all(len(b) * max(lengths[i] for i in b) <= budget for b in p)
+        ]
+        assert got == min(feasible), (lengths, budget, bins)
 
 
 def test_token_budget_bins_rejects_bad_input():
