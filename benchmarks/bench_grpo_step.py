@@ -75,6 +75,15 @@ PROMPTS_PER_STEP, N, N_PROMPTS, MAX_PROMPT_TOKENS = 8, 4, 64, 64
 #: and the scale of the end-of-sequence output row (``None`` = tied embeddings, the original benchmark)
 SHAPES = {"short": {"max_tokens": 32, "micro_rows": PROMPTS_PER_STEP * N, "eos_scale": None},
           "long-tail": {"max_tokens": 256, "micro_rows": 8, "eos_scale": 1.3}}
+#: per ``--model``: the random Qwen2's size. ``tiny`` (90k parameters) is bound by per-operation overhead on
+#: a CPU, where a batch of 32 rows costs about what one row does; ``mid`` (about 12M parameters in its
+#: layers) is bound by its matmuls, as models are at scale, so the work each side computes shows in its time.
+#: ``eos_scale_mult`` multiplies the ``--lengths`` shape's end-of-sequence scale (the hidden states of the
+#: larger model have another scale; chosen so the lengths are long-tailed alike, not by step times).
+MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "eos_scale_mult": 1.0},
+          "mid": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
+                  "num_attention_heads": 8, "num_key_value_heads": 2, "eos_scale_mult": 1.0}}
 
 
 def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
@@ -118,8 +127,8 @@ def build_tokenizer():
                                    bos_token="<bos>", unk_token="<unk>", padding_side="left")
 
 
-def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None):
-    """The random 2-layer Qwen2 of the benchmark (fp32).
+def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None, size: str = "tiny"):
+    """The random Qwen2 of the benchmark (fp32), of size ``MODELS[size]``.
 
     ``eos_scale``: untie the output layer and set its end-of-sequence row to ``eos_scale / 8`` times a
     fixed standard-normal vector (generator seed 1): the stop probability then depends on the context,
@@ -128,8 +137,9 @@ def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=eos_scale is None,
+    dims = {k: v for k, v in MODELS[size].items() if k != "eos_scale_mult"}
+    hidden = dims["hidden_size"]
+    cfg = Qwen2Config(vocab_size=len(tokenizer), **dims, tie_word_embeddings=eos_scale is None,
                       max_position_embeddings=512, rope_theta=10000.0, torch_dtype="float32",
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=tokenizer.bos_token_id)
@@ -138,7 +148,8 @@ def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None):
     if eos_scale is not None:
         with torch.no_grad():
             g = torch.Generator().manual_seed(1)
-            model.lm_head.weight[tokenizer.eos_token_id] = eos_scale * torch.randn(64, generator=g) / 8
+            scale = eos_scale * MODELS[size]["eos_scale_mult"]
+            model.lm_head.weight[tokenizer.eos_token_id] = scale * torch.randn(hidden, generator=g) / 8
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -162,7 +173,7 @@ def child_trl(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     shape = SHAPES[args.lengths]
     tok = build_tokenizer()
-    model = build_model(tok, eos_scale=shape["eos_scale"])
+    model = build_model(tok, eos_scale=shape["eos_scale"], size=args.model)
     ds = Dataset.from_list([{"prompt": p} for p in prompts()])
 
     def reward_fn(completions, **kwargs):  # noqa: ANN001, ANN003, ARG001
@@ -240,7 +251,7 @@ def child_ours(args: argparse.Namespace) -> dict:
     shape = SHAPES[args.lengths]
     max_tokens, rows = shape["max_tokens"], shape["micro_rows"]
     tok = build_tokenizer()
-    model = build_model(tok, eos_scale=shape["eos_scale"])
+    model = build_model(tok, eos_scale=shape["eos_scale"], size=args.model)
     alg = AlgorithmConfig()
     alg.loss.clip_low = alg.loss.clip_high = CLIP
     alg.loss.agg = "token-mean"
@@ -329,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--lengths", choices=tuple(SHAPES), default="short",
                     help="completion-length shape: short (32-token cap) or long-tail (256 cap, long-tailed)")
+    ap.add_argument("--model", choices=tuple(MODELS), default="tiny",
+                    help="model size: tiny (overhead-bound on CPU) or mid (matmul-bound, ~12M parameters)")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -349,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print("bench_grpo_step: trl skipped: no .venv-bench (run benchmarks/setup_peers.sh)", file=sys.stderr)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-              "--lengths", args.lengths]
+              "--lengths", args.lengths, "--model", args.model]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
@@ -364,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
                      "prompts_per_step": PROMPTS_PER_STEP, "n": N, "lengths": args.lengths,
-                     **SHAPES[args.lengths], "quick": args.quick},
+                     **SHAPES[args.lengths], "model": args.model, **MODELS[args.model], "quick": args.quick},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():

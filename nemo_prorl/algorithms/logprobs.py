@@ -737,13 +737,15 @@ def _tile_exp_stats(
     sum_e = torch.zeros(c, dtype=z.dtype, device=z.device)
     dot = torch.zeros_like(sum_e) if with_dot else None
     cols = buf_z.shape[1]
+    ones = torch.ones(cols, dtype=z.dtype, device=z.device)
     for v0 in range(0, width, cols):
         blk = z[:, v0 : v0 + cols]
-        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, : blk.shape[1]])
-        e = torch.exp(zs, out=buf_e[:c, : blk.shape[1]])
-        sum_e += e.sum(dim=-1)
+        n = blk.shape[1]
+        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, :n])
+        e = torch.exp(zs, out=buf_e[:c, :n])
+        sum_e.addmv_(e, ones[:n])  # row sums accumulated in place (no temporary per block)
         if dot is not None:
-            dot += e.mul_(zs).sum(dim=-1)
+            dot.addmv_(e.mul_(zs), ones[:n])
     return sum_e, dot
 
 
