@@ -40,9 +40,16 @@ training forward (ours: the engine's ``perf/padding_fraction``; TRL, which pads 
 batch's longest and left-pads prompts, estimated from its logged mean/max completion length and the
 prompts' mean/max length).
 
+``--model mid`` runs the same comparison on a 4-layer, hidden-512 Qwen2 (about 12M parameters in its
+layers; end-of-sequence row scaled 48x more so the lengths stay long-tailed: median ~80, 90th percentile
+~210, a few at the cap): its matmuls, not per-operation overhead, set the time on a CPU, as they do for
+real models, so each side's time follows the tokens it computes (padding included).
+
 Usage::
 
     .venv/bin/python benchmarks/bench_grpo_step.py --runs 5 --out benchmarks/results/grpo_step.json
+    .venv/bin/python benchmarks/bench_grpo_step.py --lengths long-tail --model mid \
+        --variants ours,ours_padded,trl
     .venv/bin/python benchmarks/bench_grpo_step.py --quick
 """
 
@@ -80,10 +87,14 @@ SHAPES = {"short": {"max_tokens": 32, "micro_rows": PROMPTS_PER_STEP * N, "eos_s
 #: layers) is bound by its matmuls, as models are at scale, so the work each side computes shows in its time.
 #: ``eos_scale_mult`` multiplies the ``--lengths`` shape's end-of-sequence scale (the hidden states of the
 #: larger model have another scale; chosen so the lengths are long-tailed alike, not by step times).
+#: ``lr``: both sides' learning rate. ``mid`` uses 1e-9 (every stage still runs, the optimizer included, but
+#: the weights barely move): at 1e-5 the length reward drove TRL's completions from a median of ~90 tokens
+#: to ~1 within two steps (the scaled end-of-sequence row amplifies every update), so the two sides no
+#: longer sampled the same work.
 MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                   "num_attention_heads": 4, "num_key_value_heads": 2, "eos_scale_mult": 1.0},
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "eos_scale_mult": 1.0, "lr": 1e-5},
           "mid": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
-                  "num_attention_heads": 8, "num_key_value_heads": 2, "eos_scale_mult": 1.0}}
+                  "num_attention_heads": 8, "num_key_value_heads": 2, "eos_scale_mult": 48.0, "lr": 1e-9}}
 
 
 def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
@@ -101,7 +112,7 @@ def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
         out["ours_speedup_vs_ours_padded"] = medians["ours_padded"] / medians["ours"]
     return out
 
-LR, CLIP = 1e-5, 0.2
+CLIP = 0.2
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
 
@@ -137,7 +148,7 @@ def build_model(tokenizer, seed: int = 0, eos_scale: float | None = None, size: 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    dims = {k: v for k, v in MODELS[size].items() if k != "eos_scale_mult"}
+    dims = {k: v for k, v in MODELS[size].items() if k not in ("eos_scale_mult", "lr")}
     hidden = dims["hidden_size"]
     cfg = Qwen2Config(vocab_size=len(tokenizer), **dims, tie_word_embeddings=eos_scale is None,
                       max_position_embeddings=512, rope_theta=10000.0, torch_dtype="float32",
@@ -199,7 +210,8 @@ def child_trl(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * N, num_generations=N,
                          gradient_accumulation_steps=1, max_completion_length=shape["max_tokens"],
-                         max_steps=args.steps, learning_rate=LR, logging_steps=1, save_strategy="no",
+                         max_steps=args.steps, learning_rate=MODELS[args.model]["lr"], logging_steps=1,
+                         save_strategy="no",
                          report_to="none", bf16=False, use_cpu=True, seed=42, dataloader_num_workers=0,
                          use_vllm=False, log_completions=False, epsilon=CLIP, beta=0.0, loss_type="dapo")
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=cfg, train_dataset=ds,
@@ -269,7 +281,7 @@ def child_ours(args: argparse.Namespace) -> dict:
         tok.save_pretrained(d)
         budget = None if args.child == "ours_padded" else rows * (MAX_PROMPT_TOKENS + max_tokens)
         pcfg = MegatronPolicyConfig(micro_batch_size=rows, micro_batch_tokens=budget, params_dtype="fp32",
-                                    lr=LR, weight_decay=0.0, clip_grad=1.0, seed=42)
+                                    lr=MODELS[args.model]["lr"], weight_decay=0.0, clip_grad=1.0, seed=42)
         policy = MegatronPolicy(d, pcfg)
         engine = HFRolloutEngine(model, tok, max_prompt_tokens=MAX_PROMPT_TOKENS,
                                  max_response_tokens=max_tokens, max_batch_size=PROMPTS_PER_STEP * N)

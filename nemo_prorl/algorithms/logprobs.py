@@ -314,8 +314,6 @@ def naive_logprobs(
 #: differentiable; summing the contributions over all chunks must give the full loss.
 ChunkLoss = Callable[[int, int, torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
 
-#: vocabulary columns per block for the element-wise passes over a tile that need a temporary
-_VOCAB_BLOCK = 8192
 
 
 def _token_chunks(
@@ -352,51 +350,77 @@ def _token_chunks(
     return chunks
 
 
-def _exp_stats_blockwise(z: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum_v e^z, sum_v e^z * z)`` per row of a max-shifted ``[c, V]`` tile, in vocabulary blocks.
+#: elements of the ``[c, block]`` scratch buffers of the single-pass tile walks (:func:`_tile_exp_stats`,
+#: :func:`_tile_logsoftmax_grad_`): two fp32 buffers of 128k elements (1 MiB together) stay in a core's
+#: cache, so each tile element is read from memory once per walk however many operations touch it
+_BLOCK_ELEMS = 1 << 17
+#: fewest columns per block (bounds the number of blocks, i.e. of Python-level operations, on tall tiles)
+_MIN_BLOCK_COLUMNS = 128
 
-    ``buf`` (``[>= c, >= _VOCAB_BLOCK]``, reused for every block and chunk) is the only temporary of
-    block size: no allocation per block, so the heap does not grow with freed blocks. A helper function
-    (not an inline loop) so that no block view of the tile outlives the call: a view keeps the whole
-    tile's storage alive.
+
+def _block_columns(rows: int, width: int) -> int:
+    """Vocabulary columns per block of a ``[rows, width]`` tile walk: about ``_BLOCK_ELEMS / rows``."""
+    return max(1, min(width, max(_MIN_BLOCK_COLUMNS, _BLOCK_ELEMS // max(rows, 1))))
+
+
+def _tile_exp_stats(
+    z: torch.Tensor, shift: torch.Tensor, with_dot: bool, buf_z: torch.Tensor, buf_e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(sum_v e^z', sum_v e^z' z')`` per row of ``z' = z - shift[:, None]``, one read of ``z [c, V]``.
+
+    ``z`` is not modified. Each block of columns is shifted into ``buf_z`` and exponentiated into ``buf_e``
+    (both ``[>= c, block]``, reused; their width is the block's): the element-wise work stays in cache.
     """
-    sum_e = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-    dot = torch.zeros_like(sum_e)
-    for v0 in range(0, z.shape[1], _VOCAB_BLOCK):
-        blk = z[:, v0 : v0 + _VOCAB_BLOCK]
-        e = buf[: blk.shape[0], : blk.shape[1]]
-        torch.exp(blk, out=e)
-        sum_e += e.sum(dim=-1)
-        dot += e.mul_(blk).sum(dim=-1)
+    c, width = z.shape
+    sum_e = torch.zeros(c, dtype=z.dtype, device=z.device)
+    dot = torch.zeros_like(sum_e) if with_dot else None
+    cols = buf_z.shape[1]
+    ones = torch.ones(cols, dtype=z.dtype, device=z.device)
+    for v0 in range(0, width, cols):
+        blk = z[:, v0 : v0 + cols]
+        n = blk.shape[1]
+        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, :n])
+        e = torch.exp(zs, out=buf_e[:c, :n])
+        sum_e.addmv_(e, ones[:n])  # row sums accumulated in place (no temporary per block)
+        if dot is not None:
+            dot.addmv_(e.mul_(zs), ones[:n])
     return sum_e, dot
 
 
-def _softmax_grad_blockwise_(
-    logp: torch.Tensor,
-    ent: torch.Tensor,
+def _tile_logsoftmax_grad_(
+    z: torch.Tensor,
+    shift: torch.Tensor,
+    ent: torch.Tensor | None,
     g_lp: torch.Tensor | None,
     g_ent: torch.Tensor | None,
-    buf: torch.Tensor,
-) -> None:
-    """Overwrite a ``[c, V]`` log-softmax tile, in place, with ``-g_lp * p - g_ent * p * (log p + H)``.
+    buf_z: torch.Tensor,
+    buf_e: torch.Tensor,
+) -> torch.Tensor:
+    """Overwrite the logits tile ``z [c, V]`` with ``-p * (g_lp + g_ent * (log p + H))``; return it.
 
-    The gradient of ``g_lp . logprob + g_ent . entropy`` with respect to the logits, without the one-hot
-    term of the log-prob (the caller adds ``g_lp`` at the labels). ``p`` is rebuilt block by block in
-    ``buf``; a helper for the same reasons as :func:`_exp_stats_blockwise`.
+    ``log p = z - shift[:, None]`` (``shift`` = max + log-sum-exp over the full vocabulary). This is the
+    gradient of ``g_lp . logprob + g_ent . entropy`` with respect to the logits without the one-hot term
+    of the log-prob (the caller adds ``g_lp`` at the labels). One read and one write of the tile; the
+    element-wise work runs in cache-sized blocks of ``buf_z`` / ``buf_e``.
     """
-    neg_glp = -g_lp[:, None] if g_lp is not None else None
-    neg_gent = -g_ent[:, None] if g_ent is not None else None
-    for v0 in range(0, logp.shape[1], _VOCAB_BLOCK):
-        blk = logp[:, v0 : v0 + _VOCAB_BLOCK]
-        pb = buf[: blk.shape[0], : blk.shape[1]]
-        torch.exp(blk, out=pb)
-        if neg_gent is not None:
-            blk.add_(ent[:, None]).mul_(neg_gent)
-            if neg_glp is not None:
-                blk.add_(neg_glp)
-            blk.mul_(pb)
+    c, width = z.shape
+    cols = buf_z.shape[1]
+    neg_lp = -g_lp[:, None] if g_lp is not None else None
+    neg_ent = -g_ent[:, None] if g_ent is not None else None
+    for v0 in range(0, width, cols):
+        blk = z[:, v0 : v0 + cols]
+        logp = torch.sub(blk, shift[:, None], out=buf_z[:c, : blk.shape[1]])
+        p = torch.exp(logp, out=buf_e[:c, : blk.shape[1]])
+        if neg_ent is not None:
+            coef = logp.add_(ent[:, None]).mul_(neg_ent)  # -g_ent (log p + H)
+            if neg_lp is not None:
+                coef.add_(neg_lp)
+            torch.mul(p, coef, out=blk)
+        elif neg_lp is not None:
+            torch.mul(p, neg_lp, out=blk)
         else:
-            torch.mul(pb, neg_glp, out=blk)
+            blk.zero_()
+    return z
 
 
 class _FusedLogprobLoss(torch.autograd.Function):
@@ -428,30 +452,22 @@ class _FusedLogprobLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=dtype, device=hidden.device)
         chunks = _token_chunks(mask, chunk_size, split_rows)
         most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
-        # the [c, V] logits tile and the [c, block] scratch of the entropy passes, allocated once and
-        # reused by every chunk (no page faults of a fresh tile per chunk, no heap growth)
+        # the [c, V] logits tile (then its gradient, in place), allocated once and reused by every chunk (no
+        # page faults of a fresh tile per chunk, no heap growth), and two cache-sized [c, block] buffers
         tile = torch.empty((most, weight.shape[0]), dtype=dtype, device=hidden.device)
-        scratch = (torch.empty((most, min(_VOCAB_BLOCK, weight.shape[0])), dtype=dtype, device=hidden.device)
-                   if with_entropy else None)
+        cols = _block_columns(most, max(weight.shape[0], 1))
+        buf_z = torch.empty((most, cols), dtype=dtype, device=hidden.device)
+        buf_e = torch.empty((most, cols), dtype=dtype, device=hidden.device)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask].to(dtype) * inv_t  # [c, H]
             lab = labels[r0:r1][cmask].long()  # [c]
             z = torch.mm(hs, w.T, out=tile[: hs.shape[0]])  # [c, V]; the only [c, V] buffer
-            z.sub_(z.amax(dim=-1, keepdim=True))
-            tgt = z.gather(1, lab[:, None]).squeeze(1)
-            if with_entropy:
-                # H = log sum - E_q[z'] (both terms >= 0: no cancellation)
-                sum_e, dot = _exp_stats_blockwise(z, scratch)
-                log_sum = sum_e.log()
-                ent = log_sum - dot / sum_e
-                logp = z.sub_(log_sum[:, None])  # log-softmax, in place
-                p = None
-            else:
-                p = z.exp_()
-                sum_p = p.sum(dim=-1)
-                log_sum = sum_p.log()
-                p.div_(sum_p[:, None])
-                logp, ent = None, None
+            zmax = z.amax(dim=-1)
+            tgt = z.gather(1, lab[:, None]).squeeze(1) - zmax
+            # H = log sum - E_q[z'] (both terms >= 0: no cancellation)
+            sum_e, dot = _tile_exp_stats(z, zmax, with_entropy, buf_z, buf_e)
+            log_sum = sum_e.log()
+            ent = log_sum - dot / sum_e if dot is not None else None
             lp = tgt - log_sum
             # the loss of this chunk on differentiable leaves of its per-token statistics
             lp_leaf = lp.detach().requires_grad_(True)
@@ -481,12 +497,8 @@ class _FusedLogprobLoss(torch.autograd.Function):
             g_lp = grads[0]
             g_ent = grads[1] if len(grads) > 1 else None
             if (g_lp is not None or g_ent is not None) and (need_h or need_w):
-                # d lp / dz = onehot - p;  d ent / dz = -p * (log p + ent)
-                if logp is not None:  # entropy path: the tile holds log p; rebuild p block by block
-                    _softmax_grad_blockwise_(logp, ent, g_lp, g_ent, scratch)
-                    grad_z = logp
-                else:
-                    grad_z = p.mul_(-g_lp[:, None])
+                # d lp / dz = onehot - p;  d ent / dz = -p * (log p + ent): written over the logits
+                grad_z = _tile_logsoftmax_grad_(z, zmax + log_sum, ent, g_lp, g_ent, buf_z, buf_e)
                 if g_lp is not None:
                     grad_z[torch.arange(lab.numel(), device=lab.device), lab] += g_lp
                 if need_h:
@@ -494,8 +506,8 @@ class _FusedLogprobLoss(torch.autograd.Function):
                 if need_w:
                     grad_w.addmm_(grad_z.T, hs)
                 del grad_z
-            del z, p, logp  # views of the shared tile
-        del tile, scratch
+            del z  # a view of the shared tile
+        del tile, buf_z, buf_e
         out["logprobs"] = lp_all.to(hidden.dtype)
         out["entropy"] = ent_all.to(hidden.dtype) if ent_all is not None else None
         # kept as attributes (not saved tensors) so backward can hand them over without a copy: a saved
@@ -545,10 +557,10 @@ def fused_logprob_loss(
     ``d weight`` are accumulated. So the LM head costs three ``[c, H] x [H, V]`` GEMMs per chunk, like
     the naive full-logit path, instead of the four of :func:`chunked_logprobs` (which recomputes the tile
     in backward). Memory: one ``[c, V]`` tile, allocated once and reused by every chunk (logits, then
-    log-probs, then their gradient, all in place), a ``[c, 8192]`` scratch block for the entropy passes,
-    and the ``[V, H]`` weight gradient -- instead of ``[T, V]`` logits. For ``c = 512``, ``V = 151,936``,
-    ``H = 896`` in fp32 that is 311 + 17 + 545 MB. Backward only scales the stored gradients by the
-    incoming gradient.
+    their gradient, in place), two cache-sized ``[c, block]`` buffers (1 MiB together) for the
+    element-wise walks over it, and the ``[V, H]`` weight gradient -- instead of ``[T, V]`` logits. For
+    ``c = 512``, ``V = 151,936``, ``H = 896`` in fp32 that is 311 + 1 + 545 MB. Backward only scales the
+    stored gradients by the incoming gradient.
 
     This needs the loss to be a SUM of per-chunk terms: each term may depend only on the log-probs of
     its own chunk. That holds for per-token losses with fixed normalisers (the PPO/GRPO clipped loss,
@@ -712,79 +724,6 @@ def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return out if out.dtype == dtype else out.to(dtype)
 
 
-#: elements of the ``[c, block]`` scratch buffers of the single-pass tile walks (:func:`_tile_exp_stats`,
-#: :func:`_tile_logsoftmax_grad_`): two fp32 buffers of 128k elements (1 MiB together) stay in a core's
-#: cache, so each tile element is read from memory once per walk however many operations touch it
-_BLOCK_ELEMS = 1 << 17
-#: fewest columns per block (bounds the number of blocks, i.e. of Python-level operations, on tall tiles)
-_MIN_BLOCK_COLUMNS = 128
-
-
-def _block_columns(rows: int, width: int) -> int:
-    """Vocabulary columns per block of a ``[rows, width]`` tile walk: about ``_BLOCK_ELEMS / rows``."""
-    return max(1, min(width, max(_MIN_BLOCK_COLUMNS, _BLOCK_ELEMS // max(rows, 1))))
-
-
-def _tile_exp_stats(
-    z: torch.Tensor, shift: torch.Tensor, with_dot: bool, buf_z: torch.Tensor, buf_e: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(sum_v e^z', sum_v e^z' z')`` per row of ``z' = z - shift[:, None]``, one read of ``z [c, V]``.
-
-    ``z`` is not modified. Each block of columns is shifted into ``buf_z`` and exponentiated into ``buf_e``
-    (both ``[>= c, block]``, reused; their width is the block's): the element-wise work stays in cache.
-    """
-    c, width = z.shape
-    sum_e = torch.zeros(c, dtype=z.dtype, device=z.device)
-    dot = torch.zeros_like(sum_e) if with_dot else None
-    cols = buf_z.shape[1]
-    ones = torch.ones(cols, dtype=z.dtype, device=z.device)
-    for v0 in range(0, width, cols):
-        blk = z[:, v0 : v0 + cols]
-        n = blk.shape[1]
-        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, :n])
-        e = torch.exp(zs, out=buf_e[:c, :n])
-        sum_e.addmv_(e, ones[:n])  # row sums accumulated in place (no temporary per block)
-        if dot is not None:
-            dot.addmv_(e.mul_(zs), ones[:n])
-    return sum_e, dot
-
-
-def _tile_logsoftmax_grad_(
-    z: torch.Tensor,
-    shift: torch.Tensor,
-    ent: torch.Tensor | None,
-    g_lp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    buf_z: torch.Tensor,
-    buf_e: torch.Tensor,
-) -> torch.Tensor:
-    """Overwrite the logits tile ``z [c, V]`` with ``-p * (g_lp + g_ent * (log p + H))``; return it.
-
-    ``log p = z - shift[:, None]`` (``shift`` = max + log-sum-exp over the full vocabulary). This is the
-    gradient of ``g_lp . logprob + g_ent . entropy`` with respect to the logits without the one-hot term
-    of the log-prob (the caller adds ``g_lp`` at the labels). One read and one write of the tile; the
-    element-wise work runs in cache-sized blocks of ``buf_z`` / ``buf_e``.
-    """
-    c, width = z.shape
-    cols = buf_z.shape[1]
-    neg_lp = -g_lp[:, None] if g_lp is not None else None
-    neg_ent = -g_ent[:, None] if g_ent is not None else None
-    for v0 in range(0, width, cols):
-        blk = z[:, v0 : v0 + cols]
-        logp = torch.sub(blk, shift[:, None], out=buf_z[:c, : blk.shape[1]])
-        p = torch.exp(logp, out=buf_e[:c, : blk.shape[1]])
-        if neg_ent is not None:
-            coef = logp.add_(ent[:, None]).mul_(neg_ent)  # -g_ent (log p + H)
-            if neg_lp is not None:
-                coef.add_(neg_lp)
-            torch.mul(p, coef, out=blk)
-        elif neg_lp is not None:
-            torch.mul(p, neg_lp, out=blk)
-        else:
-            blk.zero_()
-    return z
-
-
 class _VocabParallelFusedLoss(torch.autograd.Function):
     """Autograd Function behind :func:`vocab_parallel_fused_loss` (grads in forward, scaled in backward)."""
 
@@ -842,7 +781,8 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             if parallel:
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
             # z stays raw; z' = z - max over the full vocabulary is formed block by block
-            tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1) - zmax, torch.zeros((), dtype=st))
+            tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1) - zmax,
+                              torch.zeros((), dtype=st))
             sum_e, dot = _tile_exp_stats(z, zmax, with_entropy, buf_z, buf_e)
             dot = dot if dot is not None else torch.zeros_like(tgt)
             stats = torch.stack([sum_e, tgt, dot, in_shard.to(st)])  # [4, c]

@@ -58,6 +58,16 @@ def test_grpo_step_quick(tmp_path):
     assert res["ratios"] == {}  # no TRL in this run: no ratio to it (never one taken from another run)
 
 
+def test_grpo_step_long_tail_mid_model_quick(tmp_path):
+    """The matmul-bound model size runs the trainer's path on long-tailed lengths and records padding."""
+    res = _run("bench_grpo_step.py", tmp_path / "mid.json", "--variants", "ours", "--lengths", "long-tail",
+               "--model", "mid", "--steps", "2", timeout=300)
+    assert res["settings"]["model"] == "mid" and res["settings"]["hidden_size"] == 512
+    ours = res["variants"]["ours"]
+    assert 1 <= ours["mean_completion_tokens"]["median"] <= 256
+    assert 0.0 <= ours["padding_fraction"]["median"] < 1.0
+
+
 def test_ratios_are_like_for_like():
     """Hand values: only serial/serial and 2-way/2-way for the code reward; TRL ratios only within a run."""
     import importlib

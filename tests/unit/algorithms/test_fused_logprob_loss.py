@@ -41,7 +41,8 @@ def _reference(h, w, labels, mask, old, adv, ref, cfg, with_entropy, temperature
         [False, True]) if not (e > 0 and not w)],
 )
 def test_matches_unfused_loss_grads_metrics(agg, ent_coef, kl_coef, with_entropy, monkeypatch):
-    monkeypatch.setattr(lp_mod, "_VOCAB_BLOCK", 4)  # exercise the blocked entropy passes (V=11)
+    monkeypatch.setattr(lp_mod, "_BLOCK_ELEMS", 8)  # exercise the blocked tile walks (V=11: blocks of 2-4)
+    monkeypatch.setattr(lp_mod, "_MIN_BLOCK_COLUMNS", 2)
     cfg = AlgorithmConfig()
     cfg.loss.agg, cfg.entropy.coef, cfg.kl.coef = agg, ent_coef, kl_coef
     h, w, labels, mask, adv, g = _inputs(0)
