@@ -22,6 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from nemo_prorl.config_schema import ConfigError
+from nemo_prorl.plugins import load_entry_point
 
 F = TypeVar("F")
 
@@ -86,11 +87,7 @@ class BackendRegistry:
         if name not in self._table:
             ep = self._entry_points().get(name)
             if ep is not None:
-                try:
-                    obj = ep.load()
-                except Exception as exc:  # a broken plug-in must name itself, not fail deep in importlib
-                    raise ImportError(f"cannot load entry point {ep.name!r} = {ep.value!r} of group "
-                                      f"{self.group!r}: {type(exc).__name__}: {exc}") from exc
+                obj = load_entry_point(ep, self.group)
                 if name not in self._table:  # the module did not register it itself
                     self.register(name)(obj)
         if name not in self._table:

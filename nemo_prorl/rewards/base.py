@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
+from nemo_prorl.plugins import register_entry_point_classes
 from nemo_prorl.schema import Problem
 
 STATUSES: tuple[str, ...] = ("ok", "no_answer", "timeout", "error", "violation")
@@ -86,20 +86,7 @@ def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plug-in must name itself, not fail deep in importlib
-            raise ImportError(f"cannot load entry point {ep.name!r} = {ep.value!r} of group "
-                              f"{ENTRY_POINT_GROUP!r}: {type(exc).__name__}: {exc}") from exc
-        if ep.name in _REGISTRY:  # the module registered it while importing
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Reward)):
-            raise TypeError(f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} is "
-                            f"{cls!r}, not a subclass of nemo_prorl.rewards.Reward")
-        register_reward(ep.name)(cls)
+    register_entry_point_classes(ENTRY_POINT_GROUP, _REGISTRY, Reward, register_reward)
     _ENTRY_POINTS_LOADED = True
 
 

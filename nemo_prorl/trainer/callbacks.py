@@ -29,8 +29,9 @@ Packages add callbacks through the ``nemo_prorl.callbacks`` entry-point group
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
+
+from nemo_prorl.plugins import register_entry_point_classes
 
 ENTRY_POINT_GROUP = "nemo_prorl.callbacks"
 
@@ -76,20 +77,7 @@ def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plug-in must name itself, not fail deep in importlib
-            raise ImportError(f"cannot load entry point {ep.name!r} = {ep.value!r} of group "
-                              f"{ENTRY_POINT_GROUP!r}: {type(exc).__name__}: {exc}") from exc
-        if ep.name in _REGISTRY:
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Callback)):
-            raise TypeError(f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} is "
-                            f"{cls!r}, not a subclass of nemo_prorl.trainer.callbacks.Callback")
-        register_callback(ep.name)(cls)
+    register_entry_point_classes(ENTRY_POINT_GROUP, _REGISTRY, Callback, register_callback)
     _ENTRY_POINTS_LOADED = True
 
 
