@@ -412,12 +412,7 @@ class ProRLTrainer:
                                 f"step {start_step} >= trainer.max_steps={tc.max_steps}; raise "
                                 "trainer.max_steps or use a new run_dir")
         if self.step == 0 and tc.val_interval and tc.val_at_start and self.val_rows:
-            m = self._validate()
-            self.resets.observe_validation(m.get(cfg.reset.metric))
-            if self.logger:
-                self.logger.log({"step": 0, **m})
-            for cb in self.callbacks:
-                cb.on_validation(0, dict(m))
+            self._validate_at_start()
         base_pass = None
         if cfg.final_eval.enabled and self.final_rows and self.step == 0:
             base_pass = self._final_eval("base")
@@ -450,7 +445,7 @@ class ProRLTrainer:
                     preempted = True
                     break
                 self.error_steps_in_row = reward_error_streak(rollouts, self.error_steps_in_row, cfg.rewards)
-                groups, rmetrics = rollouts.groups, rollouts.metrics
+                groups = rollouts.groups
                 try:
                     tmetrics = self._train_on(groups, stop=preempt.requested_on_any_rank)
                 except StepAbandoned as exc:
@@ -458,49 +453,75 @@ class ProRLTrainer:
                     preempted = True
                     break
                 self.step += 1
-                t0 = time.time()
-                val_due = bool(tc.val_interval and self.step % tc.val_interval == 0 and self.val_rows)
-                if val_due or not preempt.requested_on_any_rank():  # stopping: the resume syncs them
-                    self._sync_weights()
-                record = {"step": self.step, "phase": self.phase_index, **reward_metrics(groups),
-                          **rmetrics, **tmetrics, "time/sync": time.time() - t0}
-                val_cause, best_due = None, False
-                if val_due:
-                    vm = self._validate()
-                    record.update(vm)
-                    val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
-                    best_due = self.resets.best_checkpoint_due(vm.get(cfg.reset.metric))
-                    if best_due:  # this step's checkpoint (saved below) becomes the best one
-                        self.resets.mark_best_checkpoint(self.step, vm[cfg.reset.metric])
-                    for cb in self.callbacks:
-                        cb.on_validation(self.step, dict(vm))
-                cause = self.resets.check(self.step, record.get("kl"), val_cause)
-                record["time/step"] = time.time() - t_step
-                ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
-                record["tokens_per_s"] = ntok / max(record["time/step"], 1e-9)
-                self.reward_trace.append(record["reward/generated_mean"])
-                if self.logger:
-                    self.logger.log(record)
-                for cb in self.callbacks:
-                    cb.on_step_end(self.step, dict(record))
-                if cause:
-                    self._reset(cause)
-                if tc.log_samples_interval and self.step % tc.log_samples_interval == 0 and _rank() == 0:
-                    self._log_samples(groups)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{record['reward/generated_mean']:.3f}", kl=f"{record['kl']:.2e}",
-                                    loss=f"{record['loss']:.3f}")
-                if best_due or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
-                    self._save("best" if best_due else "interval")
-                if preempt.requested_on_any_rank():
-                    self._save_on_signal(preempt.signal_name, "end of step")
+                if self._finish_step(groups, rollouts.metrics, tmetrics, t_step, preempt, bar):
                     preempted = True
                     break
         if bar is not None:
             bar.close()
         if self.step == start_step and not preempted:  # a signal may stop a run before its first step
             raise TrainingError("the run trained zero steps")
+        return self._summary(preempted, base_pass)
+
+    def _validate_at_start(self) -> None:
+        """Step-0 validation: the reset rule's first observation, logged and passed to the callbacks."""
+        m = self._validate()
+        self.resets.observe_validation(m.get(self.cfg.reset.metric))
+        if self.logger:
+            self.logger.log({"step": 0, **m})
+        for cb in self.callbacks:
+            cb.on_validation(0, dict(m))
+
+    def _finish_step(self, groups: list[Group], rmetrics: dict[str, float], tmetrics: dict[str, float],
+                     t_step: float, preempt: Any, bar: Any) -> bool:
+        """Everything after the update of step ``self.step``; True when a stop signal was seen at its end.
+
+        Weight sync, validation, the reset rule, the step's record (logger, callbacks, progress bar),
+        samples, checkpoint; on a stop signal the end-of-step checkpoint is saved before returning True.
+        """
+        cfg, tc = self.cfg, self.cfg.trainer
+        t0 = time.time()
+        val_due = bool(tc.val_interval and self.step % tc.val_interval == 0 and self.val_rows)
+        if val_due or not preempt.requested_on_any_rank():  # stopping: the resume syncs them
+            self._sync_weights()
+        record = {"step": self.step, "phase": self.phase_index, **reward_metrics(groups),
+                  **rmetrics, **tmetrics, "time/sync": time.time() - t0}
+        val_cause, best_due = None, False
+        if val_due:
+            vm = self._validate()
+            record.update(vm)
+            val_cause = self.resets.observe_validation(vm.get(cfg.reset.metric))
+            best_due = self.resets.best_checkpoint_due(vm.get(cfg.reset.metric))
+            if best_due:  # this step's checkpoint (saved below) becomes the best one
+                self.resets.mark_best_checkpoint(self.step, vm[cfg.reset.metric])
+            for cb in self.callbacks:
+                cb.on_validation(self.step, dict(vm))
+        cause = self.resets.check(self.step, record.get("kl"), val_cause)
+        record["time/step"] = time.time() - t_step
+        ntok = sum(len(s.token_ids) for g in groups for s in g.samples)
+        record["tokens_per_s"] = ntok / max(record["time/step"], 1e-9)
+        self.reward_trace.append(record["reward/generated_mean"])
+        if self.logger:
+            self.logger.log(record)
+        for cb in self.callbacks:
+            cb.on_step_end(self.step, dict(record))
+        if cause:
+            self._reset(cause)
+        if tc.log_samples_interval and self.step % tc.log_samples_interval == 0 and _rank() == 0:
+            self._log_samples(groups)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward/generated_mean']:.3f}", kl=f"{record['kl']:.2e}",
+                            loss=f"{record['loss']:.3f}")
+        if best_due or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+            self._save("best" if best_due else "interval")
+        if preempt.requested_on_any_rank():
+            self._save_on_signal(preempt.signal_name, "end of step")
+            return True
+        return False
+
+    def _summary(self, preempted: bool, base_pass: dict[str, float] | None) -> dict[str, Any]:
+        """The run's summary after the loop: final checkpoint, requeue or HF export, rewards, pass@k."""
+        cfg = self.cfg
         if not preempted and cfg.checkpoint.save_final and self._last_saved_step != self.step:
             self._save("final")
         summary: dict[str, Any] = {"steps": self.step, "resets": self.resets.history, "preempted": preempted,
