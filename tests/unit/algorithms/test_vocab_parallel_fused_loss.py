@@ -168,8 +168,12 @@ def test_bad_label_and_shapes_are_named():
         vocab_parallel_fused_loss(h[0], w, labels, mask, lambda r0, r1, lp, ent: lp.sum())
 
 
-def test_bf16_head_matches_fp32_within_tolerance():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_bf16_head_matches_fp32_within_tolerance(temperature):
     """bf16 weights and hidden states: bf16 GEMMs (fp32 accumulation), fp32 logits/softmax, no fp32 weight.
+
+    With a temperature the bf16 path divides the fp32 logits (not the rounded bf16 inputs) and puts 1/T into
+    the per-token gradient coefficients; the fp32 path folds 1/T into its ``[c, H]`` input instead.
 
     Tolerance vs the fp32 head on the same (bf16-representable) inputs: the logits differ by the bf16
     rounding of the GEMM output (relative 2^-8 ~ 0.4%), so log-probs agree to 0.05 absolute at |z| ~ 3, the
@@ -184,7 +188,11 @@ def test_bf16_head_matches_fp32_within_tolerance():
     cfg = AlgorithmConfig()
     cfg.kl.coef, cfg.entropy.coef = 0.1, 0.01
     adv = torch.randn(Bb, generator=g)
-    old = -6.5 + 0.3 * torch.randn(Bb, Lb, generator=g)
+    # old / reference log-probs near the policy's own (as in training): the k3 KL term's gradient grows as
+    # exp(ref - logprob), so a reference far above the sharper T=0.7 log-probs would amplify any rounding
+    keep = mask.bool()
+    cur, _ = naive_logprobs(h.float()[keep], w.float(), labels[keep], temperature=temperature)
+    old = torch.zeros(Bb, Lb).masked_scatter(keep, cur) + 0.3 * torch.randn(Bb, Lb, generator=g)
     norm = loss_normalisers(mask)
 
     def row_loss(r0, r1, lp, ent):
@@ -196,15 +204,14 @@ def test_bf16_head_matches_fp32_within_tolerance():
     for name, (hh, ww) in {"bf16": (h, w), "fp32": (h.float(), w.float())}.items():
         hh, ww = hh.clone().requires_grad_(True), ww.clone().requires_grad_(True)
         loss, lp, ent = vocab_parallel_fused_loss(hh, ww, labels, mask, row_loss, chunk_size=16,
-                                                  with_entropy=True)
+                                                  with_entropy=True, temperature=temperature)
         loss.backward()
         out[name] = (loss, lp, ent, hh.grad, ww.grad)
     lb, lpb, entb, ghb, gwb = out["bf16"]
     lf, lpf, entf, ghf, gwf = out["fp32"]
     assert lpb.dtype == torch.float32 and ghb.dtype == torch.bfloat16 and gwb.dtype == torch.bfloat16
     # the fp32 fused head equals the naive fp32 head
-    keep = mask.bool()
-    naive_lp, _ = naive_logprobs(h.float()[keep], w.float(), labels[keep])
+    naive_lp, _ = naive_logprobs(h.float()[keep], w.float(), labels[keep], temperature=temperature)
     torch.testing.assert_close(lpf[keep], naive_lp, rtol=1e-5, atol=1e-5)
     assert (lpb - lpf).abs().max() < 0.05 and (entb - entf).abs().max() < 0.05
     assert abs(float(lb) - float(lf)) <= 0.02 * abs(float(lf))
