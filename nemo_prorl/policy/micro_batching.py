@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["sequence_lengths", "token_budget_bins", "padded_tokens", "padding_fraction"]
@@ -67,7 +68,8 @@ def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
     count and no longest row of the second, and can only shorten the first's), and the cuts come from
     a dynamic programme over the sorted rows: ``best[j]`` = the best (micro-batches, tokens) for the
     ``j`` longest rows, ``best[j] = min over i of best[i] + (1, (j - i) x l_i)`` with
-    ``(j - i) x l_i <= budget``. ``O(n x k)`` for ``n`` rows and at most ``k`` rows per micro-batch.
+    ``(j - i) x l_i <= budget``: ``n`` vectorised steps of at most ``k`` candidates each for ``n`` rows and
+    at most ``k`` rows per micro-batch.
 
     Args:
         lengths: per-row lengths (positive integers), e.g. from :func:`sequence_lengths`.
@@ -91,23 +93,29 @@ def token_budget_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"lengths[{i}] must be a positive integer, got {n!r}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    longest = [lengths[i] for i in order]
     n = len(order)
-    best: list[tuple[int, int]] = [(0, 0)] + [(n + 1, 0)] * n
-    cut = [0] * (n + 1)
+    if n == 0:
+        return []
+    longest = np.array([lengths[i] for i in order], dtype=np.int64)  # non-increasing
+    # best[j] as one integer: micro-batches * scale + tokens (tokens < scale), so min() is lexicographic
+    scale = int(longest[0]) * n + 1
+    best = np.zeros(n + 1, dtype=np.int64)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    idx = np.arange(n + 1, dtype=np.int64)
+    lo = 0  # first i whose run i .. j-1 fits: non-decreasing in j (more rows, rows no shorter)
     for j in range(1, n + 1):
-        for i in range(j - 1, -1, -1):  # the last micro-batch holds sorted rows i .. j-1
-            rows = j - i
-            if rows > 1 and rows * longest[i] > budget:
-                break  # longer rows only make it worse
-            cand = (best[i][0] + 1, best[i][1] + rows * longest[i])
-            if cand < best[j]:
-                best[j], cut[j] = cand, i
+        while lo < j - 1 and (j - lo) * int(longest[lo]) > budget:
+            lo += 1
+        # candidates i = lo .. j-1, walked from j-1 down so that ties keep the shortest last micro-batch
+        cand = (best[lo:j] + scale + (j - idx[lo:j]) * longest[lo:j])[::-1]
+        k = int(np.argmin(cand))
+        best[j], cut[j] = cand[k], j - 1 - k
     bins: list[list[int]] = []
     j = n
     while j > 0:
-        bins.append(order[cut[j] : j])
-        j = cut[j]
+        i = int(cut[j])
+        bins.append(order[i:j])
+        j = i
     return bins[::-1]
 
 
