@@ -245,3 +245,19 @@ def test_bf16_head_on_cuda_has_fp32_logits_and_no_fp32_weight_copy():
     assert float((lp[0] - ref.float()).abs().max()) < 2e-3
     # fp32 grad_w accumulator (4 B/elem) + bf16 grads + two fp32 tiles, but no second fp32 [V, H] copy
     assert extra < 4 * vocab * hid + 2 * vocab * hid + 3 * 4 * chunk * vocab
+
+
+def test_tile_walk_blocks_are_few_on_gpu_and_cache_sized_on_cpu():
+    """The element-wise walks over a ``[c, V]`` tile run a handful of torch ops per block of columns.
+
+    Emulated upstream behaviour: on CUDA each of those ops is a kernel launch (several microseconds of
+    launch latency each, however small the block), so the walk must use few wide blocks there; on a CPU
+    an op on a cache-resident block costs what its elements cost, so blocks are sized to the cache. The
+    device is only inspected (``torch.device("cuda")`` needs no GPU).
+    """
+    cols_gpu = lp_mod._block_columns(1024, 151936, torch.device("cuda"))
+    assert cols_gpu == 8192 and -(-151936 // cols_gpu) == 19  # 19 blocks per walk
+    assert lp_mod._block_columns(16, 100, torch.device("cuda")) == 100  # never wider than the tile
+    cols_cpu = lp_mod._block_columns(512, 151936, torch.device("cpu"))
+    assert cols_cpu * 512 == lp_mod._BLOCK_ELEMS  # 256 columns: 512 KiB per fp32 block
+    assert lp_mod._block_columns(8192, 151936, torch.device("cpu")) == lp_mod._MIN_BLOCK_COLUMNS
