@@ -433,6 +433,58 @@ def _tile_logsoftmax_grad_(
     return z
 
 
+def _chunk_loss_grads(
+    loss_of_rows: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    lp: torch.Tensor,
+    ent: torch.Tensor | None,
+    cmask: torch.Tensor,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A chunk's loss and its gradient with respect to the chunk's per-token statistics.
+
+    ``lp`` / ``ent`` (``[c]``, the chunk's valid tokens in row-major order) are laid out as ``[r, L]`` rows
+    (zeros outside ``cmask``) on fresh leaves, ``loss_of_rows(lp_rows, ent_rows)`` is evaluated with
+    autograd on, and ``(loss detached, d loss / d lp [c] | None, d loss / d ent [c] | None)`` comes back
+    (``None``: the loss does not depend on it). ``name`` is the public function, for the error.
+    """
+    lp_leaf = lp.detach().requires_grad_(True)
+    ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
+    with torch.enable_grad():
+        lp_rows = lp.new_zeros(cmask.shape).masked_scatter(cmask, lp_leaf)
+        ent_rows = (ent.new_zeros(cmask.shape).masked_scatter(cmask, ent_leaf)
+                    if ent_leaf is not None else None)
+        loss = loss_of_rows(lp_rows, ent_rows)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"{name}: the chunk loss must return a scalar tensor")
+        leaves = [lp_leaf] + ([ent_leaf] if ent_leaf is not None else [])
+        grads = (list(torch.autograd.grad(loss, leaves, allow_unused=True)) if loss.requires_grad
+                 else [None] * len(leaves))
+    return loss.detach(), grads[0], (grads[1] if len(grads) > 1 else None)
+
+
+def _hand_over_grads(
+    ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, name: str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Backward of the fused heads: the gradients computed in forward, scaled by ``grad_out``, uncopied.
+
+    They were kept on ``ctx.grads`` (attributes, not saved tensors: a saved tensor keeps a reference and
+    autograd would then clone the ``[V, H]`` weight gradient) and belong to this backward alone, so they
+    are scaled in place and converted to the inputs' dtypes.
+    """
+    if ctx.grads is None:
+        raise RuntimeError(f"{name}: backward called twice on the same loss")
+    grad_h, grad_w = ctx.grads
+    ctx.grads = None
+    h_dtype, w_dtype = ctx.in_dtypes
+    if not bool(grad_out == 1):
+        for g in (grad_h, grad_w):
+            if g is not None:
+                g.mul_(grad_out.to(g.dtype))
+    gh = grad_h.to(h_dtype) if grad_h is not None else None
+    gw = grad_w.to(w_dtype) if grad_w is not None else None
+    return gh, gw
+
+
 class _FusedLogprobLoss(torch.autograd.Function):
     """Autograd Function behind :func:`fused_logprob_loss` (grads computed in forward, scaled in backward)."""
 
@@ -479,33 +531,14 @@ class _FusedLogprobLoss(torch.autograd.Function):
             log_sum = sum_e.log()
             ent = log_sum - dot / sum_e if dot is not None else None
             lp = tgt - log_sum
-            # the loss of this chunk on differentiable leaves of its per-token statistics
-            lp_leaf = lp.detach().requires_grad_(True)
-            ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
-            with torch.enable_grad():
-                lp_rows = torch.zeros(r1 - r0, width, dtype=dtype, device=hidden.device).masked_scatter(
-                    cmask, lp_leaf
-                )
-                ent_rows = None
-                if ent_leaf is not None:
-                    ent_rows = torch.zeros(r1 - r0, width, dtype=dtype, device=hidden.device).masked_scatter(
-                        cmask, ent_leaf
-                    )
-                loss_c = chunk_loss(r0, r1, lp_rows, ent_rows, cmask)
-                if not isinstance(loss_c, torch.Tensor) or loss_c.dim() != 0:
-                    raise TypeError("fused_logprob_loss: chunk_loss must return a scalar tensor")
-                leaves = [lp_leaf] + ([ent_leaf] if ent_leaf is not None else [])
-                grads = (
-                    torch.autograd.grad(loss_c, leaves, allow_unused=True)
-                    if loss_c.requires_grad
-                    else [None] * len(leaves)
-                )
-            total += loss_c.detach().to(dtype)
+            # the loss of this chunk, and its gradient with respect to the chunk's per-token statistics
+            loss_c, g_lp, g_ent = _chunk_loss_grads(
+                lambda lp_rows, ent_rows: chunk_loss(r0, r1, lp_rows, ent_rows, cmask),  # noqa: B023
+                lp, ent, cmask, "fused_logprob_loss")
+            total += loss_c.to(dtype)
             lp_all[r0:r1][cmask] = lp
             if ent_all is not None:
                 ent_all[r0:r1][cmask] = ent
-            g_lp = grads[0]
-            g_ent = grads[1] if len(grads) > 1 else None
             if (g_lp is not None or g_ent is not None) and (need_h or need_w):
                 # d lp / dz = onehot - p;  d ent / dz = -p * (log p + ent): written over the logits
                 grad_z = _tile_logsoftmax_grad_(z, zmax + log_sum, ent, g_lp, g_ent, buf_z, buf_e)
@@ -530,20 +563,7 @@ class _FusedLogprobLoss(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        if ctx.grads is None:
-            raise RuntimeError("fused_logprob_loss: backward called twice on the same loss")
-        grad_h, grad_w = ctx.grads
-        ctx.grads = None
-        h_dtype, w_dtype = ctx.in_dtypes
-        scale = grad_out.to(grad_h.dtype if grad_h is not None else grad_w.dtype)
-        unit = bool(scale == 1)
-        if grad_h is not None and not unit:
-            grad_h.mul_(scale)  # in place: these buffers belong to this backward alone
-        if grad_w is not None and not unit:
-            grad_w.mul_(scale)
-        gh = grad_h.to(h_dtype) if grad_h is not None else None
-        gw = grad_w.to(w_dtype) if grad_w is not None else None
-        del grad_h, grad_w
+        gh, gw = _hand_over_grads(ctx, grad_out, "fused_logprob_loss")
         return gh, gw, None, None, None, None, None, None, None, None
 
 
@@ -805,23 +825,13 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             log_sum = stats[0].log()
             lp = stats[1] - log_sum
             ent = log_sum - stats[2] / stats[0] if with_entropy else None  # H = log sum - E_q[z']
-            lp_leaf = lp.detach().requires_grad_(True)
-            ent_leaf = ent.detach().requires_grad_(True) if ent is not None else None
-            with torch.enable_grad():
-                lp_rows = torch.zeros(r1 - r0, width, dtype=st, device=dev).masked_scatter(cmask, lp_leaf)
-                ent_rows = (torch.zeros(r1 - r0, width, dtype=st, device=dev).masked_scatter(cmask, ent_leaf)
-                            if ent_leaf is not None else None)
-                loss_c = row_loss(r0, r1, lp_rows, ent_rows)
-                if not isinstance(loss_c, torch.Tensor) or loss_c.dim() != 0:
-                    raise TypeError("vocab_parallel_fused_loss: row_loss must return a scalar tensor")
-                leaves = [lp_leaf] + ([ent_leaf] if ent_leaf is not None else [])
-                grads = (torch.autograd.grad(loss_c, leaves, allow_unused=True) if loss_c.requires_grad
-                         else [None] * len(leaves))
-            total += loss_c.detach().to(st)
+            loss_c, g_lp, g_ent = _chunk_loss_grads(
+                lambda lp_rows, ent_rows: row_loss(r0, r1, lp_rows, ent_rows),  # noqa: B023
+                lp, ent, cmask, "vocab_parallel_fused_loss")
+            total += loss_c.to(st)
             lp_all[r0:r1][cmask] = lp
             if ent_all is not None:
                 ent_all[r0:r1][cmask] = ent
-            g_lp, g_ent = grads[0], (grads[1] if len(grads) > 1 else None)
             if (g_lp is None and g_ent is None) or not (need_h or need_w) or c == 0:
                 del z
                 continue
@@ -856,18 +866,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        if ctx.grads is None:
-            raise RuntimeError("vocab_parallel_fused_loss: backward called twice on the same loss")
-        grad_h, grad_w = ctx.grads
-        ctx.grads = None
-        h_dtype, w_dtype = ctx.in_dtypes
-        if not bool(grad_out == 1):
-            if grad_h is not None:
-                grad_h.mul_(grad_out.to(grad_h.dtype))
-            if grad_w is not None:
-                grad_w.mul_(grad_out.to(grad_w.dtype))
-        gh = grad_h.to(h_dtype) if grad_h is not None else None
-        gw = grad_w.to(w_dtype) if grad_w is not None else None
+        gh, gw = _hand_over_grads(ctx, grad_out, "vocab_parallel_fused_loss")
         return (gh, gw) + (None,) * 9
 
 
