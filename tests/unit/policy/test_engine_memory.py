@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_case import (
+    ENDS,
+    LENGTH,
+    ROWS,
+    PolicyCache,
+    make_batch,
+    prorl_loss_fn,
+    step_and_restore,
+    with_old_and_ref,
+)
 
 from nemo_prorl.policy.interface import TokenBatch
 from nemo_prorl.policy.megatron.config import MegatronPolicyConfig
 from nemo_prorl.policy.micro_batching import padding_fraction, sequence_lengths, token_budget_bins
 
-VOCAB = 320
-ROWS, LENGTH = 8, 24
-# response ends per row: lengths 24, 7, 15, 10, 24, 6, 19, 12 (one row = the batch's longest twice)
-ENDS = [24, 7, 15, 10, 24, 6, 19, 12]
 # On a CUDA machine the same tests run on the GPU (Transformer Engine's spec when installed), where the
 # attention backward may accumulate in a nondeterministic order: looser there, unmeasured.
 _CUDA = torch.cuda.is_available()
@@ -45,65 +51,9 @@ def hf_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def build(hf_dir):
     """``build(**config)`` -> a MegatronPolicy (cached per config); parallel state torn down at the end."""
-    from nemo_prorl.policy.megatron import parallel
-    from nemo_prorl.policy.megatron.engine import MegatronPolicy
-
-    cache: dict[tuple, MegatronPolicy] = {}
-
-    def make(**kw):
-        key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
-        if key not in cache:
-            cfg = MegatronPolicyConfig(**{"micro_batch_size": 2, "lr": 1e-3, "clip_grad": 0.0, **kw})
-            cache[key] = MegatronPolicy(hf_dir, cfg)
-        return cache[key]
-
-    yield make
-    parallel.destroy_parallel()
-
-
-def _batch(seed: int = 0) -> TokenBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=g)
-    mask = torch.zeros(ROWS, LENGTH)
-    for r, end in enumerate(ENDS):
-        mask[r, 3 + r % 3 : end] = 1
-    extras = {"advantages": torch.randn(ROWS, generator=g)}
-    return TokenBatch(ids, mask, extras=extras)
-
-
-def _with_old_and_ref(policy, batch: TokenBatch) -> TokenBatch:
-    """Add old / reference log-probs as the trainer does (policy log-probs, perturbed so ratios != 1)."""
-    g = torch.Generator().manual_seed(7)
-    lp, _ = policy.logprobs(batch)
-    mask = batch.response_mask
-    extras = dict(batch.extras)
-    extras["old_logprobs"] = (lp + 0.05 * torch.randn(lp.shape, generator=g)) * mask
-    extras["ref_logprobs"] = (lp + 0.1 * torch.randn(lp.shape, generator=g)) * mask
-    return TokenBatch(batch.input_ids, batch.response_mask, extras=extras)
-
-
-def _prorl_loss_fn(agg: str = "token-mean"):
-    from nemo_prorl.algorithms.config import AlgorithmConfig
-    from nemo_prorl.config_schema import load
-    from nemo_prorl.trainer.trainer import make_loss_fn
-
-    alg = load(AlgorithmConfig,
-               {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4}, "kl": {"coef": 0.1},
-                "entropy": {"coef": 0.01}}, "algorithm")
-    return make_loss_fn(alg)
-
-
-def _step(policy, batch: TokenBatch, loss_fn) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """One train step; returns its metrics and the raw gradients, then restores weights and optimizer."""
-    start = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
-    metrics = policy.train_step(batch, loss_fn, with_entropy=True)
-    grads = {n: p.main_grad.detach().clone() for n, p in policy.model.named_parameters()}
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            p.copy_(start[n])
-    policy.optimizer.reload_model_params()
-    policy.reset_optimizer()
-    return metrics, grads
+    cache = PolicyCache(hf_dir)
+    yield cache
+    cache.close()
 
 
 def _assert_grads_close(got, want, atol, rtol=0.0):
@@ -128,9 +78,9 @@ def _assert_grads_close(got, want, atol, rtol=0.0):
 )
 def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
     base = build()
-    batch = _with_old_and_ref(base, _batch(1))
-    loss_fn = _prorl_loss_fn()
-    m0, g0 = _step(base, batch, loss_fn)
+    batch = with_old_and_ref(base, make_batch(1))
+    loss_fn = prorl_loss_fn()
+    m0, g0 = step_and_restore(base, batch, loss_fn)
     policy = build(**recompute)
     cfg = policy.model.config
     want = policy.config.transformer_overrides()
@@ -139,7 +89,7 @@ def test_recompute_gives_the_same_loss_and_gradients(build, recompute):
         assert cfg.recompute_method == "uniform" and cfg.recompute_num_layers == want["recompute_num_layers"]
     else:
         assert cfg.recompute_modules == want["recompute_modules"]
-    m1, g1 = _step(policy, batch, loss_fn)
+    m1, g1 = step_and_restore(policy, batch, loss_fn)
     assert m1["loss"] == pytest.approx(m0["loss"], abs=RECOMPUTE_ATOL)
     assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4 if _CUDA else 1e-6)
     _assert_grads_close(g1, g0, RECOMPUTE_ATOL)
@@ -198,11 +148,11 @@ def test_token_budget_step_equals_the_fixed_count_step(build, budget, agg):
     invariant because the ``loss_fn`` always sees ``[b, L]`` rows, whatever length the forward ran.
     """
     base = build()
-    batch = _with_old_and_ref(base, _batch(2))
-    loss_fn = _prorl_loss_fn(agg)
-    m0, g0 = _step(base, batch, loss_fn)
+    batch = with_old_and_ref(base, make_batch(2))
+    loss_fn = prorl_loss_fn(agg)
+    m0, g0 = step_and_restore(base, batch, loss_fn)
     policy = build(micro_batch_tokens=budget)
-    m1, g1 = _step(policy, batch, loss_fn)
+    m1, g1 = step_and_restore(policy, batch, loss_fn)
     for key in ("loss", "pg_loss", "kl_loss", "entropy", "clip_fraction"):
         if key in m0:
             assert m1[key] == pytest.approx(m0[key], abs=BUDGET_ATOL, rel=BUDGET_RTOL), key
@@ -211,23 +161,23 @@ def test_token_budget_step_equals_the_fixed_count_step(build, budget, agg):
 
 
 def test_padding_fraction_hand_computed(build):
-    batch = _with_old_and_ref(build(), _batch(3))
+    batch = with_old_and_ref(build(), make_batch(3))
     lengths = sequence_lengths(batch.response_mask)
     assert lengths == ENDS
     real = sum(ENDS)  # 117
     # fixed count: 8 rows, every one run at L = 24 -> 192 computed positions
-    m_fixed, _ = _step(build(), batch, _prorl_loss_fn())
+    m_fixed, _ = step_and_restore(build(), batch, prorl_loss_fn())
     assert m_fixed["perf/padding_fraction"] == pytest.approx(1 - real / (ROWS * LENGTH))
     # budget 50: sorted 24, 24 | 19, 15 | 12, 10, 7, 6 -> 48 + 38 + 48 = 134
     assert token_budget_bins(lengths, 50) == [[0, 4], [6, 2], [7, 3, 1, 5]]
-    m_budget, _ = _step(build(micro_batch_tokens=50), batch, _prorl_loss_fn())
+    m_budget, _ = step_and_restore(build(micro_batch_tokens=50), batch, prorl_loss_fn())
     assert m_budget["perf/padding_fraction"] == pytest.approx(padding_fraction(real, 134))
     assert m_budget["perf/padding_fraction"] == pytest.approx(17 / 134)
 
 
 def test_token_budget_logprobs_in_the_original_row_order(build):
     base = build()
-    batch = _batch(4)
+    batch = make_batch(4)
     lp0, ent0 = base.logprobs(batch, with_entropy=True)
     policy = build(micro_batch_tokens=40)  # bins reorder rows: [0, 4] | [6] | [2, 7] | [3, 1, 5]
     lp1, ent1 = policy.logprobs(batch, with_entropy=True)
@@ -243,7 +193,7 @@ def test_token_budget_logprobs_in_the_original_row_order(build):
 
 
 def test_logprob_token_budget_overrides_the_training_one(build):
-    batch = _batch(5)
+    batch = make_batch(5)
     lp0, _ = build().logprobs(batch)
     policy = build(micro_batch_tokens=200, logprob_micro_batch_tokens=24)  # one row per micro-batch
     lp1, _ = policy.logprobs(batch)
@@ -252,11 +202,11 @@ def test_logprob_token_budget_overrides_the_training_one(build):
 
 def test_a_row_longer_than_the_budget_runs_alone(build, caplog):
     base = build()
-    batch = _with_old_and_ref(base, _batch(6))
-    m0, g0 = _step(base, batch, _prorl_loss_fn())
+    batch = with_old_and_ref(base, make_batch(6))
+    m0, g0 = step_and_restore(base, batch, prorl_loss_fn())
     policy = build(micro_batch_tokens=20)  # the two 24-token rows exceed it
     with caplog.at_level("WARNING", logger="nemo_prorl.policy.megatron.engine"):
-        m1, g1 = _step(policy, batch, _prorl_loss_fn())
+        m1, g1 = step_and_restore(policy, batch, prorl_loss_fn())
     assert "exceed the micro-batch token budget 20" in caplog.text
     assert m1["loss"] == pytest.approx(m0["loss"], abs=BUDGET_ATOL, rel=BUDGET_RTOL)
     _assert_grads_close(g1, g0, BUDGET_ATOL, BUDGET_RTOL)

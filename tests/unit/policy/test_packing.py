@@ -22,6 +22,14 @@ import math
 
 import pytest
 import torch
+from engine_case import (
+    ENDS,
+    PolicyCache,
+    make_batch,
+    prorl_loss_fn,
+    step_and_restore,
+    with_old_and_ref,
+)
 
 from nemo_prorl.policy import packing
 from nemo_prorl.policy.interface import TokenBatch
@@ -190,9 +198,6 @@ def test_rope_by_position_ids_is_megatron_thd_rope(build):
 
 # ----------------------------------------------------------------------------------------- engine
 
-VOCAB = 320
-ROWS, LENGTH = 8, 24
-ENDS = [24, 7, 15, 10, 24, 6, 19, 12]  # as in test_engine_memory.py
 _CUDA = torch.cuda.is_available()
 ATOL = 1e-4 if _CUDA else 1e-5
 
@@ -207,62 +212,9 @@ def hf_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def build(hf_dir):
     """``build(**config)`` -> a MegatronPolicy (cached per config); parallel state torn down at the end."""
-    from nemo_prorl.policy.megatron import parallel
-    from nemo_prorl.policy.megatron.engine import MegatronPolicy
-
-    cache: dict[tuple, MegatronPolicy] = {}
-
-    def make(**kw):
-        key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
-        if key not in cache:
-            cfg = MegatronPolicyConfig(**{"micro_batch_size": 2, "lr": 1e-3, "clip_grad": 0.0, **kw})
-            cache[key] = MegatronPolicy(hf_dir, cfg)
-        return cache[key]
-
-    yield make
-    parallel.destroy_parallel()
-
-
-def _batch(seed: int) -> TokenBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=g)
-    mask = torch.zeros(ROWS, LENGTH)
-    for r, end in enumerate(ENDS):
-        mask[r, 3 + r % 3 : end] = 1
-    return TokenBatch(ids, mask, extras={"advantages": torch.randn(ROWS, generator=g)})
-
-
-def _with_old_and_ref(policy, batch: TokenBatch) -> TokenBatch:
-    g = torch.Generator().manual_seed(7)
-    lp, _ = policy.logprobs(batch)
-    mask = batch.response_mask
-    extras = dict(batch.extras)
-    extras["old_logprobs"] = (lp + 0.05 * torch.randn(lp.shape, generator=g)) * mask
-    extras["ref_logprobs"] = (lp + 0.1 * torch.randn(lp.shape, generator=g)) * mask
-    return TokenBatch(batch.input_ids, batch.response_mask, extras=extras)
-
-
-def _loss_fn(agg: str):
-    from nemo_prorl.algorithms.config import AlgorithmConfig
-    from nemo_prorl.config_schema import load
-    from nemo_prorl.trainer.trainer import make_loss_fn
-
-    alg = load(AlgorithmConfig, {"loss": {"agg": agg, "clip_low": 0.2, "clip_high": 0.4},
-                                      "kl": {"coef": 0.1}, "entropy": {"coef": 0.01}})
-    return make_loss_fn(alg)
-
-
-def _step(policy, batch, loss_fn):
-    """One train step; its metrics and raw gradients; weights and optimizer restored afterwards."""
-    start = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
-    metrics = policy.train_step(batch, loss_fn, with_entropy=True)
-    grads = {n: p.main_grad.detach().clone() for n, p in policy.model.named_parameters()}
-    with torch.no_grad():
-        for n, p in policy.model.named_parameters():
-            p.copy_(start[n])
-    policy.optimizer.reload_model_params()
-    policy.reset_optimizer()
-    return metrics, grads
+    cache = PolicyCache(hf_dir)
+    yield cache
+    cache.close()
 
 
 def test_packing_mode_follows_the_layer_spec(build):
@@ -289,12 +241,12 @@ def test_config_rejects_unknown_packing_value():
 def test_packed_step_equals_the_padded_step(build, tokens, agg):
     """Same mini-batch, binned padding vs packed: same loss, metrics and gradients."""
     base = build(micro_batch_tokens=tokens, sequence_packing="off")
-    batch = _with_old_and_ref(base, _batch(2))
-    loss_fn = _loss_fn(agg)
-    m0, g0 = _step(base, batch, loss_fn)
+    batch = with_old_and_ref(base, make_batch(2))
+    loss_fn = prorl_loss_fn(agg)
+    m0, g0 = step_and_restore(base, batch, loss_fn)
     packed = build(micro_batch_tokens=tokens, sequence_packing="on")
     assert packed.packing in ("mask", "thd")
-    m1, g1 = _step(packed, batch, loss_fn)
+    m1, g1 = step_and_restore(packed, batch, loss_fn)
     for key in ("loss", "pg_loss", "kl_loss", "entropy", "clip_fraction"):
         if key in m0:
             assert m1[key] == pytest.approx(m0[key], abs=ATOL, rel=1e-4), key
@@ -305,18 +257,20 @@ def test_packed_step_equals_the_padded_step(build, tokens, agg):
 
 
 def test_packed_padding_fraction_hand_computed(build):
-    batch = _with_old_and_ref(build(), _batch(3))
+    batch = with_old_and_ref(build(), make_batch(3))
     assert sequence_lengths(batch.response_mask) == ENDS  # 117 real positions
     # packs under 50 (first-fit decreasing): 24, 24 | 19, 15, 12 | 10, 7, 6 -> 48 + 46 + 23 = 117
     assert packing.pack_bins(ENDS, 50) == [[0, 4], [6, 2, 7], [3, 1, 5]]
-    m, _ = _step(build(micro_batch_tokens=50, sequence_packing="on"), batch, _loss_fn("token-mean"))
+    m, _ = step_and_restore(build(micro_batch_tokens=50, sequence_packing="on"), batch,
+                            prorl_loss_fn("token-mean"))
     assert m["perf/padding_fraction"] == 0.0
-    m, _ = _step(build(micro_batch_tokens=50, sequence_packing="off"), batch, _loss_fn("token-mean"))
+    m, _ = step_and_restore(build(micro_batch_tokens=50, sequence_packing="off"), batch,
+                            prorl_loss_fn("token-mean"))
     assert m["perf/padding_fraction"] == pytest.approx(17 / 134)  # binned: 48 + 38 + 48 positions
 
 
 def test_packed_logprobs_in_the_original_row_order(build):
-    batch = _batch(4)
+    batch = make_batch(4)
     lp0, ent0 = build(micro_batch_tokens=40, sequence_packing="off").logprobs(batch, with_entropy=True)
     policy = build(micro_batch_tokens=40, sequence_packing="on")
     lp1, ent1 = policy.logprobs(batch, with_entropy=True)
@@ -330,7 +284,7 @@ def test_packed_logprobs_in_the_original_row_order(build):
 
 def test_packed_micro_batches_layout(build):
     policy = build(micro_batch_tokens=50, sequence_packing="on")
-    micros, n = policy._micro_batches(_batch(5), 2, pad=False, tokens=50)
+    micros, n = policy._micro_batches(make_batch(5), 2, pad=False, tokens=50)
     assert n == 3
     assert [m.rows.tolist() for m in micros] == [[0, 4], [6, 2, 7], [3, 1, 5]]
     assert [m.length for m in micros] == [24, 19, 10]
@@ -341,10 +295,10 @@ def test_packed_micro_batches_layout(build):
 def test_packed_step_with_the_chunked_head(build):
     """``policy.lm_head: chunked`` reads the unpacked hidden states too."""
     base = build(micro_batch_tokens=50, sequence_packing="off", lm_head="chunked")
-    batch = _with_old_and_ref(base, _batch(7))
-    m0, g0 = _step(base, batch, _loss_fn("token-mean"))
-    m1, g1 = _step(build(micro_batch_tokens=50, sequence_packing="on", lm_head="chunked"), batch,
-                   _loss_fn("token-mean"))
+    batch = with_old_and_ref(base, make_batch(7))
+    m0, g0 = step_and_restore(base, batch, prorl_loss_fn("token-mean"))
+    m1, g1 = step_and_restore(build(micro_batch_tokens=50, sequence_packing="on", lm_head="chunked"), batch,
+                   prorl_loss_fn("token-mean"))
     assert m1["loss"] == pytest.approx(m0["loss"], abs=ATOL, rel=1e-4)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], atol=ATOL, rtol=1e-4, msg=name)
@@ -361,11 +315,11 @@ def test_thd_packing_with_transformer_engine(build):
     auto = build(micro_batch_tokens=50, params_dtype="bf16")
     assert auto.packing == "thd"
     padded = build(micro_batch_tokens=50, sequence_packing="off", params_dtype="bf16")
-    batch = _with_old_and_ref(padded, _batch(6))
+    batch = with_old_and_ref(padded, make_batch(6))
     lp0, _ = padded.logprobs(batch)
     lp1, _ = auto.logprobs(batch)
     torch.testing.assert_close(lp1, lp0, atol=5e-2, rtol=0)
-    m0, _ = _step(padded, batch, _loss_fn("token-mean"))
-    m1, _ = _step(auto, batch, _loss_fn("token-mean"))
+    m0, _ = step_and_restore(padded, batch, prorl_loss_fn("token-mean"))
+    m1, _ = step_and_restore(auto, batch, prorl_loss_fn("token-mean"))
     assert m1["loss"] == pytest.approx(m0["loss"], abs=1e-2, rel=1e-2)
     assert m1["perf/padding_fraction"] == 0.0 < m0["perf/padding_fraction"]
