@@ -112,26 +112,25 @@ def _staged(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device).contiguous()
 
 
-def all_reduce(tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None) -> torch.Tensor:
-    """Reduce ``tensor`` over ``group`` in place (on any device); returns ``tensor``."""
+def _in_place(tensor: torch.Tensor, group: Any, collective: Any) -> torch.Tensor:
+    """Run the in-place ``collective(work)`` on ``tensor`` staged on the group's device, then copy back."""
     if not is_active():
         return tensor
     work = _staged(tensor, backend_device(group))
-    dist.all_reduce(work, op=op, group=group)
+    collective(work)
     if work is not tensor:
         tensor.copy_(work.to(tensor.device))
     return tensor
+
+
+def all_reduce(tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None) -> torch.Tensor:
+    """Reduce ``tensor`` over ``group`` in place (on any device); returns ``tensor``."""
+    return _in_place(tensor, group, lambda work: dist.all_reduce(work, op=op, group=group))
 
 
 def broadcast(tensor: torch.Tensor, src: int, group: Any = None) -> torch.Tensor:
     """Overwrite ``tensor`` with global rank ``src``'s in place (on any device); returns ``tensor``."""
-    if not is_active():
-        return tensor
-    work = _staged(tensor, backend_device(group))
-    dist.broadcast(work, src=src, group=group)
-    if work is not tensor:
-        tensor.copy_(work.to(tensor.device))
-    return tensor
+    return _in_place(tensor, group, lambda work: dist.broadcast(work, src=src, group=group))
 
 
 def all_gather(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:

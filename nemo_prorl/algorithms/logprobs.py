@@ -410,8 +410,9 @@ def _tile_logsoftmax_grad_(
 
     ``log p = z - shift[:, None]`` (``shift`` = max + log-sum-exp over the full vocabulary). This is the
     gradient of ``g_lp . logprob + g_ent . entropy`` with respect to the logits without the one-hot term
-    of the log-prob (the caller adds ``g_lp`` at the labels). One read and one write of the tile; the
-    element-wise work runs in cache-sized blocks of ``buf_z`` / ``buf_e``.
+    of the log-prob (the caller adds ``g_lp`` at the labels); at least one of ``g_lp``, ``g_ent`` is set.
+    One read and one write of the tile; the element-wise work runs in blocks of ``buf_z`` / ``buf_e``
+    (cache-sized on a CPU, see :func:`_block_columns`).
     """
     c, width = z.shape
     cols = buf_z.shape[1]
@@ -426,10 +427,8 @@ def _tile_logsoftmax_grad_(
             if neg_lp is not None:
                 coef.add_(neg_lp)
             torch.mul(p, coef, out=blk)
-        elif neg_lp is not None:
-            torch.mul(p, neg_lp, out=blk)
         else:
-            blk.zero_()
+            torch.mul(p, neg_lp, out=blk)
     return z
 
 
