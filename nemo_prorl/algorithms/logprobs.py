@@ -350,8 +350,8 @@ def _token_chunks(
     return chunks
 
 
-#: elements of the ``[c, block]`` scratch buffers of the single-pass tile walks (:func:`_tile_exp_stats`,
-#: :func:`_tile_logsoftmax_grad_`): two fp32 buffers of 128k elements (1 MiB together) stay in a core's
+#: elements of the ``[c, block]`` scratch buffers of the gradient walk over a tile
+#: (:func:`_tile_logsoftmax_grad_`): two fp32 buffers of 128k elements (1 MiB together) stay in a core's
 #: cache, so each tile element is read from memory once per walk however many operations touch it
 _BLOCK_ELEMS = 1 << 17
 #: fewest columns per block (bounds the number of blocks, i.e. of Python-level operations, on tall tiles)
@@ -359,42 +359,107 @@ _MIN_BLOCK_COLUMNS = 128
 #: columns per block on a GPU, where a walk is bound by kernel launches (each block is a handful of
 #: kernels), not by a cache: 19 blocks for V = 151,936 instead of ~1,200 cache-sized ones
 _GPU_BLOCK_COLUMNS = 8192
+#: elements of a ``[c, block]`` block of the logits GEMM in the first walk (:func:`_tile_logits_stats`):
+#: 2 MiB in fp32, large enough for the GEMM to run at the rate of the whole-tile GEMM (measured on a
+#: 2-core AVX-512 CPU at c = 512, H = 896: 1,024-column blocks 173 GFLOP/s, the whole tile 166), small
+#: enough that the block is still in cache when its statistics read it back
+_GEMM_BLOCK_ELEMS = 1 << 19
 
 
-def _block_columns(rows: int, width: int, device: torch.device) -> int:
+def _block_columns(rows: int, width: int, device: torch.device, elems: int | None = None) -> int:
     """Vocabulary columns per block of a ``[rows, width]`` tile walk on ``device``.
 
-    CPU: about ``_BLOCK_ELEMS / rows`` (the two scratch blocks stay in a core's cache). CUDA and other
-    accelerators: ``_GPU_BLOCK_COLUMNS`` (the tile's element-wise passes run at memory bandwidth anyway;
-    what costs is a launch per kernel, so few wide blocks).
+    CPU: about ``elems / rows`` (default ``_BLOCK_ELEMS``: the two scratch blocks stay in a core's
+    cache). CUDA and other accelerators: ``_GPU_BLOCK_COLUMNS`` (the tile's element-wise passes run at
+    memory bandwidth anyway; what costs is a launch per kernel, so few wide blocks).
     """
     if torch.device(device).type != "cpu":
         return max(1, min(width, _GPU_BLOCK_COLUMNS))
-    return max(1, min(width, max(_MIN_BLOCK_COLUMNS, _BLOCK_ELEMS // max(rows, 1))))
+    elems = _BLOCK_ELEMS if elems is None else elems
+    return max(1, min(width, max(_MIN_BLOCK_COLUMNS, elems // max(rows, 1))))
 
 
-def _tile_exp_stats(
-    z: torch.Tensor, shift: torch.Tensor, with_dot: bool, buf_z: torch.Tensor, buf_e: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(sum_v e^z', sum_v e^z' z')`` per row of ``z' = z - shift[:, None]``, one read of ``z [c, V]``.
+def _walk_buffers(
+    rows: int, width: int, dtype: torch.dtype, device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Scratch blocks of the two tile walks, sharing memory: ``((z, e) of the first walk, z, e)``.
 
-    ``z`` is not modified. Each block of columns is shifted into ``buf_z`` and exponentiated into ``buf_e``
-    (both ``[>= c, block]``, reused; their width is the block's): the element-wise work stays in cache.
+    The first walk (:func:`_tile_logits_stats`) uses blocks of about ``_GEMM_BLOCK_ELEMS`` elements, the
+    gradient walk (:func:`_tile_logsoftmax_grad_`) cache-sized ones (:func:`_block_columns`); each pair
+    is a ``[rows, cols]`` view of the same two buffers.
     """
-    c, width = z.shape
-    sum_e = torch.zeros(c, dtype=z.dtype, device=z.device)
+    wide = _block_columns(rows, max(width, 1), device, _GEMM_BLOCK_ELEMS)
+    narrow = _block_columns(rows, max(width, 1), device)
+    store = torch.empty((2, rows * max(wide, narrow)), dtype=dtype, device=device)
+    first = tuple(store[i, : rows * wide].view(rows, wide) for i in range(2))
+    return first, store[0, : rows * narrow].view(rows, narrow), store[1, : rows * narrow].view(rows, narrow)
+
+
+def _tile_logits_stats(
+    hs: torch.Tensor,
+    w: torch.Tensor,
+    tile: torch.Tensor,
+    post_scale: float,
+    with_dot: bool,
+    buf_z: torch.Tensor,
+    buf_e: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Write the logits ``hs @ w.T`` into ``tile [c, V]`` block by block; per-row statistics on the way.
+
+    Returns ``(m, sum_v e^(z - m), sum_v e^(z - m) (z - m))`` per row (``[c]`` each, the last only with
+    ``with_dot``), ``m`` the row's max over the ``V`` columns. Each block of ``buf_z.shape[1]`` columns is
+    one GEMM straight into the tile, and its statistics are taken while it is still in cache, merged
+    into the running ones (online log-sum-exp): with ``m' = max(m, m_b)``, ``a = e^(m - m')``,
+    ``S' = a S + S_b`` and ``D' = a (D + (m - m') S) + D_b``. So the tile is never read back from memory
+    for its max and its sums. ``post_scale`` multiplies each block after its GEMM (the GEMM in a lower
+    precision than the tile: the product is converted, see :func:`_mm_to`); 1 when the caller folded it
+    into ``hs``. A zero-width tile gives ``m = -inf``, ``S = D = 0``.
+    """
+    c, width = tile.shape
+    m = torch.full((c,), -torch.inf, dtype=tile.dtype, device=tile.device)
+    sum_e = torch.zeros(c, dtype=tile.dtype, device=tile.device)
     dot = torch.zeros_like(sum_e) if with_dot else None
     cols = buf_z.shape[1]
-    ones = torch.ones(cols, dtype=z.dtype, device=z.device)
+    ones = torch.ones(cols, dtype=tile.dtype, device=tile.device)
     for v0 in range(0, width, cols):
-        blk = z[:, v0 : v0 + cols]
+        blk = tile[:, v0 : v0 + cols]
         n = blk.shape[1]
-        zs = torch.sub(blk, shift[:, None], out=buf_z[:c, :n])
+        if hs.dtype == tile.dtype:
+            torch.mm(hs, w[v0 : v0 + n].T, out=blk)
+        else:
+            blk.copy_(_mm_to(hs, w[v0 : v0 + n].T, tile.dtype))
+        if post_scale != 1.0:
+            blk.mul_(post_scale)
+        m_new = torch.maximum(m, blk.amax(dim=1))
+        zs = torch.sub(blk, m_new[:, None], out=buf_z[:c, :n])
         e = torch.exp(zs, out=buf_e[:c, :n])
+        if v0 > 0:  # rebase the running sums on the new max (before the first block they are 0)
+            shift = m - m_new  # <= 0
+            decay = shift.exp()
+            if dot is not None:  # uses the running sum before it is rescaled
+                dot.add_(shift * sum_e).mul_(decay)
+            sum_e.mul_(decay)
         sum_e.addmv_(e, ones[:n])  # row sums accumulated in place (no temporary per block)
         if dot is not None:
             dot.addmv_(e.mul_(zs), ones[:n])
-    return sum_e, dot
+        m = m_new
+    return m, sum_e, dot
+
+
+def _rebase_stats(
+    m_local: torch.Tensor, sum_e: torch.Tensor, dot: torch.Tensor | None, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Statistics of :func:`_tile_logits_stats` taken relative to ``m_local``, re-expressed relative to ``m``.
+
+    ``m >= m_local`` (the max over every vocabulary shard): ``S = e^(m_local - m) S_local`` and
+    ``D = e^(m_local - m) (D_local + (m_local - m) S_local)``. A shard without columns (``S_local = 0``,
+    ``m_local = -inf``) contributes 0 to both.
+    """
+    has = sum_e > 0
+    shift = torch.where(has, m_local - m, torch.zeros_like(m))
+    decay = torch.where(has, shift.exp(), torch.zeros_like(m))
+    new_dot = decay * (dot + shift * sum_e) if dot is not None else None
+    return decay * sum_e, new_dot
 
 
 def _tile_logsoftmax_grad_(
@@ -514,19 +579,18 @@ class _FusedLogprobLoss(torch.autograd.Function):
         chunks = _token_chunks(mask, chunk_size, split_rows)
         most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
         # the [c, V] logits tile (then its gradient, in place), allocated once and reused by every chunk (no
-        # page faults of a fresh tile per chunk, no heap growth), and two cache-sized [c, block] buffers
+        # page faults of a fresh tile per chunk, no heap growth), and two [c, block] scratch buffers
         tile = torch.empty((most, weight.shape[0]), dtype=dtype, device=hidden.device)
-        cols = _block_columns(most, max(weight.shape[0], 1), hidden.device)
-        buf_z = torch.empty((most, cols), dtype=dtype, device=hidden.device)
-        buf_e = torch.empty((most, cols), dtype=dtype, device=hidden.device)
+        first, buf_z, buf_e = _walk_buffers(most, weight.shape[0], dtype, hidden.device)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask].to(dtype) * inv_t  # [c, H]
             lab = labels[r0:r1][cmask].long()  # [c]
-            z = torch.mm(hs, w.T, out=tile[: hs.shape[0]])  # [c, V]; the only [c, V] buffer
-            zmax = z.amax(dim=-1)
+            c = hs.shape[0]
+            zmax, sum_e, dot = _tile_logits_stats(hs, w, tile[:c], 1.0, with_entropy, first[0][:c],
+                                                  first[1][:c])
+            z = tile[:c]  # [c, V] logits; the only [c, V] buffer
             tgt = z.gather(1, lab[:, None]).squeeze(1) - zmax
             # H = log sum - E_q[z'] (both terms >= 0: no cancellation)
-            sum_e, dot = _tile_exp_stats(z, zmax, with_entropy, buf_z, buf_e)
             log_sum = sum_e.log()
             ent = log_sum - dot / sum_e if dot is not None else None
             lp = tgt - log_sum
@@ -549,7 +613,7 @@ class _FusedLogprobLoss(torch.autograd.Function):
                     grad_w.addmm_(grad_z.T, hs)
                 del grad_z
             del z  # a view of the shared tile
-        del tile, buf_z, buf_e
+        del tile, first, buf_z, buf_e
         out["logprobs"] = lp_all.to(hidden.dtype)
         out["entropy"] = ent_all.to(hidden.dtype) if ent_all is not None else None
         # kept as attributes (not saved tensors) so backward can hand them over without a copy: a saved
@@ -586,9 +650,9 @@ def fused_logprob_loss(
     ``d weight`` are accumulated. So the LM head costs three ``[c, H] x [H, V]`` GEMMs per chunk, like
     the naive full-logit path, instead of the four of :func:`chunked_logprobs` (which recomputes the tile
     in backward). Memory: one ``[c, V]`` tile, allocated once and reused by every chunk (logits, then
-    their gradient, in place), two cache-sized ``[c, block]`` buffers (1 MiB together) for the
+    their gradient, in place), two ``[c, block]`` scratch buffers (4 MiB together) for the
     element-wise walks over it, and the ``[V, H]`` weight gradient -- instead of ``[T, V]`` logits. For
-    ``c = 512``, ``V = 151,936``, ``H = 896`` in fp32 that is 311 + 1 + 545 MB. Backward only scales the
+    ``c = 512``, ``V = 151,936``, ``H = 896`` in fp32 that is 311 + 4 + 545 MB. Backward only scales the
     stored gradients by the incoming gradient.
 
     This needs the loss to be a SUM of per-chunk terms: each term may depend only on the log-probs of
@@ -786,11 +850,9 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
         chunks = _token_chunks(keep, chunk_size, False) or [(0, rows, keep)]
         most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
         # one [c, V_local] tile for the whole call (the logits, then their gradient, in place) and two
-        # cache-sized [c, block] buffers for the element-wise walks over it: no second tile
-        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev) if mm_dtype == st else None
-        cols = _block_columns(most, max(w.shape[0], 1), dev)
-        buf_z = torch.empty((most, cols), dtype=st, device=dev)
-        buf_e = torch.empty((most, cols), dtype=st, device=dev)
+        # [c, block] scratch buffers for the walks over it (the GEMM's, the gradient's): no second tile
+        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev)
+        first, buf_z, buf_e = _walk_buffers(most, w.shape[0], st, dev)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask]  # [c, H]
             hs = hs if hs.dtype == mm_dtype else hs.to(mm_dtype)
@@ -798,21 +860,21 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             local = labels[r0:r1][cmask].long() - vocab_start
             in_shard = (local >= 0) & (local < w.shape[0])
             safe = torch.where(in_shard, local, torch.zeros_like(local))
-            # [c, V_local] logits / T in fp32 (or fp64). fp32 GEMM: 1/T folded into the [c, H] input (no pass
-            # over the tile); bf16 GEMM: applied to the fp32 logits, not to rounded bf16 inputs
-            if tile is not None:
-                z = torch.mm(hs if inv_t == 1.0 else hs * inv_t, w.T, out=tile[:c])
-            else:
-                z = _mm_to(hs, w.T, st)
-                if inv_t != 1.0:
-                    z.mul_(inv_t)
-            zmax = z.amax(dim=-1) if z.shape[1] else torch.full((c,), -torch.inf, dtype=st, device=dev)
-            if parallel:
+            # [c, V_local] logits / T in fp32 (or fp64) and their shard-local statistics, in one walk.
+            # fp32 GEMM: 1/T folded into the [c, H] input (no pass over the tile); bf16 GEMM: applied to
+            # the fp32 logits, not to rounded bf16 inputs
+            folded = mm_dtype == st and inv_t != 1.0
+            zmax, sum_e, dot = _tile_logits_stats(hs * inv_t if folded else hs, w, tile[:c],
+                                                  1.0 if mm_dtype == st else inv_t, with_entropy,
+                                                  first[0][:c], first[1][:c])
+            z = tile[:c]
+            if parallel:  # the max over the full vocabulary, and the sums rebased on it
+                local_max, zmax = zmax, zmax.clone()
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)
+                sum_e, dot = _rebase_stats(local_max, sum_e, dot, zmax)
             # z stays raw; z' = z - max over the full vocabulary is formed block by block
             tgt = torch.where(in_shard, z.gather(1, safe[:, None]).squeeze(1) - zmax,
                               torch.zeros((), dtype=st))
-            sum_e, dot = _tile_exp_stats(z, zmax, with_entropy, buf_z, buf_e)
             dot = dot if dot is not None else torch.zeros_like(tgt)
             stats = torch.stack([sum_e, tgt, dot, in_shard.to(st)])  # [4, c]
             if parallel:
@@ -853,7 +915,7 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
                 else:  # bf16 GEMM (fp32 accumulation inside), accumulated over chunks in fp32
                     grad_w += _mm_to(gz.T, hs, st)
             del gz
-        del tile, buf_z, buf_e
+        del tile, first, buf_z, buf_e
         if need_h and parallel:
             collectives.all_reduce(grad_h, op=collectives.ReduceOp.SUM, group=group)
         out["logprobs"], out["entropy"] = lp_all, ent_all

@@ -29,10 +29,14 @@ def _worker() -> None:
     import torch.distributed as dist
 
     from nemo_prorl.algorithms import AlgorithmConfig, prorl_loss
+    from nemo_prorl.algorithms import logprobs as lp_mod
     from nemo_prorl.algorithms.logprobs import vocab_parallel_fused_loss
     from nemo_prorl.algorithms.policy_loss import loss_normalisers
 
     torch.set_num_threads(1)
+    # narrow blocks: the logits walk merges its statistics across blocks on each shard before the shards
+    # are rebased on the global max (with the default widths these vocabularies are one block)
+    lp_mod._GEMM_BLOCK_ELEMS, lp_mod._BLOCK_ELEMS, lp_mod._MIN_BLOCK_COLUMNS = 16, 8, 2
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 2, world

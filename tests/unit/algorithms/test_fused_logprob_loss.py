@@ -43,6 +43,7 @@ def _reference(h, w, labels, mask, old, adv, ref, cfg, with_entropy, temperature
 def test_matches_unfused_loss_grads_metrics(agg, ent_coef, kl_coef, with_entropy, monkeypatch):
     monkeypatch.setattr(lp_mod, "_BLOCK_ELEMS", 8)  # exercise the blocked tile walks (V=11: blocks of 2-4)
     monkeypatch.setattr(lp_mod, "_MIN_BLOCK_COLUMNS", 2)
+    monkeypatch.setattr(lp_mod, "_GEMM_BLOCK_ELEMS", 12)  # and the online statistics of the GEMM walk
     cfg = AlgorithmConfig()
     cfg.loss.agg, cfg.entropy.coef, cfg.kl.coef = agg, ent_coef, kl_coef
     h, w, labels, mask, adv, g = _inputs(0)

@@ -63,6 +63,7 @@ CASES = list(itertools.product(
 def test_matches_chunked_head_loss_and_grads_float64(agg, estimator, dual_clip, tis, monkeypatch):
     monkeypatch.setattr(lp_mod, "_BLOCK_ELEMS", 8)  # exercise the blocked tile walks (V=13: blocks of 2-4)
     monkeypatch.setattr(lp_mod, "_MIN_BLOCK_COLUMNS", 2)
+    monkeypatch.setattr(lp_mod, "_GEMM_BLOCK_ELEMS", 12)  # and the online statistics of the GEMM walk
     cfg = AlgorithmConfig()
     cfg.loss.agg, cfg.loss.dual_clip, cfg.loss.tis = agg, dual_clip, tis
     cfg.loss.tis_min = 0.8 if tis == "icepop" else None
@@ -261,3 +262,77 @@ def test_tile_walk_blocks_are_few_on_gpu_and_cache_sized_on_cpu():
     cols_cpu = lp_mod._block_columns(512, 151936, torch.device("cpu"))
     assert cols_cpu * 512 == lp_mod._BLOCK_ELEMS  # 256 columns: 512 KiB per fp32 block
     assert lp_mod._block_columns(8192, 151936, torch.device("cpu")) == lp_mod._MIN_BLOCK_COLUMNS
+    # the GEMM walk: 1,024-column blocks (2 MiB) on a CPU, the same 19 wide blocks on a GPU
+    assert lp_mod._block_columns(512, 151936, torch.device("cpu"), lp_mod._GEMM_BLOCK_ELEMS) == 1024
+    assert lp_mod._block_columns(512, 151936, torch.device("cuda"), lp_mod._GEMM_BLOCK_ELEMS) == 8192
+
+
+def _stats_reference(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m = z.amax(dim=1)
+    e = (z - m[:, None]).exp()
+    return m, e.sum(dim=1), (e * (z - m[:, None])).sum(dim=1)
+
+
+@pytest.mark.parametrize("cols", [1, 3, 7, 40])
+def test_logits_walk_online_statistics_match_direct_ones(cols):
+    """The GEMM walk's running max / sum-exp / sum e^z' z' equal the whole-row values (float64).
+
+    The columns are scaled up along the vocabulary so that the row max moves to a later block several
+    times: every rebase of the running sums on a new max is exercised.
+    """
+    g = torch.Generator().manual_seed(3)
+    hs = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    grow = torch.linspace(0.2, 3.0, 23, dtype=torch.float64)[:, None]
+    w = torch.randn(23, 5, dtype=torch.float64, generator=g) * grow
+    tile = torch.empty(6, 23, dtype=torch.float64)
+    buf = torch.empty(2, 6, cols, dtype=torch.float64)
+    m, s, d = lp_mod._tile_logits_stats(hs, w, tile, 1.0, True, buf[0], buf[1])
+    z = hs @ w.T
+    torch.testing.assert_close(tile, z, rtol=1e-13, atol=1e-13)  # the tile holds the raw logits
+    for got, want in zip((m, s, d), _stats_reference(z)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    m2, s2, d2 = lp_mod._tile_logits_stats(hs, w, tile, 1.0, False, buf[0], buf[1])
+    assert d2 is None and torch.equal(m2, m) and torch.allclose(s2, s, rtol=1e-14)
+
+
+def test_logits_walk_lower_precision_gemm_is_converted_then_scaled():
+    """bf16 GEMM inputs: each block is the product converted to the tile's fp32, then times ``post_scale``."""
+    g = torch.Generator().manual_seed(4)
+    hs = torch.randn(4, 8, generator=g).bfloat16()
+    w = torch.randn(30, 8, generator=g).bfloat16()
+    tile = torch.empty(4, 30)
+    buf = torch.empty(2, 4, 7)
+    m, s, d = lp_mod._tile_logits_stats(hs, w, tile, 1 / 0.7, True, buf[0], buf[1])
+    z = torch.cat([(hs @ w[v : v + 7].T).float() for v in range(0, 30, 7)], dim=1) / 0.7
+    torch.testing.assert_close(tile, z, rtol=1e-6, atol=1e-6)
+    for got, want in zip((m, s, d), _stats_reference(z)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_shard_statistics_rebased_on_the_global_max_sum_to_the_full_vocabulary():
+    """What the TP all-reduce adds up: per-shard statistics rebased on the max over all shards.
+
+    Three shards of 9, 0 and 14 columns; the empty one (``m = -inf``, sums 0) must add exactly 0, not NaN.
+    """
+    g = torch.Generator().manual_seed(5)
+    hs = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    w = 2.0 * torch.randn(23, 4, dtype=torch.float64, generator=g)
+    bounds = [(0, 9), (9, 9), (9, 23)]
+    parts = []
+    for a, b in bounds:
+        tile = torch.empty(5, b - a, dtype=torch.float64)
+        buf = torch.empty(2, 5, 4, dtype=torch.float64)
+        parts.append(lp_mod._tile_logits_stats(hs, w[a:b], tile, 1.0, True, buf[0], buf[1]))
+    assert bool(torch.isinf(parts[1][0]).all()) and float(parts[1][1].abs().max()) == 0.0
+    m = torch.stack([p[0] for p in parts]).amax(dim=0)
+    total_s = torch.zeros(5, dtype=torch.float64)
+    total_d = torch.zeros(5, dtype=torch.float64)
+    for m_local, s_local, d_local in parts:
+        s_r, d_r = lp_mod._rebase_stats(m_local, s_local, d_local, m)
+        assert bool(torch.isfinite(s_r).all()) and bool(torch.isfinite(d_r).all())
+        total_s += s_r
+        total_d += d_r
+    want_m, want_s, want_d = _stats_reference(hs @ w.T)
+    torch.testing.assert_close(m, want_m)
+    torch.testing.assert_close(total_s, want_s, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total_d, want_d, rtol=1e-12, atol=1e-12)
