@@ -284,7 +284,8 @@ def child_ours(args: argparse.Namespace) -> dict:
                                     lr=MODELS[args.model]["lr"], weight_decay=0.0, clip_grad=1.0, seed=42)
         policy = MegatronPolicy(d, pcfg)
         engine = HFRolloutEngine(model, tok, max_prompt_tokens=MAX_PROMPT_TOKENS,
-                                 max_response_tokens=max_tokens, max_batch_size=PROMPTS_PER_STEP * N)
+                                 max_response_tokens=max_tokens, max_batch_size=PROMPTS_PER_STEP * N,
+                                 compile_decode=args.compile)
 
         loss_fn = make_loss_fn(alg)
         mode = "recompute" if args.child == "ours_recompute" else "auto"
@@ -338,7 +339,8 @@ def child_ours(args: argparse.Namespace) -> dict:
             "stages": {k: statistics.median(v[args.warmup:]) for k, v in stages.items()},
             "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average(),
             "old_logprobs_reused": reuse,
-            "token_mult_prob_error": statistics.mean(mismatch) if mismatch else None}
+            "token_mult_prob_error": statistics.mean(mismatch) if mismatch else None,
+            "compile_decode": bool(args.compile), "first_step_s": steps[0]}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -354,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="completion-length shape: short (32-token cap) or long-tail (256 cap, long-tailed)")
     ap.add_argument("--model", choices=tuple(MODELS), default="tiny",
                     help="model size: tiny (overhead-bound on CPU) or mid (matmul-bound, ~12M parameters)")
+    ap.add_argument("--compile", action="store_true",
+                    help="our variants decode through torch.compile (rollout.compile=true; the first step "
+                         "compiles, reported as first_step_s); TRL's GRPOTrainer disables compilation in "
+                         "its GenerationConfig, so TRL runs as it always does")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -379,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
-            res = run_child(peer if v == "trl" else this_python(), __file__, [*common, "--child", v])
+            extra = ["--compile"] if args.compile and v != "trl" else []
+            res = run_child(peer if v == "trl" else this_python(), __file__, [*common, *extra, "--child", v])
             runs[v].append(res)
             print(f"run {r + 1}/{args.runs} {v:14s} {res['step_s']:.3f} s/step  "
                   f"{res.get('completion_tokens_per_s') or float('nan'):.0f} tok/s  "
@@ -389,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
                      "prompts_per_step": PROMPTS_PER_STEP, "n": N, "lengths": args.lengths,
-                     **SHAPES[args.lengths], "model": args.model, **MODELS[args.model], "quick": args.quick},
+                     **SHAPES[args.lengths], "model": args.model, **MODELS[args.model], "quick": args.quick,
+                     "compile_ours": args.compile},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():
@@ -405,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                                          if x.get("padding_fraction") is not None]),
             "load_avg": summary([x["load_avg"] for x in rs]),
             "extra": {k: rs[0][k] for k in ("trl", "torch", "gradient_checkpointing", "optim",
-                                            "old_logprobs_reused", "token_mult_prob_error") if k in rs[0]},
+                                            "old_logprobs_reused", "token_mult_prob_error", "compile_decode")
+                      if k in rs[0]},
+            **({"first_step_s": summary([x["first_step_s"] for x in rs])} if "first_step_s" in rs[0] else {}),
         }
     result["ratios"] = like_for_like_ratios({v: result["variants"][v]["step_s"]["median"] for v in runs})
     write_json(args.out, result)

@@ -8,6 +8,13 @@ any causal LM; only public transformers API: the forward, ``DynamicCache`` and i
 Sampling, EOS and length bookkeeping are tensor operations over the whole batch; finished rows are
 dropped from the batch once a quarter of it has finished.
 
+With ``compile_decode=True`` (``rollout.compile``) the decode step is the same forward through
+``torch.compile`` (inductor, dynamic batch size and cache length): on a CPU, where a small model's step is
+bound by per-operation Python overhead, it is one generated kernel per fused group instead of hundreds of
+dispatched operations. The first decode step compiles (seconds to a minute, once per process; inductor
+caches its kernels on disk), a batch of one row and the first compaction each add a recompile. Prefill
+stays eager (its shapes vary with every batch of prompts).
+
 (A hand-written Llama-family decode step, which read transformers internals, was removed on 2026-12-06:
 on the demo it gave 0.86x-1.06x the transformers forward's speed, interleaved medians; see
 benchmarks/RESULTS.md, "CPU decode step".)
@@ -61,6 +68,8 @@ class HFRolloutEngine:
             ``generation_config.eos_token_id``.
         decoder: ``"auto"`` or ``"hf"`` (the same: the model's own forward with a growing HF cache).
             ``"llama"``, the removed hand-written step, is refused with the reason.
+        compile_decode: run the decode steps through ``torch.compile(model, dynamic=True)`` (built at the
+            first decode step; a compile failure raises :class:`RuntimeError` naming ``rollout.compile``).
 
     Raises:
         ValueError: the limits exceed the model's context (``max_position_embeddings``); an unknown
@@ -78,6 +87,7 @@ class HFRolloutEngine:
         overlong_prompt: str = "error",
         eos_token_ids: Sequence[int] | None = None,
         decoder: str = "auto",
+        compile_decode: bool = False,
     ) -> None:
         if decoder == "llama":
             raise ValueError("HFRolloutEngine: decoder='llama' was removed (on the demo it ran at "
@@ -112,6 +122,9 @@ class HFRolloutEngine:
         self._tied = _tied_lm_head(model)
         self._asleep = False
         self.weights_version = 0
+        self.compile_decode = bool(compile_decode)
+        self._compiled: Any = None  # torch.compile(model), made at the first decode step
+        self._compile_checked = False  # set once a compiled step has run
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -268,6 +281,28 @@ class HFRolloutEngine:
         return GenerationOutput(samples=samples, timings=timings, skipped_prompts=skipped)
 
     # ------------------------------------------------------------------ internals
+    def _decode_forward(self) -> Any:
+        """The callable that runs decode steps: the model, or its ``torch.compile`` wrapper."""
+        if not self.compile_decode:
+            return self.model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=True)
+        return self._compiled
+
+    def _decode_step(self, decoder: _HFDecoder, tok: torch.Tensor) -> torch.Tensor:
+        """One decode step; the first compiled one turns a compile failure into an error naming the key."""
+        if not self.compile_decode or self._compile_checked:
+            return decoder.step(tok)
+        try:
+            logits = decoder.step(tok)
+        except Exception as exc:  # noqa: BLE001 - dynamo/inductor raise many types; re-raised with the fix
+            raise RuntimeError(
+                f"rollout.compile: torch.compile of the decode step failed ({type(exc).__name__}: {exc}); "
+                "set rollout.compile=false to decode eagerly (inductor on a CPU needs a C++ compiler)"
+            ) from exc
+        self._compile_checked = True
+        return logits
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -313,7 +348,7 @@ class HFRolloutEngine:
         )
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)  # [B, V]
         steps = sampling.max_tokens
-        decoder = _HFDecoder(self.model, cache, mask, lengths_t, n)
+        decoder = _HFDecoder(self.model, cache, mask, lengths_t, n, forward=self._decode_forward())
 
         rows = [(i, j) for i in prompt_indices for j in range(n)]
         n_rows = len(rows)
@@ -377,7 +412,7 @@ class HFRolloutEngine:
                 row_of, tok, kept_b, stopped_b, alive = (
                     row_of[sel], tok[sel], kept_b[sel], stopped_b[sel], alive[sel]
                 )
-            logits = decoder.step(tok)
+            logits = self._decode_step(decoder, tok)
         kept[row_of], stopped[row_of] = kept_b, stopped_b
 
         token_lists = out_tokens.tolist()
@@ -419,8 +454,9 @@ class _HFDecoder:
     """Decode steps through the model's own forward (any HF causal LM): growing KV cache, 2D mask."""
 
     def __init__(self, model: torch.nn.Module, cache: Any, prompt_mask: torch.Tensor,
-                 prompt_lengths: torch.Tensor, n: int) -> None:
+                 prompt_lengths: torch.Tensor, n: int, forward: Any = None) -> None:
         self.model = model
+        self.forward = model if forward is None else forward  # the model or its compiled wrapper
         self.cache = cache
         self.cache_kw = cache_kwarg(model, cache)  # resolved once: signature inspection costs ~0.1 ms a step
         if n > 1:
@@ -431,7 +467,7 @@ class _HFDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row ``[B]``; return the next-token logits ``[B, V]``."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        out = self.model(
+        out = self.forward(
             input_ids=tokens.unsqueeze(-1),
             attention_mask=self.mask,
             position_ids=self.pos.unsqueeze(-1),
@@ -482,6 +518,7 @@ def build_hf_engine(config: Any, model_dir_or_state: Any, tokenizer: Any = None)
         max_batch_size=config.max_batch_size,
         dtype="float32" if config.dtype == "auto" else config.dtype,
         attn_implementation=config.attn_implementation,
+        compile_decode=config.compile,
     )
     if isinstance(model_dir_or_state, (str, os.PathLike)):
         return HFRolloutEngine.from_pretrained(model_dir_or_state, tokenizer, **kwargs)

@@ -58,6 +58,17 @@ def test_grpo_step_quick(tmp_path):
     assert res["ratios"] == {}  # no TRL in this run: no ratio to it (never one taken from another run)
 
 
+def test_grpo_step_compiled_decode_quick(tmp_path):
+    """``--compile``: our engine decodes through torch.compile; the compile lands in the first step."""
+    res = _run("bench_grpo_step.py", tmp_path / "comp.json", "--variants", "ours", "--compile",
+               "--steps", "2", timeout=400)
+    assert res["settings"]["compile_ours"] is True
+    ours = res["variants"]["ours"]
+    assert ours["extra"]["compile_decode"] is True
+    assert ours["first_step_s"]["median"] > ours["step_s"]["median"]  # the first step compiled
+    assert 1 <= ours["mean_completion_tokens"]["median"] <= 32
+
+
 def test_grpo_step_long_tail_mid_model_quick(tmp_path):
     """The matmul-bound model size runs the trainer's path on long-tailed lengths and records padding."""
     res = _run("bench_grpo_step.py", tmp_path / "mid.json", "--variants", "ours", "--lengths", "long-tail",

@@ -146,3 +146,49 @@ def test_no_deprecated_cache_keyword(tok, prompts):
         warnings.simplefilter("error")  # any FutureWarning/DeprecationWarning from the forward fails here
         out = eng.generate(prompts, 2, sp)
     assert [s.token_ids for s in out.samples] == [s.token_ids for s in eng.generate(prompts, 2, sp).samples]
+
+
+def test_compiled_decode_matches_the_full_forward_and_follows_weight_updates(tok, prompts):
+    """``compile_decode=True``: the same samples as the eager loop, log-probs of a full forward.
+
+    Rows end at different steps (many EOS ids), so the compiled step sees changing batch sizes and cache
+    lengths (dynamic shapes, the compaction recompile); after ``update_weights`` the compiled step must use
+    the new values (parameters are inputs of the compiled graph, not constants folded into it).
+    Tolerance 1e-4: inductor fuses and reorders float32 reductions.
+    """
+    model = build_tiny_model(tok, seed=2)
+    eos = list(range(40, 80))
+    eager = _engine(tok, build_tiny_model(tok, seed=2), eos_token_ids=eos)
+    comp = _engine(tok, model, eos_token_ids=eos, compile_decode=True)
+    sp = SamplingParams(temperature=1.0, max_tokens=40, seed=7)
+    a, b = eager.generate(prompts, 4, sp), comp.generate(prompts, 4, sp)
+    assert comp._compiled is not None and comp._compile_checked
+    assert [s.token_ids for s in b.samples] == [s.token_ids for s in a.samples]
+    assert len({len(s.token_ids) for s in b.samples}) > 4  # rows finished at different steps
+    for s, e in zip(b.samples, a.samples):
+        full = teacher_forced_logprobs(model, s.prompt_token_ids, s.token_ids, 1.0)
+        assert torch.allclose(s.logprobs, full, atol=1e-4, rtol=0), (s.logprobs - full).abs().max()
+        assert torch.allclose(s.logprobs, e.logprobs, atol=1e-4, rtol=0)
+    new = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
+    comp.update_weights(new)
+    c = comp.generate(prompts, 2, SamplingParams(temperature=1.0, max_tokens=16, seed=8))
+    for s in c.samples:
+        full = teacher_forced_logprobs(model, s.prompt_token_ids, s.token_ids, 1.0)
+        assert torch.allclose(s.logprobs, full, atol=1e-4, rtol=0), (s.logprobs - full).abs().max()
+
+
+def test_compile_failure_is_an_error_naming_the_key(tok, prompts, monkeypatch):
+    """A compile that fails at the first decode step (no C++ compiler, an unsupported model) stops the
+    call with an error naming ``rollout.compile`` and the fix; nothing is decoded half-compiled."""
+
+    def broken_compile(model, **kw):  # stands in for inductor failing when the first step compiles
+        def run(*a, **k):
+            raise OSError("no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eng = _engine(tok, build_tiny_model(tok, seed=0), compile_decode=True)
+    want = (r"rollout.compile: torch.compile of the decode step failed \(OSError: no working C\+\+ compiler "
+            r"found\); set rollout.compile=false")
+    with pytest.raises(RuntimeError, match=want):
+        eng.generate(prompts, 2, SamplingParams(max_tokens=4, seed=0))

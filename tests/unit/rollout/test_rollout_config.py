@@ -41,12 +41,26 @@ def test_defaults_validate_and_sampling_params():
         ("distributed_executor_backend", "mp"),
         ("max_model_len", 16),
         ("logprobs_mode", "raw_logits"),
+        ("compile", "yes"),
     ],
 )
 def test_validate_names_the_key(key, value):
     cfg = RolloutConfig(**{key: value})
     with pytest.raises(ValueError, match=rf"^rollout\.{key}(\[\d+\])?:"):
         cfg.validate()
+
+
+def test_compile_is_for_the_hf_backend_and_reaches_its_engine(tmp_path):
+    with pytest.raises(ValueError, match=r"^rollout\.compile: only the hf backend compiles its decode step "
+                                         r"\(backend is 'vllm'\); vllm captures CUDA graphs unless "
+                                         r"rollout\.enforce_eager is true"):
+        RolloutConfig(backend="vllm", compile=True).validate()
+    path = save_tiny_model_dir(tmp_path / "m", seed=2)
+    cfg = RolloutConfig(backend="hf", max_prompt_tokens=16, max_response_tokens=8, compile=True)
+    cfg.validate()
+    assert build_rollout_engine(cfg, path).compile_decode  # compiled at its first decode step, not here
+    eager = RolloutConfig(max_prompt_tokens=16, max_response_tokens=8)
+    assert not build_rollout_engine(eager, path).compile_decode
 
 
 def test_from_dict_rejects_unknown_keys():
