@@ -40,6 +40,12 @@ training forward (ours: the engine's ``perf/padding_fraction``; TRL, which pads 
 batch's longest and left-pads prompts, estimated from its logged mean/max completion length and the
 prompts' mean/max length).
 
+``ours_compiled`` / ``ours_padded_compiled``: ``ours`` / ``ours_padded`` with the engine's decode step through
+``torch.compile`` (``rollout.compile: true``); the compile lands in the first (dropped) step, recorded as
+``first_step_s``. TRL's ``GRPOTrainer`` builds its ``GenerationConfig`` with ``disable_compile=True``, so its
+generation is always eager: a compiled variant against TRL compares the two products as configured, not one
+technique.
+
 ``--model mid`` runs the same comparison on a 4-layer, hidden-512 Qwen2 (about 12M parameters in its
 layers; end-of-sequence row scaled 48x more so the lengths stay long-tailed: median ~80, 90th percentile
 ~210, a few at the cap): its matmuls, not per-operation overhead, set the time on a CPU, as they do for
@@ -76,12 +82,16 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 
-VARIANTS = ("ours", "ours_padded", "ours_recompute", "trl")
+#: ``*_compiled``: the same variant with the engine's decode step through torch.compile (``rollout.compile``)
+VARIANTS = ("ours", "ours_padded", "ours_recompute", "ours_compiled", "ours_padded_compiled", "trl")
 PROMPTS_PER_STEP, N, N_PROMPTS, MAX_PROMPT_TOKENS = 8, 4, 64, 64
 #: per ``--lengths``: completion cap, rows per micro-batch (the memory bound both of our variants keep),
 #: and the scale of the end-of-sequence output row (``None`` = tied embeddings, the original benchmark)
+#: ``lr`` (optional): both sides' learning rate for this shape, over the model's (see ``MODELS``): long-tailed
+#: lengths are measured at 1e-9 on every model, so that both sides sample the same work every step (at
+#: 1e-5 TRL's updates shortened the tiny model's completions to 57.6 tokens on average against our 67.6).
 SHAPES = {"short": {"max_tokens": 32, "micro_rows": PROMPTS_PER_STEP * N, "eos_scale": None},
-          "long-tail": {"max_tokens": 256, "micro_rows": 8, "eos_scale": 1.3}}
+          "long-tail": {"max_tokens": 256, "micro_rows": 8, "eos_scale": 1.3, "lr": 1e-9}}
 #: per ``--model``: the random Qwen2's size. ``tiny`` (90k parameters) is bound by per-operation overhead on
 #: a CPU, where a batch of 32 rows costs about what one row does; ``mid`` (about 12M parameters in its
 #: layers) is bound by its matmuls, as models are at scale, so the work each side computes shows in its time.
@@ -97,6 +107,11 @@ MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_laye
                   "num_attention_heads": 8, "num_key_value_heads": 2, "eos_scale_mult": 48.0, "lr": 1e-9}}
 
 
+def learning_rate(args: argparse.Namespace) -> float:
+    """Both sides' learning rate: the ``--lengths`` shape's if it sets one, else the ``--model``'s."""
+    return SHAPES[args.lengths].get("lr", MODELS[args.model]["lr"])
+
+
 def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
     """Speed-ups between variants measured in the same run (never across runs), from s/step medians.
 
@@ -107,9 +122,11 @@ def like_for_like_ratios(medians: dict[str, float]) -> dict[str, float]:
     out = {}
     if "trl" in medians:
         out.update({f"{v}_speedup_vs_trl": medians["trl"] / medians[v]
-                    for v in ("ours", "ours_recompute", "ours_padded") if v in medians})
-    if "ours" in medians and "ours_padded" in medians:
-        out["ours_speedup_vs_ours_padded"] = medians["ours_padded"] / medians["ours"]
+                    for v in VARIANTS if v != "trl" and v in medians})
+    for fast, slow in (("ours", "ours_padded"), ("ours_compiled", "ours_padded_compiled"),
+                       ("ours_compiled", "ours")):
+        if fast in medians and slow in medians:
+            out[f"{fast}_speedup_vs_{slow}"] = medians[slow] / medians[fast]
     return out
 
 CLIP = 0.2
@@ -210,7 +227,7 @@ def child_trl(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * N, num_generations=N,
                          gradient_accumulation_steps=1, max_completion_length=shape["max_tokens"],
-                         max_steps=args.steps, learning_rate=MODELS[args.model]["lr"], logging_steps=1,
+                         max_steps=args.steps, learning_rate=learning_rate(args), logging_steps=1,
                          save_strategy="no",
                          report_to="none", bf16=False, use_cpu=True, seed=42, dataloader_num_workers=0,
                          use_vllm=False, log_completions=False, epsilon=CLIP, beta=0.0, loss_type="dapo")
@@ -248,7 +265,8 @@ def child_trl(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------- ours
 
 def child_ours(args: argparse.Namespace) -> dict:
-    """``ours`` (token-budget micro-batches) or ``ours_padded`` (fixed rows padded to the longest)."""
+    """``ours`` (token-budget micro-batches) or ``ours_padded`` (fixed rows padded to the longest), eager or
+    ``*_compiled``; ``ours_recompute`` forces the old-log-prob pass."""
     import torch
 
     from nemo_prorl.algorithms import AlgorithmConfig, compute_advantages
@@ -279,13 +297,15 @@ def child_ours(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
-        budget = None if args.child == "ours_padded" else rows * (MAX_PROMPT_TOKENS + max_tokens)
+        padded = args.child in ("ours_padded", "ours_padded_compiled")
+        budget = None if padded else rows * (MAX_PROMPT_TOKENS + max_tokens)
         pcfg = MegatronPolicyConfig(micro_batch_size=rows, micro_batch_tokens=budget, params_dtype="fp32",
-                                    lr=MODELS[args.model]["lr"], weight_decay=0.0, clip_grad=1.0, seed=42)
+                                    lr=learning_rate(args), weight_decay=0.0, clip_grad=1.0, seed=42)
         policy = MegatronPolicy(d, pcfg)
+        compiled = args.child.endswith("_compiled")
         engine = HFRolloutEngine(model, tok, max_prompt_tokens=MAX_PROMPT_TOKENS,
                                  max_response_tokens=max_tokens, max_batch_size=PROMPTS_PER_STEP * N,
-                                 compile_decode=args.compile)
+                                 compile_decode=compiled)
 
         loss_fn = make_loss_fn(alg)
         mode = "recompute" if args.child == "ours_recompute" else "auto"
@@ -340,7 +360,7 @@ def child_ours(args: argparse.Namespace) -> dict:
             "mean_completion_tokens": statistics.mean(lengths), "load_avg": load_average(),
             "old_logprobs_reused": reuse,
             "token_mult_prob_error": statistics.mean(mismatch) if mismatch else None,
-            "compile_decode": bool(args.compile), "first_step_s": steps[0]}
+            "compile_decode": compiled, "first_step_s": steps[0]}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -356,10 +376,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="completion-length shape: short (32-token cap) or long-tail (256 cap, long-tailed)")
     ap.add_argument("--model", choices=tuple(MODELS), default="tiny",
                     help="model size: tiny (overhead-bound on CPU) or mid (matmul-bound, ~12M parameters)")
-    ap.add_argument("--compile", action="store_true",
-                    help="our variants decode through torch.compile (rollout.compile=true; the first step "
-                         "compiles, reported as first_step_s); TRL's GRPOTrainer disables compilation in "
-                         "its GenerationConfig, so TRL runs as it always does")
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 run")
     ap.add_argument("--out", default="benchmarks/results/grpo_step.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -385,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.runs):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
-            extra = ["--compile"] if args.compile and v != "trl" else []
-            res = run_child(peer if v == "trl" else this_python(), __file__, [*common, *extra, "--child", v])
+            res = run_child(peer if v == "trl" else this_python(), __file__, [*common, "--child", v])
             runs[v].append(res)
             print(f"run {r + 1}/{args.runs} {v:14s} {res['step_s']:.3f} s/step  "
                   f"{res.get('completion_tokens_per_s') or float('nan'):.0f} tok/s  "
@@ -396,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "grpo_step", "time": stamp(), "machine": machine_info(),
         "settings": {"steps": args.steps, "warmup": args.warmup, "runs": args.runs, "threads": args.threads,
                      "prompts_per_step": PROMPTS_PER_STEP, "n": N, "lengths": args.lengths,
-                     **SHAPES[args.lengths], "model": args.model, **MODELS[args.model], "quick": args.quick,
-                     "compile_ours": args.compile},
+                     **SHAPES[args.lengths], "model": args.model, **MODELS[args.model],
+                     "lr": learning_rate(args), "quick": args.quick},
         "variants": {}, "ratios": {}, "skipped": skipped,
     }
     for v, rs in runs.items():
