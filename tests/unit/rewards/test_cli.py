@@ -174,10 +174,13 @@ def test_interrupted_run_keeps_every_row_already_scored(tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write(src, [{"domain": "math", "response": f"\\boxed{{{i}}}", "answer": str(i % 2)} for i in range(5000)])
     partial = tmp_path / "out.jsonl.partial"
+    # Ctrl-C reaches a command run in the foreground; a shell starts background jobs (a CI runner's, too)
+    # with SIGINT ignored, and the child would inherit that and run to the end: restore the default
     proc = subprocess.Popen(
         [sys.executable, "-m", "nemo_prorl.cli", "score", "--input", str(src), "--output", str(dst),
          "--workers", "1", "--chunk", "1", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if partial.exists() and partial.read_bytes().count(b"\n") >= 3:
