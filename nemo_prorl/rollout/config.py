@@ -48,9 +48,10 @@ class RolloutConfig:
         attn_implementation: hf backend: transformers attention kernel (``sdpa`` or ``eager``).
         compile: hf backend: run the decode steps through ``torch.compile`` (inductor, dynamic shapes). On a
             CPU a small model's decode step is bound by per-operation overhead, which compiling removes
-            (the 2-layer benchmark model decodes ~1.6x faster; a 12M-parameter one, bound by its
-            matmuls, gains nothing measurable); the first step of a process compiles (13-50 s on 2 vCPU).
-            Needs a C++ compiler on CPU. vllm captures CUDA graphs itself (``enforce_eager``).
+            (the 2-layer benchmark model generates 1.7x faster; a 12M-parameter one, bound by its
+            matmuls, gains nothing measurable); the first decode step of a process compiles (8-50 s on
+            2 vCPU, the low end with inductor's on-disk cache warm). Needs a C++ compiler on CPU. vllm
+            captures CUDA graphs itself (``enforce_eager``).
         tensor_parallel_size: vllm: rollout TP degree, independent of the training TP; must divide the
             world size when colocated.
         gpu_memory_utilization: vllm: fraction of GPU memory vLLM may take (weights + KV cache); leave

@@ -58,6 +58,8 @@ PLANS: dict[str, tuple[str, dict[str, str], list[str]]] = {
     "nemo-prorl train trainer.max_steps=20 'reset.at_steps=[10]' run_dir=runs/short":
         ("run", {"trainer.max_steps=20": "trainer.max_steps=2", "reset.at_steps=[10]": "reset.at_steps=[1]"},
          [a for a in TINY_TRAIN if not a.startswith("trainer.max_steps")]),
+    # the trainer end to end with the compiled decode step (compiles at the first rollout)
+    "nemo-prorl train rollout.compile=true": ("run", {}, [*TINY_TRAIN, "run_dir=runs/compiled"]),
     "nemo-prorl train --config-name prorl_1p5b --dry-run --world-size 32": ("run", {}, []),
     "nemo-prorl train --config-name prorl_1p5b model=PATH/TO/DeepSeek-R1-Distill-Qwen-1.5B":
         ("dry-run", {}, ["--dry-run", "--world-size", "32"]),
