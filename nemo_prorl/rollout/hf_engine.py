@@ -12,7 +12,7 @@ With ``compile_decode=True`` (``rollout.compile``) the decode step is the same f
 ``torch.compile`` (inductor, dynamic batch size and cache length): on a CPU, where a small model's step is
 bound by per-operation Python overhead, it is one generated kernel per fused group instead of hundreds of
 dispatched operations. The first decode step compiles (seconds to a minute, once per process; inductor
-caches its kernels on disk), a batch of one row and the first compaction each add a recompile. Prefill
+caches its kernels on disk); a few recompiles follow (a batch of a single row is specialised). Prefill
 stays eager (its shapes vary with every batch of prompts).
 
 (A hand-written Llama-family decode step, which read transformers internals, was removed on 2026-12-06:
