@@ -396,26 +396,31 @@ def _walk_buffers(
 
 
 def _tile_logits_stats(
-    hs: torch.Tensor,
-    w: torch.Tensor,
+    gemm: tuple[torch.Tensor, torch.Tensor] | None,
     tile: torch.Tensor,
     post_scale: float,
     with_dot: bool,
     buf_z: torch.Tensor,
     buf_e: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Write the logits ``hs @ w.T`` into ``tile [c, V]`` block by block; per-row statistics on the way.
+    """Per-row statistics of the logits in ``tile [c, V]``, in one walk that can also write them.
 
     Returns ``(m, sum_v e^(z - m), sum_v e^(z - m) (z - m))`` per row (``[c]`` each, the last only with
-    ``with_dot``), ``m`` the row's max over the ``V`` columns. Each block of ``buf_z.shape[1]`` columns is
-    one GEMM straight into the tile, and its statistics are taken while it is still in cache, merged
-    into the running ones (online log-sum-exp): with ``m' = max(m, m_b)``, ``a = e^(m - m')``,
-    ``S' = a S + S_b`` and ``D' = a (D + (m - m') S) + D_b``. So the tile is never read back from memory
-    for its max and its sums. ``post_scale`` multiplies each block after its GEMM (the GEMM in a lower
-    precision than the tile: the product is converted, see :func:`_mm_to`); 1 when the caller folded it
-    into ``hs``. A zero-width tile gives ``m = -inf``, ``S = D = 0``.
+    ``with_dot``), ``m`` the row's max over the ``V`` columns. The walk goes over blocks of
+    ``buf_z.shape[1]`` columns; each block's statistics are taken while it is in cache and merged into
+    the running ones (online log-sum-exp): with ``m' = max(m, m_b)``, ``a = e^(m - m')``,
+    ``S' = a S + S_b`` and ``D' = a (D + (m - m') S) + D_b``.
+
+    ``gemm = (hs [c, H], w [V, H])`` in the tile's dtype: each block is first written by its own GEMM
+    ``hs @ w[block].T`` straight into the tile, so the tile is never read back from memory for its max
+    and sums. ``gemm = None``: the tile already holds the logits (a lower-precision GEMM with an fp32
+    result made it whole, see :func:`_mm_to`). ``post_scale`` multiplies each block first (1/T when it
+    could not be folded into ``hs``). A zero-width tile gives ``m = -inf``, ``S = D = 0``.
     """
     c, width = tile.shape
+    if gemm is not None and gemm[0].dtype != tile.dtype:
+        raise TypeError(f"_tile_logits_stats: GEMM inputs in {gemm[0].dtype} cannot write a {tile.dtype} "
+                        "tile (make the tile with one GEMM and pass gemm=None)")
     m = torch.full((c,), -torch.inf, dtype=tile.dtype, device=tile.device)
     sum_e = torch.zeros(c, dtype=tile.dtype, device=tile.device)
     dot = torch.zeros_like(sum_e) if with_dot else None
@@ -424,10 +429,8 @@ def _tile_logits_stats(
     for v0 in range(0, width, cols):
         blk = tile[:, v0 : v0 + cols]
         n = blk.shape[1]
-        if hs.dtype == tile.dtype:
-            torch.mm(hs, w[v0 : v0 + n].T, out=blk)
-        else:
-            blk.copy_(_mm_to(hs, w[v0 : v0 + n].T, tile.dtype))
+        if gemm is not None:
+            torch.mm(gemm[0], gemm[1][v0 : v0 + n].T, out=blk)
         if post_scale != 1.0:
             blk.mul_(post_scale)
         m_new = torch.maximum(m, blk.amax(dim=1))
@@ -586,7 +589,7 @@ class _FusedLogprobLoss(torch.autograd.Function):
             hs = hidden[r0:r1][cmask].to(dtype) * inv_t  # [c, H]
             lab = labels[r0:r1][cmask].long()  # [c]
             c = hs.shape[0]
-            zmax, sum_e, dot = _tile_logits_stats(hs, w, tile[:c], 1.0, with_entropy, first[0][:c],
+            zmax, sum_e, dot = _tile_logits_stats((hs, w), tile[:c], 1.0, with_entropy, first[0][:c],
                                                   first[1][:c])
             z = tile[:c]  # [c, V] logits; the only [c, V] buffer
             tgt = z.gather(1, lab[:, None]).squeeze(1) - zmax
@@ -849,9 +852,9 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=st, device=dev)
         chunks = _token_chunks(keep, chunk_size, False) or [(0, rows, keep)]
         most = max((int(cm.sum()) for _, _, cm in chunks), default=0)
-        # one [c, V_local] tile for the whole call (the logits, then their gradient, in place) and two
-        # [c, block] scratch buffers for the walks over it (the GEMM's, the gradient's): no second tile
-        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev)
+        # one [c, V_local] tile for the whole call (the logits, then their gradient, in place; bf16 GEMMs
+        # make theirs per chunk) and two [c, block] scratch buffers for the walks over it: no second tile
+        tile = torch.empty((most, w.shape[0]), dtype=st, device=dev) if mm_dtype == st else None
         first, buf_z, buf_e = _walk_buffers(most, w.shape[0], st, dev)
         for r0, r1, cmask in chunks:
             hs = hidden[r0:r1][cmask]  # [c, H]
@@ -860,14 +863,18 @@ class _VocabParallelFusedLoss(torch.autograd.Function):
             local = labels[r0:r1][cmask].long() - vocab_start
             in_shard = (local >= 0) & (local < w.shape[0])
             safe = torch.where(in_shard, local, torch.zeros_like(local))
-            # [c, V_local] logits / T in fp32 (or fp64) and their shard-local statistics, in one walk.
-            # fp32 GEMM: 1/T folded into the [c, H] input (no pass over the tile); bf16 GEMM: applied to
-            # the fp32 logits, not to rounded bf16 inputs
-            folded = mm_dtype == st and inv_t != 1.0
-            zmax, sum_e, dot = _tile_logits_stats(hs * inv_t if folded else hs, w, tile[:c],
-                                                  1.0 if mm_dtype == st else inv_t, with_entropy,
-                                                  first[0][:c], first[1][:c])
-            z = tile[:c]
+            # [c, V_local] logits / T in fp32 (or fp64) and their shard-local statistics. fp32 GEMM: in
+            # column blocks straight into the tile, 1/T folded into the [c, H] input; bf16 GEMM: one GEMM
+            # with an fp32 result (cuBLAS writes it directly; in blocks each would need a temporary and a
+            # copy), 1/T applied to the fp32 logits in the walk, not to rounded bf16 inputs
+            if tile is not None:
+                z = tile[:c]
+                zmax, sum_e, dot = _tile_logits_stats((hs if inv_t == 1.0 else hs * inv_t, w), z, 1.0,
+                                                      with_entropy, first[0][:c], first[1][:c])
+            else:
+                z = _mm_to(hs, w.T, st)
+                zmax, sum_e, dot = _tile_logits_stats(None, z, inv_t, with_entropy, first[0][:c],
+                                                      first[1][:c])
             if parallel:  # the max over the full vocabulary, and the sums rebased on it
                 local_max, zmax = zmax, zmax.clone()
                 collectives.all_reduce(zmax, op=collectives.ReduceOp.MAX, group=group)

@@ -286,27 +286,60 @@ def test_logits_walk_online_statistics_match_direct_ones(cols):
     w = torch.randn(23, 5, dtype=torch.float64, generator=g) * grow
     tile = torch.empty(6, 23, dtype=torch.float64)
     buf = torch.empty(2, 6, cols, dtype=torch.float64)
-    m, s, d = lp_mod._tile_logits_stats(hs, w, tile, 1.0, True, buf[0], buf[1])
+    m, s, d = lp_mod._tile_logits_stats((hs, w), tile, 1.0, True, buf[0], buf[1])
     z = hs @ w.T
     torch.testing.assert_close(tile, z, rtol=1e-13, atol=1e-13)  # the tile holds the raw logits
     for got, want in zip((m, s, d), _stats_reference(z)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    m2, s2, d2 = lp_mod._tile_logits_stats(hs, w, tile, 1.0, False, buf[0], buf[1])
+    m2, s2, d2 = lp_mod._tile_logits_stats((hs, w), tile, 1.0, False, buf[0], buf[1])
     assert d2 is None and torch.equal(m2, m) and torch.allclose(s2, s, rtol=1e-14)
 
 
-def test_logits_walk_lower_precision_gemm_is_converted_then_scaled():
-    """bf16 GEMM inputs: each block is the product converted to the tile's fp32, then times ``post_scale``."""
+def test_logits_walk_over_a_filled_tile_scales_each_block():
+    """``gemm=None``: the tile already holds the logits (a bf16 GEMM's fp32 result); 1/T is applied to each
+    block in the walk, and GEMM inputs of another dtype than the tile are refused."""
     g = torch.Generator().manual_seed(4)
     hs = torch.randn(4, 8, generator=g).bfloat16()
     w = torch.randn(30, 8, generator=g).bfloat16()
-    tile = torch.empty(4, 30)
+    z = (hs @ w.T).float()
+    tile = z.clone()
     buf = torch.empty(2, 4, 7)
-    m, s, d = lp_mod._tile_logits_stats(hs, w, tile, 1 / 0.7, True, buf[0], buf[1])
-    z = torch.cat([(hs @ w[v : v + 7].T).float() for v in range(0, 30, 7)], dim=1) / 0.7
-    torch.testing.assert_close(tile, z, rtol=1e-6, atol=1e-6)
-    for got, want in zip((m, s, d), _stats_reference(z)):
+    m, s, d = lp_mod._tile_logits_stats(None, tile, 1 / 0.7, True, buf[0], buf[1])
+    torch.testing.assert_close(tile, z / 0.7, rtol=1e-6, atol=1e-6)
+    for got, want in zip((m, s, d), _stats_reference(z / 0.7)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="GEMM inputs in torch.bfloat16 cannot write a torch.float32 tile"):
+        lp_mod._tile_logits_stats((hs, w), tile, 1.0, True, buf[0], buf[1])
+
+
+def test_bf16_head_makes_each_tile_with_one_fp32_result_gemm(monkeypatch):
+    """bf16 inputs: one ``[c, H] x [H, V]`` GEMM per chunk through ``_mm_to``, never column blocks.
+
+    Emulated upstream behaviour: on CUDA ``torch.mm(a, b, out_dtype=torch.float32)`` (``aten::mm.dtype``)
+    returns a fresh fp32 matrix written by cuBLAS in its epilogue; it takes no ``out`` view of a larger
+    tile, so a blocked GEMM would write each block to a temporary and copy it (two extra passes of the
+    tile through memory per chunk). On CPU ``_mm_to`` computes in bf16 and converts; the call pattern is
+    what is checked.
+    """
+    calls = []
+    real = lp_mod._mm_to
+
+    def spy(a, b, dtype):
+        calls.append((tuple(a.shape), tuple(b.shape), dtype))
+        return real(a, b, dtype)
+
+    monkeypatch.setattr(lp_mod, "_mm_to", spy)
+    monkeypatch.setattr(lp_mod, "_GEMM_BLOCK_ELEMS", 8)  # blocks would be tiny if the GEMM were blocked
+    h, w, labels, mask, adv, g = _inputs(0, torch.float32)
+    keep = mask.bool()
+    loss, lp, _ = vocab_parallel_fused_loss(h.bfloat16(), w.bfloat16(), labels, mask,
+                                            lambda r0, r1, lp, ent: lp.sum(), chunk_size=6)
+    forward = [c for c in calls if c[1] == (H, V)]
+    assert forward and all(c[2] == torch.float32 for c in forward)
+    assert sum(c[0][0] for c in forward) == int(keep.sum())  # every valid token in one full-width GEMM
+    with torch.no_grad():
+        ref, _ = chunked_logprobs(h[keep].bfloat16().float(), w.bfloat16().float(), labels[keep])
+    torch.testing.assert_close(lp[keep].float(), ref, rtol=0, atol=2e-2)
 
 
 def test_shard_statistics_rebased_on_the_global_max_sum_to_the_full_vocabulary():
@@ -322,7 +355,7 @@ def test_shard_statistics_rebased_on_the_global_max_sum_to_the_full_vocabulary()
     for a, b in bounds:
         tile = torch.empty(5, b - a, dtype=torch.float64)
         buf = torch.empty(2, 5, 4, dtype=torch.float64)
-        parts.append(lp_mod._tile_logits_stats(hs, w[a:b], tile, 1.0, True, buf[0], buf[1]))
+        parts.append(lp_mod._tile_logits_stats((hs, w[a:b]), tile, 1.0, True, buf[0], buf[1]))
     assert bool(torch.isinf(parts[1][0]).all()) and float(parts[1][1].abs().max()) == 0.0
     m = torch.stack([p[0] for p in parts]).amax(dim=0)
     total_s = torch.zeros(5, dtype=torch.float64)
