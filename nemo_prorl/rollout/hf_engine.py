@@ -455,10 +455,11 @@ class _HFDecoder:
 
     def __init__(self, model: torch.nn.Module, cache: Any, prompt_mask: torch.Tensor,
                  prompt_lengths: torch.Tensor, n: int, forward: Any = None) -> None:
-        self.model = model
         self.forward = model if forward is None else forward  # the model or its compiled wrapper
         self.cache = cache
-        self.cache_kw = cache_kwarg(model, cache)  # resolved once: signature inspection costs ~0.1 ms a step
+        # resolved once, from the model itself (a compiled wrapper's forward hides the signature):
+        # signature inspection costs ~0.1 ms a step
+        self.cache_kw = cache_kwarg(model, cache)
         if n > 1:
             cache.batch_repeat_interleave(n)
         self.mask = prompt_mask.repeat_interleave(n, dim=0)  # [B, width + steps so far]
